@@ -1,0 +1,56 @@
+"""Foundation benchmark: SmolLM2-135M fp32 in PyTorch — perplexity (DESIGN.md §4 protocol),
+speed, peak RSS, bandwidth utilisation. Writes bench/results/foundation.json.
+
+Run: .venv/bin/python bench/foundation.py [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import ROOT, render  # noqa: E402
+
+from edgellm.api import evaluate  # noqa: E402
+from edgellm.bench import bench  # noqa: E402
+from edgellm.fileio import write_json  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=20480)
+    args = ap.parse_args()
+    t0 = time.time()
+    ev = evaluate("smollm2-135m", ctx=512, max_tokens=args.max_tokens, threads=args.threads, progress=True)
+    b = bench("smollm2-135m", threads=args.threads, runs=5)
+    p, s = ev["perplexity"], b["speed"]
+    row = {"model": "smollm2-135m (fp32, PyTorch eager)", "threads": b["threads"],
+           "perplexity": round(p["perplexity"], 3), "ctx": p["ctx"], "tokens": p["n_tokens"],
+           "prefill tok/s": round(s["prefill_tok_s"]["median"], 1),
+           "TTFT ms": round(s["ttft_ms"]["median"], 1),
+           "decode tok/s (median)": round(s["decode_tok_s"]["median"], 2),
+           "decode min-max": f"{s['decode_tok_s']['min']:.2f}-{s['decode_tok_s']['max']:.2f}",
+           "peak RSS MiB": round(b["peak_rss_bytes"] / 2**20, 1),
+           "weight MiB/token": round(s["weight_bytes"] / 2**20, 1),
+           "BW util": f"{100 * b['bandwidth_utilisation']:.1f}%"}
+    result = {
+        "title": "Foundation: SmolLM2-135M fp32 in PyTorch",
+        "command": "python bench/foundation.py --threads 2",
+        "description": "Perplexity on wikitext-2 test (non-overlapping windows); speed is greedy decode of 128 new "
+                       "tokens after a 128-token prompt, EOS ignored, median of 5 runs after 1 warm-up; peak RSS of a "
+                       "fresh subprocess that loads the model and runs the speed workload.",
+        "machine": b["machine"],
+        "tables": [{"title": "fp32 baseline", "columns": list(row), "rows": [row]}],
+        "raw": {"eval": ev, "bench": b}, "wall_seconds": time.time() - t0,
+    }
+    write_json(ROOT / "bench" / "results" / "foundation.json", result)
+    render()
+    print(row)
+
+
+if __name__ == "__main__":
+    main()

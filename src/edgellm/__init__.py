@@ -1,0 +1,41 @@
+"""edgellm: make a language model fit one resource-constrained device, and prove it with measurements.
+
+The public API, one call per capability::
+
+    import edgellm
+    m = edgellm.load("smollm2-135m")
+    r = edgellm.evaluate(m, ppl="wikitext-2/wiki.test.raw")
+    b = edgellm.bench("smollm2-135m", threads=2)
+
+Names are imported lazily (explicit table below), so ``import edgellm`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    "load": "edgellm.models:load",
+    "save": "edgellm.models:save",
+    "Loaded": "edgellm.models:Loaded",
+    "EdgeLLMError": "edgellm.errors:EdgeLLMError",
+    "evaluate": "edgellm.api:evaluate",
+    "bench": "edgellm.bench.memory:bench",
+    "open_runtime": "edgellm.runtimes:open_runtime",
+}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        module, attr = _API[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'edgellm' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))
+
+
+__all__ = list(_API)

@@ -1,0 +1,203 @@
+"""The one layer-by-layer calibration runner, shared by GPTQ, AWQ, Wanda and SparseGPT.
+
+How it works (the GPTQ recipe, generalised):
+
+1. Run the model on the calibration batch only up to the first block, and capture each
+   sample's block inputs (hidden states plus the keyword arguments the block receives:
+   attention mask, rotary embeddings, ...). Nothing past the first block is computed.
+2. For each block in turn: hook its Linear layers, run the block on every sample so the
+   method's per-linear accumulators see the inputs (``method.new_stats``); hand block and
+   statistics to ``method.apply_block``, which changes weights in place (quantize, prune,
+   rescale); then run the block again to produce the next block's inputs, so later blocks
+   calibrate on the already-compressed model's activations.
+
+Peak memory is the model plus one batch of block activations. Model families differ only
+by data: ``BLOCK_PATHS`` says where the blocks are. Deliberately left out: per-linear
+"true sequential" re-runs inside a block, and offloading the block inputs to disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import EdgeLLMError
+
+# Where the repeated blocks live, per family (first match wins).
+BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
+               "bert.encoder.layer", "encoder.layer", "model.encoder.layer", "transformer.layer",
+               "distilbert.transformer.layer")
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(dotted path, ModuleList) of the model's repeated blocks.
+
+    >>> path, blocks = find_blocks(llama)      # doctest: +SKIP
+    >>> path, len(blocks)                      # doctest: +SKIP
+    ('model.layers', 30)
+    """
+    for path in BLOCK_PATHS:
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return path, obj
+    raise EdgeLLMError(f"cannot find the repeated blocks of {type(model).__name__}",
+                       "supported layouts: " + ", ".join(BLOCK_PATHS))
+
+
+def find_linears(module: nn.Module, prefix: str = "") -> dict[str, nn.Linear]:
+    """All nn.Linear submodules by dotted name (relative to *module*)."""
+    return {f"{prefix}{n}": m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+
+class Stats(Protocol):
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate one batch of a linear's inputs, ``x: [tokens, in_features]``."""
+
+
+class BlockMethod(Protocol):
+    """What a calibrated method plugs into ``run_blockwise``."""
+
+    def new_stats(self, name: str, linear: nn.Linear) -> Stats | None:
+        """An accumulator for this linear's inputs, or None to leave it alone."""
+
+    def apply_block(self, index: int, block: nn.Module, stats: dict[str, tuple[nn.Linear, Stats]],
+                    block_inputs: "BlockInputs") -> None:
+        """Change the block's weights in place using the accumulated statistics."""
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    hidden: list[torch.Tensor]          # per sample: [1, L, H]
+    kwargs: list[dict]                  # per sample: the other keyword arguments the block gets
+
+    def run(self, block: nn.Module) -> list[torch.Tensor]:
+        """Outputs of *block* for every sample (hidden states only)."""
+        outs = []
+        for h, kw in zip(self.hidden, self.kwargs):
+            out = block(h, **kw)
+            outs.append(out[0] if isinstance(out, (tuple, list)) else out)
+        return outs
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, calib: torch.Tensor, blocks: nn.ModuleList) -> BlockInputs:
+    """Run *model* on each row of *calib* ``[N, L]`` until the first block; keep its inputs."""
+    hidden, kwargs = [], []
+
+    def grab(_module, args, kw):
+        h = args[0] if args else kw.pop("hidden_states")
+        kw = dict(kw)
+        kw.pop("hidden_states", None)
+        kw.pop("cache", None)
+        kw.pop("past_key_values", None)
+        kw.pop("past_key_value", None)
+        kw["use_cache"] = False
+        hidden.append(h.detach())
+        kwargs.append(kw)
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for row in calib:
+            try:
+                model(input_ids=row.view(1, -1).to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return BlockInputs(hidden, kwargs)
+
+
+@torch.no_grad()
+def run_blockwise(model: nn.Module, calib: torch.Tensor, method: BlockMethod, progress: bool = True,
+                  desc: str = "calibrate") -> None:
+    """Drive *method* over every block of *model* with calibration ids ``calib: [N, L]``.
+
+    >>> run_blockwise(model, calibration_windows(tok, valid, 128, 512), GPTQMethod(cfg))  # doctest: +SKIP
+    """
+    if calib.dim() != 2 or calib.shape[0] == 0:
+        raise EdgeLLMError(f"calibration ids must be [N, L] with N ≥ 1 (got {tuple(calib.shape)})",
+                           "check --calib-samples / --calib-len")
+    _, blocks = find_blocks(model)
+    was_training = model.training
+    model.eval()
+    inputs = capture_block_inputs(model, calib, blocks)
+    for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False)):
+        stats: dict[str, tuple[nn.Linear, Stats]] = {}
+        for name, lin in find_linears(block).items():
+            acc = method.new_stats(name, lin)
+            if acc is not None:
+                stats[name] = (lin, acc)
+        handles = [lin.register_forward_hook(_feeder(acc)) for lin, acc in stats.values()]
+        try:
+            inputs.run(block)
+        finally:
+            for h in handles:
+                h.remove()
+        method.apply_block(i, block, stats, inputs)
+        inputs.hidden = inputs.run(block)
+    model.train(was_training)
+
+
+def _feeder(acc: Stats):
+    def hook(_module, args, _output):
+        x = args[0]
+        acc.add(x.detach().reshape(-1, x.shape[-1]))
+    return hook
+
+
+class HessianStats:
+    """Running ``H = 2/n · Σ xᵀx`` over a linear's inputs (GPTQ, SparseGPT), in float32.
+
+    >>> s = HessianStats(4); s.add(torch.randn(10, 4)); s.H.shape
+    torch.Size([4, 4])
+    """
+
+    def __init__(self, in_features: int, device=None):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.float()
+        m = x.shape[0]
+        self.H.mul_(self.n / (self.n + m))
+        self.n += m
+        x = x * (2.0 / self.n) ** 0.5
+        self.H.addmm_(x.t(), x)
+
+
+class InputNormStats:
+    """Running per-input-channel sum of squares and count (Wanda's ‖X_j‖₂, AWQ's mean |x|)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.sq = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.abs = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.sq += (x * x).sum(0)
+        self.abs += x.abs().sum(0)
+        self.n += x.shape[0]
+
+    @property
+    def l2(self) -> torch.Tensor:
+        """‖X_j‖₂ over all tokens seen, per input channel j."""
+        return self.sq.sqrt().float()
+
+    @property
+    def mean_abs(self) -> torch.Tensor:
+        return (self.abs / max(self.n, 1)).float()

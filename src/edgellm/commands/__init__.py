@@ -1,0 +1,42 @@
+"""One module per CLI subcommand: ``add_arguments(parser)`` and ``run(args) -> int``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def add_common(p, threads: bool = True, runtime: bool = True, json_out: bool = True) -> None:
+    """Flags shared by subcommands that open a model."""
+    if runtime:
+        p.add_argument("--runtime", default="auto", help="torch, llama.cpp, onnxruntime, executorch (default: from the file)")
+        p.add_argument("--device", default=None, help="torch device: cuda, mps or cpu (default: best present)")
+        p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
+        p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin/.pt) checkpoints: trusted sources only")
+        p.add_argument("--online", action="store_true", help="allow hub ids (edgellm is offline by default)")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    if json_out:
+        p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write results as JSON")
+
+
+def load_kwargs(args) -> dict:
+    kw = {}
+    if getattr(args, "task", None):
+        kw["task"] = args.task
+    if getattr(args, "allow_pickle", False):
+        kw["allow_pickle"] = True
+    if getattr(args, "online", False):
+        kw["online"] = True
+    return kw
+
+
+def emit_json(args, obj) -> None:
+    from ..fileio import write_json
+
+    if getattr(args, "json_out", None):
+        if args.json_out == "-":
+            print(json.dumps(obj, indent=2, default=str))
+        else:
+            write_json(args.json_out, obj)
+            print(f"wrote {os.path.abspath(args.json_out)}")

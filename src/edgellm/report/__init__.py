@@ -1,0 +1,1 @@
+"""Human output: text tables (here), HTML reports and plots (added by the optimize issue)."""

@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny random Llama and BERT models built from configs, with real tokenizers
+trained on a small synthetic corpus, so tests run in seconds and need no download."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("the light living room kitchen turn on off play music song quiet loud warm cold door open close "
+         "good bad great awful movie film story actor fun boring love hate bright dark house garden robot "
+         "phone speaker morning evening small large fast slow one two three red green blue window heater").split()
+
+
+def synthetic_text(n_lines: int = 400, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        lines.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18))).capitalize() + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _byte_bpe(texts, vocab_size=320):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+
+
+def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
+    """A 3-layer random Llama (GQA 4 heads / 2 kv heads, hidden 96 so group sizes of 64 are ragged)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _byte_bpe(synthetic_text().splitlines())
+    cfg = dict(vocab_size=len(tok), hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():  # larger-than-default init, so layers matter and outputs are not near-uniform
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_tiny_bert(path: Path, classification: bool = False, seed: int = 0) -> Path:
+    from tokenizers.implementations import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(synthetic_text().splitlines(), vocab_size=200, min_frequency=1)
+    path.mkdir(parents=True, exist_ok=True)
+    wp.save_model(str(path))
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=128, num_labels=2)
+    torch.manual_seed(seed)
+    model = (BertForSequenceClassification if classification else BertModel)(cfg).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_cls(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert-cls", classification=True)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("data") / "text.txt"
+    p.write_text(synthetic_text(600, seed=1))
+    return p
+
+
+@pytest.fixture(scope="session")
+def tsv_file(tmp_path_factory) -> Path:
+    rng = random.Random(3)
+    lines = []
+    for _ in range(64):
+        label = rng.randint(0, 1)
+        word = rng.choice(["good", "great", "love", "fun"] if label else ["bad", "awful", "hate", "boring"])
+        lines.append(f"the movie was {word} and {rng.choice(WORDS)}\t{label}")
+    p = tmp_path_factory.mktemp("data") / "cls.tsv"
+    p.write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
+    return p
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from edgellm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
