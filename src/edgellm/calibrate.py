@@ -69,8 +69,11 @@ class BlockMethod(Protocol):
         """An accumulator for this linear's inputs, or None to leave it alone."""
 
     def apply_block(self, index: int, block: nn.Module, stats: dict[str, tuple[nn.Linear, Stats]],
-                    block_inputs: "BlockInputs") -> None:
-        """Change the block's weights in place using the accumulated statistics."""
+                    block_inputs: "BlockInputs") -> "list[torch.Tensor] | None":
+        """Change the block's weights in place using the accumulated statistics.
+
+        Return None (the usual case) and the runner recomputes the block's outputs; a method
+        that did not change the block may return the outputs it computed, saving a pass."""
 
 
 class _StopForward(Exception):
@@ -143,12 +146,14 @@ def run_blockwise(model: nn.Module, calib: torch.Tensor, method: BlockMethod, pr
                 stats[name] = (lin, acc)
         handles = [lin.register_forward_hook(_feeder(acc)) for lin, acc in stats.values()]
         try:
-            inputs.run(block)
+            if stats:  # nothing to observe: skip the statistics pass
+                inputs.run(block)
         finally:
             for h in handles:
                 h.remove()
-        method.apply_block(i, block, stats, inputs)
-        inputs.hidden = inputs.run(block)
+        outputs = method.apply_block(i, block, stats, inputs)
+        # a method that left the block unchanged may hand back the outputs it computed anyway
+        inputs.hidden = outputs if outputs is not None else inputs.run(block)
     model.train(was_training)
 
 
