@@ -24,6 +24,9 @@ _API = {
     "evaluate": "edgellm.api:evaluate",
     "bench": "edgellm.bench.memory:bench",
     "open_runtime": "edgellm.runtimes:open_runtime",
+    "prune": "edgellm.prune:prune",
+    "PruneConfig": "edgellm.prune:PruneConfig",
+    "PruneResult": "edgellm.prune:PruneResult",
 }
 
 

@@ -1,16 +1,44 @@
 """Structured pruning that physically removes parameters, so the result is a smaller, standard
 HF model that loads with ``from_pretrained``.
 
-This first part holds the depth primitive shared by pruning and distillation (students are
-built by dropping whole blocks). Scoring and width/head removal are added by the pruning issue.
+Three kinds, each removed uniformly per layer so the config stays a standard one:
+
+* **depth**: whole decoder layers, ranked by the angular distance between a block's input and
+  output on calibration data (``arccos(cos)/π``, averaged over tokens; a block that barely turns
+  the residual stream is the cheapest to drop). ``remove_layers`` is the one layer-dropping
+  primitive (distillation builds its students with it).
+* **width**: MLP intermediate channels, scored Wanda-style ``‖X_j‖₂ · ‖W_down[:, j]‖₂`` with X the
+  input of ``down_proj`` (or weight norms only for ``method="magnitude"``).
+* **heads**: attention query heads, GQA-aware: the same number of query heads is removed from
+  every key/value group, so ``num_key_value_heads`` and the head size stay as they are (for plain
+  multi-head attention, a head and its key/value head go together). Score: the same Wanda-style
+  product on the ``o_proj`` input, summed over the head's channels.
+
+All scores come from one calibration pass over the dense model (``run_blockwise`` from
+``calibrate.py``). Deliberately absent: iterative re-scoring after each removal, non-uniform
+per-layer widths, and any recovery training (that is distillation's job).
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
-from ..calibrate import find_blocks
+from ..calibrate import InputNormStats, find_blocks, run_blockwise
 from ..errors import EdgeLLMError
+
+# model_type values whose blocks have the Llama layout (self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj)
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise for an architecture that structured pruning does not know, listing the supported ones."""
+    mt = getattr(getattr(model, "config", None), "model_type", None)
+    if mt not in SUPPORTED:
+        raise EdgeLLMError(f"structured pruning does not support architecture '{mt}' ({type(model).__name__})",
+                           f"supported model types: {', '.join(SUPPORTED)}")
 
 
 def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
@@ -38,3 +66,184 @@ def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in drop]
     return model
+
+
+# -- scores ----------------------------------------------------------------------------------------
+
+def angular_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``arccos(cos(x_t, y_t)) / π``; x, y: [..., hidden].
+
+    >>> float(angular_distance(torch.tensor([[1., 0.]]), torch.tensor([[0., 1.]])))
+    0.5
+    """
+    cos = nn.functional.cosine_similarity(x.float().reshape(-1, x.shape[-1]), y.float().reshape(-1, y.shape[-1]), dim=-1)
+    return (torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).mean()
+
+
+def channel_scores(mlp: nn.Module, act_norm: torch.Tensor | None) -> torch.Tensor:
+    """Importance of each MLP intermediate channel: ``‖X_j‖₂ · ‖W_down[:, j]‖₂`` ([intermediate]).
+
+    Without activations (``act_norm=None``): ``‖W_gate[j]‖ · ‖W_up[j]‖ · ‖W_down[:, j]‖``.
+    """
+    down = mlp.down_proj.weight.float().norm(dim=0)  # W_down: [hidden, intermediate]
+    if act_norm is not None:
+        return act_norm.float() * down
+    return mlp.gate_proj.weight.float().norm(dim=1) * mlp.up_proj.weight.float().norm(dim=1) * down
+
+
+def head_scores(attn: nn.Module, head_dim: int, act_norm: torch.Tensor | None) -> torch.Tensor:
+    """Importance of each query head ([num_heads]) from the ``o_proj`` columns that read it."""
+    col = attn.o_proj.weight.float().norm(dim=0)  # W_o: [hidden, heads·head_dim]
+    col = col * (act_norm.float() if act_norm is not None else attn.q_proj.weight.float().norm(dim=1))
+    return col.view(-1, head_dim).sum(1)
+
+
+class StructureScores:
+    """A ``run_blockwise`` method that changes nothing and records layer, channel and head scores."""
+
+    def __init__(self, mlp: bool, heads: bool):
+        self.want_mlp, self.want_heads = mlp, heads
+        self.layer: list[float] = []
+        self.channels: list[torch.Tensor] = []
+        self.heads: list[torch.Tensor] = []
+
+    def new_stats(self, name: str, linear: nn.Linear):
+        if (self.want_mlp and name == "mlp.down_proj") or (self.want_heads and name == "self_attn.o_proj"):
+            return InputNormStats(linear.in_features, device=linear.weight.device)
+        return None
+
+    @torch.no_grad()
+    def apply_block(self, index, block, stats, block_inputs):
+        outs = block_inputs.run(block)
+        d = torch.stack([angular_distance(h, o) for h, o in zip(block_inputs.hidden, outs)])
+        self.layer.append(float(d.mean()))
+        if self.want_mlp:
+            self.channels.append(channel_scores(block.mlp, stats["mlp.down_proj"][1].l2))
+        if self.want_heads:
+            self.heads.append(head_scores(block.self_attn, _head_dim(block.self_attn),
+                                          stats["self_attn.o_proj"][1].l2))
+        return outs  # unchanged block: the runner reuses these as the next block's inputs
+
+
+def score_structure(model: nn.Module, calib: torch.Tensor | None, mlp: bool = True, heads: bool = True,
+                    progress: bool = True) -> StructureScores:
+    """Layer, channel and head scores in one calibration pass (weight norms only when *calib* is None).
+
+    >>> s = score_structure(model, calib_ids)                # doctest: +SKIP
+    >>> sorted(range(len(s.layer)), key=s.layer.__getitem__)[:3]   # the three cheapest layers  # doctest: +SKIP
+    """
+    check_supported(model)
+    scores = StructureScores(mlp, heads)
+    if calib is not None:
+        run_blockwise(model, calib, scores, progress=progress, desc="score")
+        return scores
+    for block in find_blocks(model)[1]:
+        if mlp:
+            scores.channels.append(channel_scores(block.mlp, None))
+        if heads:
+            scores.heads.append(head_scores(block.self_attn, _head_dim(block.self_attn), None))
+    return scores
+
+
+def _head_dim(attn: nn.Module) -> int:
+    return int(attn.head_dim)
+
+
+# -- how many units a ratio or budget means --------------------------------------------------------
+
+def units_to_remove(total: int, ratio: float | None, excess: float | None, unit_size: float, what: str,
+                    step: int = 1) -> int:
+    """Units (of *total*) to remove: ``round(ratio·total)``, or the fewest whose size covers *excess*.
+
+    *step* is the granularity (heads come off in multiples of the number of KV groups).
+    """
+    if ratio is not None:
+        k = int(round(ratio * total / step)) * step
+        if k == 0:
+            raise EdgeLLMError(f"ratio {ratio} removes no {what} (there are {total})", "use a larger ratio")
+    else:
+        k = 0 if excess <= 0 else int(math.ceil(excess / (unit_size * step) - 1e-9)) * step
+    if k >= total:
+        raise EdgeLLMError(f"this target would remove all {total} {what}", "use a smaller ratio or a larger budget")
+    return k
+
+
+# -- the removals ----------------------------------------------------------------------------------
+
+def _sliced_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    W = lin.weight.data
+    b = lin.bias.data if lin.bias is not None else None
+    if rows is not None:
+        W = W[rows]
+        b = b[rows] if b is not None else None
+    if cols is not None:
+        W = W[:, cols]
+    new = nn.Linear(W.shape[1], W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
+    new.weight.data.copy_(W)
+    if b is not None:
+        new.bias.data.copy_(b)
+    return new
+
+
+@torch.no_grad()
+def remove_channels(model: nn.Module, scores: list[torch.Tensor], k: int) -> dict[int, list[int]]:
+    """Remove the *k* lowest-scoring MLP channels of every layer; returns layer -> removed channels."""
+    check_supported(model)
+    removed = {}
+    for i, block in enumerate(find_blocks(model)[1]):
+        mlp = block.mlp
+        drop = torch.topk(scores[i], k, largest=False).indices.sort().values
+        keep = torch.ones(scores[i].numel(), dtype=torch.bool)
+        keep[drop] = False
+        idx = keep.nonzero().flatten()
+        mlp.gate_proj = _sliced_linear(mlp.gate_proj, rows=idx)
+        mlp.up_proj = _sliced_linear(mlp.up_proj, rows=idx)
+        mlp.down_proj = _sliced_linear(mlp.down_proj, cols=idx)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = idx.numel()
+        removed[i] = drop.tolist()
+    model.config.intermediate_size = model.config.intermediate_size - k
+    return removed
+
+
+@torch.no_grad()
+def remove_heads(model: nn.Module, scores: list[torch.Tensor], per_group: int) -> dict[int, list[int]]:
+    """Remove *per_group* query heads from every KV group of every layer (GQA-aware).
+
+    For multi-head attention (one query head per KV head) whole heads go, key/value included,
+    and *per_group* counts heads. Returns layer -> removed query-head indices.
+    """
+    check_supported(model)
+    cfg = model.config
+    H, G = cfg.num_attention_heads, cfg.num_key_value_heads
+    gs = H // G
+    removed = {}
+    for i, block in enumerate(find_blocks(model)[1]):
+        attn = block.self_attn
+        hd = _head_dim(attn)
+        s = scores[i]
+        if gs > 1:   # drop the weakest per_group heads inside each group; keep every KV head
+            drop = [g * gs + int(j) for g in range(G)
+                    for j in torch.topk(s[g * gs:(g + 1) * gs], per_group, largest=False).indices.sort().values]
+        else:        # MHA: a head is its own group
+            drop = torch.topk(s, per_group, largest=False).indices.sort().values.tolist()
+        keep_heads = [h for h in range(H) if h not in set(drop)]
+        ch = torch.tensor([h * hd + c for h in keep_heads for c in range(hd)])
+        attn.q_proj = _sliced_linear(attn.q_proj, rows=ch)
+        attn.o_proj = _sliced_linear(attn.o_proj, cols=ch)
+        if gs == 1:
+            attn.k_proj = _sliced_linear(attn.k_proj, rows=ch)
+            attn.v_proj = _sliced_linear(attn.v_proj, rows=ch)
+        attn.num_key_value_groups = gs - per_group if gs > 1 else 1
+        for name in ("num_heads", "num_attention_heads"):
+            if hasattr(attn, name):
+                setattr(attn, name, len(keep_heads))
+        if gs == 1 and hasattr(attn, "num_key_value_heads"):
+            attn.num_key_value_heads = len(keep_heads)
+        removed[i] = sorted(drop)
+    head_dim = _head_dim(find_blocks(model)[1][0].self_attn)
+    cfg.head_dim = head_dim  # no longer hidden_size // num_attention_heads
+    cfg.num_attention_heads = H - (per_group * G if gs > 1 else per_group)
+    if gs == 1:
+        cfg.num_key_value_heads = cfg.num_attention_heads
+    return removed

@@ -1,0 +1,61 @@
+"""Wanda (Sun et al., 2023): prune by |W_ij| · ‖X_j‖₂, compared within each output row.
+
+The score needs only the L2 norm of each input channel over the calibration tokens
+(``InputNormStats`` from the shared runner); no weight update follows. Blocks are pruned in
+order, and each later block calibrates on the already-pruned model's activations (the runner
+does this). Deliberately absent: Wanda's optional per-layer sparsity search.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..calibrate import InputNormStats
+from .config import PruneConfig
+from .magnitude import selected
+from .masks import check_nm_divides, mask_from_scores
+
+
+def wanda_score(W: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
+    """``S_ij = |W_ij| · ‖X_j‖₂``; W: [out, in], act_norm: [in].
+
+    >>> wanda_score(torch.tensor([[1., -2.]]), torch.tensor([3., 1.])).tolist()
+    [[3.0, 2.0]]
+    """
+    return W.abs().float() * act_norm.float().view(1, -1)
+
+
+def wanda_mask(W: torch.Tensor, act_norm: torch.Tensor, sparsity: float, n: int = 0, m: int = 0) -> torch.Tensor:
+    """Keep-mask: the lowest-scoring ``sparsity`` of every output row, or the top N of every M inputs.
+
+    >>> wanda_mask(torch.tensor([[1., -2.], [4., 1.]]), torch.tensor([3., 1.]), 0.5).tolist()
+    [[True, False], [True, False]]
+    """
+    return mask_from_scores(wanda_score(W, act_norm), sparsity, n, m, per_row=True)
+
+
+class WandaMethod:
+    """Plugs Wanda into ``run_blockwise``: collects ‖X_j‖₂ per linear, then masks the block."""
+
+    def __init__(self, cfg: PruneConfig, block_path: str):
+        self.cfg, self.path, self.block = cfg, block_path, 0
+        self.achieved: dict[str, float] = {}
+
+    def new_stats(self, name: str, linear: nn.Linear):
+        full = f"{self.path}.{self.block}.{name}"
+        if not selected(full, self.cfg):
+            return None
+        if self.cfg.nm:
+            check_nm_divides(linear.weight.shape, self.cfg.nm[1], full)
+        return InputNormStats(linear.in_features, device=linear.weight.device)
+
+    @torch.no_grad()
+    def apply_block(self, index, block, stats, block_inputs):
+        n, m = self.cfg.nm or (0, 0)
+        for name, (lin, acc) in stats.items():
+            keep = wanda_mask(lin.weight, acc.l2, self.cfg.effective_sparsity, n, m)
+            lin.weight.mul_(keep)
+            self.achieved[f"{self.path}.{index}.{name}"] = 1.0 - float(keep.float().mean())
+        self.block = index + 1
+        return None
