@@ -127,3 +127,17 @@ def test_builtin_minilm_loads_as_classifier():
     m = load("minilm-l6", task="classification", num_labels=2)
     assert m.model.config.num_hidden_layers == 6
     assert m.model.config.num_labels == 2
+
+
+def test_gguf_without_model(tmp_path):
+    import gguf
+
+    f = tmp_path / "meta-only.gguf"
+    w = gguf.GGUFWriter(str(f), arch="llama")
+    w.add_string("general.name", "not a model")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(EdgeLLMError, match="without a model"):
+        load(f)
