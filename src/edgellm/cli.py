@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "eval": ("edgellm.commands.eval", "measure perplexity, KL/top-1 agreement or accuracy"),
     "bench": ("edgellm.commands.bench", "measure size, peak RSS, prefill/decode speed and bandwidth use"),
+    "serve": ("edgellm.commands.serve", "serve a model with an OpenAI-compatible API on localhost"),
     "prune": ("edgellm.commands.prune", "prune: magnitude/Wanda/SparseGPT (unstructured, N:M) or depth/width/heads"),
 }
 
