@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": ("edgellm.commands.bench", "measure size, peak RSS, prefill/decode speed and bandwidth use"),
     "serve": ("edgellm.commands.serve", "serve a model with an OpenAI-compatible API on localhost"),
     "prune": ("edgellm.commands.prune", "prune: magnitude/Wanda/SparseGPT (unstructured, N:M) or depth/width/heads"),
+    "plan": ("edgellm.commands.plan", "device map and bytes per device under memory budgets, or a pipeline split"),
 }
 
 

@@ -102,8 +102,11 @@ def online_allowed(online: bool | None = None) -> bool:
 
 
 def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 2, dtype: torch.dtype = torch.float32,
-         allow_pickle: bool = False, online: bool | None = None) -> Loaded:
+         allow_pickle: bool = False, online: bool | None = None, max_memory=None, offload_folder=None) -> Loaded:
     """Load a model and its tokenizer.
+
+    *max_memory* (``"cpu=2GiB,cuda:0=4GiB[,disk]"`` or a dict) places a folder's modules under those
+    budgets with Accelerate (``edgellm.parallel.placement``), offloading to *offload_folder* on disk.
 
     >>> m = load("smollm2-135m")                 # doctest: +SKIP
     >>> m.meta.n_params, m.meta.architecture     # doctest: +SKIP
@@ -122,7 +125,15 @@ def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 
             path = gguf_cache_folder(path)
     else:
         path, kind = _resolve(name, online)
-    if kind == "hub":
+    if max_memory is not None:
+        if kind == "hub" or not path.is_dir():
+            raise EdgeLLMError(f"max_memory placement needs a model folder or a built-in name, not '{name}'",
+                               "convert the model to an HF safetensors folder first")
+        from .parallel.placement import load_folder_placed
+
+        model, tok, cfg_extra = load_folder_placed(path, task, dtype, max_memory, offload_folder)
+        file_bytes = dir_bytes(path)
+    elif kind == "hub":
         model, tok, cfg_extra = _load_hub(name, task, num_labels, dtype)
         file_bytes = 0
     elif path.is_dir():

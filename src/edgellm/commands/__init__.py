@@ -14,6 +14,9 @@ def add_common(p, threads: bool = True, runtime: bool = True, json_out: bool = T
         p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
         p.add_argument("--allow-pickle", action="store_true", help="allow pickle (.bin/.pt) checkpoints: trusted sources only")
         p.add_argument("--online", action="store_true", help="allow hub ids (edgellm is offline by default)")
+        p.add_argument("--max-memory", default=None, metavar="BUDGET",
+                       help="place the model under per-device budgets, e.g. cpu=2GiB,cuda:0=4GiB[,disk] (see edgellm plan)")
+        p.add_argument("--offload-folder", default=None, help="where --max-memory offloads to disk (default: a temp dir)")
     if threads:
         p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     if json_out:
@@ -28,6 +31,10 @@ def load_kwargs(args) -> dict:
         kw["allow_pickle"] = True
     if getattr(args, "online", False):
         kw["online"] = True
+    if getattr(args, "max_memory", None):
+        kw["max_memory"] = args.max_memory
+        if getattr(args, "offload_folder", None):
+            kw["offload_folder"] = args.offload_folder
     return kw
 
 

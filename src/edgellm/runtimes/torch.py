@@ -62,7 +62,9 @@ class TorchRuntime:
         self.threads = torch.get_num_threads()
         loaded_dtype = next(self.model.parameters()).dtype
         self.dtype = device_dtype(self.device, loaded_dtype)
-        if self.device != "cpu" or self.dtype != loaded_dtype:
+        if getattr(self.model, "hf_device_map", None):   # placed by max_memory: Accelerate's hooks move data
+            self.dtype = loaded_dtype
+        elif self.device != "cpu" or self.dtype != loaded_dtype:
             self.model.to(device=self.device, dtype=self.dtype if self.dtype.is_floating_point else None)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         params = inspect.signature(self.model.forward).parameters
