@@ -17,6 +17,11 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {
+    "distill": "edgellm.distill:distill",
+    "finetune": "edgellm.distill:finetune",
+    "DistillConfig": "edgellm.distill:DistillConfig",
+    "DistillResult": "edgellm.distill:DistillResult",
+    "student_from_teacher": "edgellm.distill:student_from_teacher",
     "load": "edgellm.models:load",
     "save": "edgellm.models:save",
     "Loaded": "edgellm.models:Loaded",

@@ -12,6 +12,8 @@ import importlib
 import sys
 
 COMMANDS = {
+    "distill": ("edgellm.commands.distill", "distil a teacher into a student (KD), or recover a pruned/quantized model"),
+    "finetune": ("edgellm.commands.finetune", "fine-tune on labels only (e.g. a classification head on SST-2)"),
     "eval": ("edgellm.commands.eval", "measure perplexity, KL/top-1 agreement or accuracy"),
     "bench": ("edgellm.commands.bench", "measure size, peak RSS, prefill/decode speed and bandwidth use"),
     "serve": ("edgellm.commands.serve", "serve a model with an OpenAI-compatible API on localhost"),
