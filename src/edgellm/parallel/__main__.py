@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--micro-batches", type=int, default=1)
         if name == "logits":
             s.add_argument("--out", required=True, help="safetensors file for the logits [batch, T, vocab]")
+        if name == "generate":
+            s.add_argument("--prompt-seeds", type=int, default=None, metavar="T",
+                           help="instead of --prompt: --batch distinct seeded prompts of T tokens (benchmark prompts)")
+            s.add_argument("--logits-out", default=None, help="also write the prompts' logits here (safetensors)")
         if name == "bench":
             s.add_argument("--prompt-len", type=int, default=128)
             s.add_argument("--runs", type=int, default=5)
@@ -60,6 +64,12 @@ def peak_rss_bytes() -> int:
 def _prompt_ids(args, tokenizer_path) -> torch.Tensor:
     from ..errors import EdgeLLMError
 
+    if getattr(args, "prompt_seeds", None):
+        from ..bench.latency import fixed_prompt
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(tokenizer_path).vocab_size
+        return torch.stack([fixed_prompt(vocab, args.prompt_seeds, seed=i) for i in range(max(args.batch, 1))])
     if args.prompt_ids:
         try:
             ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
@@ -140,13 +150,17 @@ def _rank0(args, engine, stage, folder, world) -> dict:
 
     if args.command == "generate":
         prompts = _prompt_ids(args, folder)
+        out = {}
+        if args.logits_out:
+            save_file({"logits": engine.logits(prompts).contiguous()}, args.logits_out)
+            out["logits_file"] = args.logits_out
         t0 = time.perf_counter()
         ids = engine.generate_batch(prompts, args.new_tokens, args.micro_batches)
-        return {"tokens": ids.tolist(), "prompt_ids": prompts[0].tolist(), "seconds": time.perf_counter() - t0}
+        return {**out, "tokens": ids.tolist(), "prompts": prompts.tolist(), "seconds": time.perf_counter() - t0}
     if args.command == "logits":
         prompts = _prompt_ids(args, folder)
         save_file({"logits": engine.logits(prompts).contiguous()}, args.out)
-        return {"logits_file": args.out, "prompt_ids": prompts[0].tolist()}
+        return {"logits_file": args.out, "prompts": prompts.tolist()}
     return _bench(args, engine, stage, world)
 
 
