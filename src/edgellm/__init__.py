@@ -29,6 +29,7 @@ _API = {
     "evaluate": "edgellm.api:evaluate",
     "bench": "edgellm.bench.memory:bench",
     "open_runtime": "edgellm.runtimes:open_runtime",
+    "export": "edgellm.export:export",
     "serve": "edgellm.serve.server:serve",
     "prune": "edgellm.prune:prune",
     "PruneConfig": "edgellm.prune:PruneConfig",

@@ -16,6 +16,7 @@ COMMANDS = {
     "finetune": ("edgellm.commands.finetune", "fine-tune on labels only (e.g. a classification head on SST-2)"),
     "eval": ("edgellm.commands.eval", "measure perplexity, KL/top-1 agreement or accuracy"),
     "bench": ("edgellm.commands.bench", "measure size, peak RSS, prefill/decode speed and bandwidth use"),
+    "export": ("edgellm.commands.export", "export to GGUF (llama.cpp) and other runtimes, verified on the runtime"),
     "serve": ("edgellm.commands.serve", "serve a model with an OpenAI-compatible API on localhost"),
     "prune": ("edgellm.commands.prune", "prune: magnitude/Wanda/SparseGPT (unstructured, N:M) or depth/width/heads"),
     "plan": ("edgellm.commands.plan", "device map and bytes per device under memory budgets, or a pipeline split"),

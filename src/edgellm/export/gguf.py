@@ -1,0 +1,416 @@
+"""Export a causal LM to a GGUF file for llama.cpp, following ``convert_hf_to_gguf.py``.
+
+Supported: Llama-family models (``llama``, ``mistral``: GGUF arch ``llama``, with the Q/K row
+permutation llama.cpp's interleaved rotary expects) and ``qwen2`` (no permutation, Q/K/V biases).
+Tensor names come from ``gguf.TensorNameMap``; metadata uses the same keys as llama.cpp's
+converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
+merges, pre-tokenizer name, special ids, add-BOS/EOS flags) with the chat template.
+
+Weight types (``gguf_type``): f32, f16, q8_0, q4_0, q4_1. Norms and biases stay f32. For the
+8/4-bit types the token embedding (which is also the output head when tied) is q8_0 unless
+``embedding_type`` says otherwise, as llama.cpp does when Q6_K cannot tile a row.
+edgellm's packed linears (modules with ``unpack()``) go in **as they are** when their grid is
+the block's grid (see ``gguf_blocks.from_quantized``); a packed weight on another grid is an
+error unless ``requantize=True``, and then every such tensor is listed in the report. Plain
+float weights are quantized with ggml's reference round-to-nearest, bit-exact with llama.cpp.
+
+The file is written to a temporary ``.gguf`` next to *out*, verified (when a verifier is
+given) against a PyTorch copy holding exactly the written weights, and renamed into place
+only then. Deliberately absent: K-quants, SentencePiece tokenizers, rope scaling
+(llama3/yarn), mixture-of-experts and multimodal models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import EdgeLLMError
+from ..fileio import check_writable_target
+from .gguf_blocks import QTYPES, BlockCodes, GridMismatch, from_quantized, pack, rtn
+
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}          # llama_ftype
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}          # HF model_type -> GGUF arch
+PERMUTE_QK = {"llama"}
+SUPPORTED_TEXT = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (model_type llama, mistral, qwen2)"
+
+
+@dataclass(frozen=True)
+class GGUFExportConfig:
+    """*gguf_type* for the 2-D weights; *embedding_type* for the token embedding / output head
+    (default: q8_0 for 8/4-bit files, else *gguf_type*); *requantize* allows re-encoding edgellm
+    weights whose grid is not the block's (reported per tensor).
+
+    >>> GGUFExportConfig(gguf_type="q4_0").embedding
+    'q8_0'
+    """
+
+    gguf_type: str = "f16"
+    embedding_type: str | None = None
+    requantize: bool = False
+
+    def __post_init__(self):
+        for v in (self.gguf_type, self.embedding_type):
+            if v is not None and v not in GGUF_TYPES:
+                raise EdgeLLMError(f"unknown GGUF type '{v}'", f"use one of: {', '.join(GGUF_TYPES)}")
+
+    @property
+    def embedding(self) -> str:
+        return self.embedding_type or ("q8_0" if self.gguf_type in QTYPES else self.gguf_type)
+
+
+@dataclass
+class GGUFTensorPlan:
+    """What goes into the file for one tensor, and the fp32 weights llama.cpp will see."""
+
+    name: str
+    gguf_type: str
+    data: np.ndarray                 # float32/float16 array, or uint8 blocks [rows, bytes]
+    weights: torch.Tensor            # what llama.cpp reconstructs (HF layout, for the reference model)
+    how: str                         # "float", "exact" (our codes), "rtn", "requantized", "dequantized"
+
+
+@dataclass
+class GGUFExportReport:
+    path: str
+    gguf_type: str
+    embedding_type: str
+    architecture: str
+    file_bytes: int
+    tensor_types: dict = field(default_factory=dict)     # gguf type -> count
+    how: dict = field(default_factory=dict)              # how -> count
+    requantized: list = field(default_factory=list)
+    seconds: float = 0.0
+    verification: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gguf_arch(model) -> str:
+    mtype = getattr(model.config, "model_type", "?")
+    if not type(model).__name__.endswith("ForCausalLM") or mtype not in ARCHS:
+        raise EdgeLLMError(f"GGUF export does not support {type(model).__name__} (model_type '{mtype}')",
+                           f"supported: {SUPPORTED_TEXT}")
+    return ARCHS[mtype]
+
+
+def _rope_theta(cfg) -> float:
+    params = getattr(cfg, "rope_parameters", None) or {}
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise EdgeLLMError(f"GGUF export does not support rope scaling '{rope_type}'", "export a model with default rotary")
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
+    if theta is None:
+        raise EdgeLLMError("the model config has no rope_theta", "check the config")
+    return float(theta)
+
+
+def permute_qk(W: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF's half-split rotary layout -> llama.cpp's interleaved one (rows of Q or K, or their bias)."""
+    return W.reshape(n_head, 2, W.shape[0] // n_head // 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def source_tensors(model) -> dict:
+    """HF tensor name -> fp32 tensor, or the ``QuantizedWeight`` of a packed edgellm linear."""
+    packed = {n: m for n, m in model.named_modules() if n and callable(getattr(m, "unpack", None))}
+    out = {}
+    for name, t in model.state_dict().items():
+        if any(name.startswith(p + ".") for p in packed):
+            continue
+        out[name] = t
+    for name, mod in packed.items():
+        out[name + ".weight"] = mod.unpack()
+        if getattr(mod, "bias", None) is not None:
+            out[name + ".bias"] = mod.bias.detach()
+    return out
+
+
+def _dequantize(q) -> torch.Tensor:
+    """fp32 ``scale · (codes − zero)`` of a ``QuantizedWeight`` (codes [out, in], scale/zero [out, groups])."""
+    codes = q.codes.float()
+    out_f, in_f = codes.shape
+    g = int(q.group_size) if q.group_size and q.group_size > 0 else in_f
+    n_groups = -(-in_f // g)
+    expand = lambda t: t.float().reshape(out_f, n_groups).repeat_interleave(g, dim=1)[:, :in_f]  # noqa: E731
+    zero = expand(q.zero) if q.zero is not None else 0.0
+    return (codes - zero) * expand(q.scale)
+
+
+def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | None) -> GGUFTensorPlan:
+    """One tensor: float -> float/RTN blocks; QuantizedWeight -> exact blocks, or an explicit requantization."""
+    quantized = not isinstance(src, torch.Tensor)
+    if not quantized and (src.dim() != 2 or qtype in ("f32", "f16")) or quantized and qtype in ("f32", "f16"):
+        W = _dequantize(src) if quantized else src.detach().float()
+        if permute_heads:
+            W = permute_qk(W, permute_heads)
+        t = qtype if W.dim() == 2 else "f32"
+        arr = W.numpy().astype(np.float16 if t == "f16" else np.float32)
+        w = torch.from_numpy(arr.astype(np.float32))
+        return GGUFTensorPlan(name, t, arr, w, "dequantized" if quantized else "float")
+    how = "rtn"
+    if quantized:
+        try:
+            bc = from_quantized(src, qtype)
+            how = "exact"
+        except GridMismatch as e:
+            if not requantize:
+                raise EdgeLLMError(f"tensor '{name}' cannot be written as {qtype} without re-quantizing it: {e}",
+                                   f"export as the matching type, or pass --requantize to re-encode it with round-to-nearest") from e
+            bc, how = rtn(_dequantize(src), qtype), "requantized"
+    else:
+        try:
+            bc = rtn(src.detach().float(), qtype)
+        except GridMismatch as e:
+            raise EdgeLLMError(f"tensor '{name}' cannot be stored as {qtype}: {e}", "use --gguf-type f16 or f32") from e
+    if permute_heads:   # a row permutation: codes and per-block scales move with their rows
+        bc = BlockCodes(bc.qtype, permute_qk(bc.codes, permute_heads), permute_qk(bc.d, permute_heads),
+                        permute_qk(bc.m, permute_heads) if bc.m is not None else None)
+    return GGUFTensorPlan(name, qtype, pack(bc), bc.dequantize(), how)
+
+
+def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], dict]:
+    """Every tensor of *model* mapped to its GGUF name, type and bytes; plus HF name -> plan."""
+    import gguf
+
+    arch = gguf_arch(model)
+    c = model.config
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)
+    n_head, n_kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    plans, by_hf = [], {}
+    for hf_name, src in source_tensors(model).items():
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        if hf_name == "lm_head.weight" and getattr(c, "tie_word_embeddings", False):
+            continue
+        name = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise EdgeLLMError(f"tensor '{hf_name}' has no GGUF name for arch '{arch}'",
+                               f"GGUF export supports {SUPPORTED_TEXT} without extra modules")
+        heads = None
+        if arch in PERMUTE_QK and ".self_attn.q_proj." in hf_name:
+            heads = n_head
+        elif arch in PERMUTE_QK and ".self_attn.k_proj." in hf_name:
+            heads = n_kv
+        is_emb = name in ("token_embd.weight", "output.weight")
+        qtype = cfg.embedding if is_emb else cfg.gguf_type
+        plan = _encode(name, src, qtype, cfg.requantize, heads)
+        if heads:   # keep the reference model in HF layout: undo the permutation on the reconstructed weights
+            plan.weights = unpermute_qk(plan.weights, heads)
+        plans.append(plan)
+        by_hf[hf_name] = plan
+    return plans, by_hf
+
+
+def unpermute_qk(W: torch.Tensor, n_head: int) -> torch.Tensor:
+    return W.reshape(n_head, W.shape[0] // n_head // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def reference_model(model, by_hf: dict):
+    """A plain fp32 copy of *model* holding exactly the weights written to the GGUF (for verification).
+
+    edgellm's packed linears become ``nn.Linear``s; every mapped tensor gets the weights llama.cpp sees.
+    """
+    ref = copy.deepcopy(model).float()
+    for name, mod in [(n, m) for n, m in ref.named_modules() if n and callable(getattr(m, "unpack", None))]:
+        W = by_hf[name + ".weight"].weights                          # W: [out, in]
+        lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=getattr(mod, "bias", None) is not None)
+        parent, _, child = name.rpartition(".")
+        setattr(ref.get_submodule(parent) if parent else ref, child, lin)
+    params = dict(ref.named_parameters())
+    with torch.no_grad():
+        for hf_name, plan in by_hf.items():
+            if hf_name in params:
+                params[hf_name].copy_(plan.weights.view(params[hf_name].shape))
+    return ref.eval()
+
+
+# -- tokenizer ----------------------------------------------------------------------------------
+def _pre_tokenizer_name(pre: dict | None) -> str:
+    """llama.cpp's pre-tokenizer name for a tokenizers.json ``pre_tokenizer`` (byte-level BPE only)."""
+    if pre is None:
+        raise EdgeLLMError("the tokenizer has no pre-tokenizer", "GGUF export supports byte-level BPE tokenizers")
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    if pre.get("type") == "Sequence":
+        kinds = [(p.get("type"), p) for p in pre.get("pretokenizers", [])]
+        names = [k for k, _ in kinds]
+        if names == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits") and kinds[1][1].get("use_regex", True):
+            return "smollm"
+        if names == ["Split", "ByteLevel"] and not kinds[1][1].get("use_regex", True):
+            regex = (kinds[0][1].get("pattern") or {}).get("Regex", "")
+            if "\\p{N}{1,3}" in regex:
+                return "llama-bpe"
+            if "\\p{N}" in regex and "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+" in regex:
+                return "qwen2"
+    raise EdgeLLMError(f"GGUF export does not recognise this pre-tokenizer ({json.dumps(pre)[:120]})",
+                       "supported: GPT-2 byte-level, SmolLM (digits + byte-level), Llama-3 and Qwen2 regex splits")
+
+
+def tokenizer_metadata(tok, vocab_size: int) -> dict:
+    """tokenizer.ggml.* values for a fast byte-level BPE tokenizer, padded to the model's vocab size."""
+    import gguf
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise EdgeLLMError("GGUF export needs a fast (tokenizers) tokenizer", "save the model with a tokenizer.json")
+    j = json.loads(backend.to_str())
+    model = j.get("model", {})
+    if model.get("type") != "BPE" or (j.get("decoder") or {}).get("type") != "ByteLevel":
+        raise EdgeLLMError(f"GGUF export supports byte-level BPE tokenizers, not {model.get('type')} with a "
+                           f"{(j.get('decoder') or {}).get('type')} decoder", "export a model with a GPT-2 style tokenizer")
+    if len(tok) > vocab_size:
+        raise EdgeLLMError(f"the tokenizer has {len(tok)} tokens but the model only {vocab_size} embeddings",
+                           "use the model's own tokenizer")
+    tokens = [None] * vocab_size
+    types = [gguf.TokenType.NORMAL] * vocab_size
+    for text, i in model["vocab"].items():
+        if i < vocab_size:
+            tokens[i] = text
+    for a in j.get("added_tokens", []):
+        tokens[a["id"]] = a["content"]
+        types[a["id"]] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
+    for i, t in enumerate(tokens):
+        if t is None:
+            tokens[i], types[i] = f"[PAD{i}]", gguf.TokenType.UNUSED
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    probe = tok("a b", add_special_tokens=True)["input_ids"]
+    special = {k: getattr(tok, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")}
+    return {"pre": _pre_tokenizer_name(j.get("pre_tokenizer")), "tokens": tokens, "types": [int(t) for t in types],
+            "merges": merges, "special": {k: v for k, v in special.items() if v is not None},
+            "add_bos": special["bos"] is not None and probe[:1] == [special["bos"]],
+            "add_eos": special["eos"] is not None and len(probe) > 1 and probe[-1] == special["eos"],
+            "chat_template": getattr(tok, "chat_template", None)}
+
+
+# -- writing ------------------------------------------------------------------------------------
+def write_gguf(path: Path, model, tok, plans: list[GGUFTensorPlan], cfg: GGUFExportConfig, name: str,
+               provenance: dict) -> None:
+    import gguf
+
+    arch = gguf_arch(model)
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_type("model")
+    w.add_name(name)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
+    w.add_rope_freq_base(_rope_theta(c))
+    w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
+    w.add_vocab_size(c.vocab_size)
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != c.hidden_size // c.num_attention_heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_file_type(FILE_TYPE[cfg.gguf_type])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    tm = tokenizer_metadata(tok, c.vocab_size)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(tm["pre"])
+    w.add_token_list(tm["tokens"])
+    w.add_token_types(tm["types"])
+    w.add_token_merges(tm["merges"])
+    for k, v in tm["special"].items():
+        getattr(w, f"add_{k}_token_id")(int(v))
+    w.add_add_bos_token(tm["add_bos"])
+    w.add_add_eos_token(tm["add_eos"])
+    if tm["chat_template"]:
+        w.add_chat_template(tm["chat_template"])
+    w.add_string("edgellm.export", json.dumps(provenance, sort_keys=True))
+    for p in plans:
+        raw = None if p.gguf_type in ("f32", "f16") else gguf.GGMLQuantizationType[p.gguf_type.upper()]
+        w.add_tensor(p.name, p.data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def export_gguf(model, out, *, gguf_type: str = "f16", force: bool = False, verify=None,
+                embedding_type: str | None = None, requantize: bool = False) -> Path:
+    """Export *model* (a spec or ``Loaded``) to the GGUF file *out*.
+
+    *verify*, when given, is called as ``verify(tmp_gguf, reference_loaded)`` before the file is
+    renamed into place (the reference holds exactly the written weights); if it raises, nothing
+    is left behind. ``export_gguf_report`` also returns the export report.
+
+    >>> export_gguf("smollm2-135m", "out/smollm2-q4_0.gguf", gguf_type="q4_0")   # doctest: +SKIP
+    PosixPath('out/smollm2-q4_0.gguf')
+    """
+    return export_gguf_report(model, out, gguf_type=gguf_type, force=force, verify=verify,
+                              embedding_type=embedding_type, requantize=requantize)[0]
+
+
+def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = False, verify=None,
+                       embedding_type: str | None = None, requantize: bool = False) -> tuple[Path, GGUFExportReport]:
+    """``export_gguf`` that also returns the ``GGUFExportReport`` (types, exact/requantized tensors, verification)."""
+    from ..models import Loaded, load
+
+    t0 = time.perf_counter()
+    cfg = GGUFExportConfig(gguf_type=gguf_type, embedding_type=embedding_type, requantize=requantize)
+    loaded = model if isinstance(model, Loaded) else load(model)
+    arch = gguf_arch(loaded.model)
+    if loaded.tokenizer is None:
+        raise EdgeLLMError("the model has no tokenizer to embed in the GGUF", "export a folder with a tokenizer")
+    out = check_writable_target(out, force)
+    if out.suffix != ".gguf":
+        raise EdgeLLMError(f"GGUF output '{out}' should end in .gguf", "use --out NAME.gguf")
+    with torch.no_grad():
+        plans, by_hf = plan_tensors(loaded.model, cfg)
+    report = GGUFExportReport(path=str(out), gguf_type=cfg.gguf_type, embedding_type=cfg.embedding, architecture=arch,
+                              file_bytes=0, requantized=[p.name for p in plans if p.how == "requantized"])
+    for p in plans:
+        report.tensor_types[p.gguf_type] = report.tensor_types.get(p.gguf_type, 0) + 1
+        report.how[p.how] = report.how.get(p.how, 0) + 1
+    provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "embedding_type": cfg.embedding,
+                  "how": report.how, "requantized": report.requantized, "source_edgellm": loaded.meta.edgellm or {}}
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.tmp-", suffix=".gguf", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)             # mkstemp makes 0600; the artifact is an ordinary file
+    try:
+        write_gguf(tmp, loaded.model, loaded.tokenizer, plans, cfg, loaded.meta.name, provenance)
+        if verify is not None:
+            exact = all(p.how in ("float", "exact") for p in plans) and cfg.gguf_type == "f32" and cfg.embedding == "f32"
+            ref_model = loaded.model if exact and not any(callable(getattr(m, "unpack", None)) for m in loaded.model.modules()) \
+                else reference_model(loaded.model, by_hf)
+            del plans
+            ref = Loaded(ref_model, loaded.tokenizer, loaded.meta)
+            report.verification = verify(tmp, ref, source=None if ref_model is loaded.model else loaded)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    report.file_bytes = out.stat().st_size
+    report.seconds = time.perf_counter() - t0
+    return out, report
+
+
+def verify_tolerance(gguf_type: str = "f16", embedding_type: str | None = None, **_) -> str:
+    """The named verification tolerance for a GGUF of *gguf_type* (see ``verify.TOLERANCES``).
+
+    llama.cpp multiplies Q8_0/Q4_0/Q4_1 weights with activations quantized to 8 bits, and F16
+    weights with fp16 activations; only an all-F32 file is compared at fp32 tolerance.
+    """
+    types = {gguf_type, GGUFExportConfig(gguf_type=gguf_type, embedding_type=embedding_type).embedding}
+    if types & set(QTYPES):
+        return "int8-act"
+    return "f16" if "f16" in types else "f32"
