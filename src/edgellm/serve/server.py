@@ -144,3 +144,39 @@ def start_server(engine: Engine, config: ServeConfig, ready_timeout: float = 30.
             raise EdgeLLMError("the server did not start", "run with --debug to see why")
         time.sleep(0.02)
     return RunningServer(f"http://127.0.0.1:{port}/v1", server, thread, engine)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_server(artifact, args: list[str] = (), port: int | None = None, ready_timeout: float = 300.0, log=None):
+    """Start ``edgellm serve ARTIFACT`` in a child process on 127.0.0.1 and wait until ``/health`` answers.
+
+    Returns (process, base_url). The caller stops it with ``process.terminate()``; *log* (a file) gets its
+    JSON log lines. Used by the load test and the smart-home example, which must measure a separate process.
+
+    >>> proc, url = spawn_server("smollm2-135m", ["--threads", "2"])      # doctest: +SKIP
+    """
+    import subprocess
+    import urllib.request
+
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "edgellm.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", str(port),
+           *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EdgeLLMError(f"'{' '.join(cmd)}' exited with code {proc.returncode}", "run it by hand to see why")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            time.sleep(0.2)
+    proc.terminate()
+    raise EdgeLLMError(f"the server for {artifact} did not become ready in {ready_timeout:.0f} s", "check its log")
