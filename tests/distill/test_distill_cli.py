@@ -71,3 +71,25 @@ def test_finetune_classifier(tiny_bert, tsv_file, tmp_path):
 
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "c").config.num_labels == 2
     assert (tmp_path / "c" / "distill" / "eval.jsonl").read_text().count("val_accuracy") == 2
+
+
+def test_two_processes_under_accelerate_launch(tiny_llama, text_file, tmp_path):
+    """DDP over gloo on the CPU: each process reads its own micro-batches, so twice the tokens per step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    launcher = Path(sys.executable).with_name("accelerate")
+    if not launcher.exists():
+        pytest.skip("accelerate launcher not installed beside python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", "29531", "-m", "edgellm.distill", "--teacher", str(tiny_llama),
+           "--student-from", str(tiny_llama), "--keep-layers", "2", "--data", str(text_file), "--out", str(tmp_path / "s"),
+           "--json", str(tmp_path / "r.json"), *map(str, FLAGS)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["tokens_seen"] == 2 * 4 * 2 * 31 and r["examples_seen"] == 2 * 4 * 2
+    assert p.stdout.count("tokens seen") == 1          # only the main process reports

@@ -84,8 +84,9 @@ def run(args) -> int:
         student = load(args.student, **kw)
     r = distill(teacher, student, args.data, cfg, out=args.out, resume=args.resume, eval_data=args.eval_data,
                 cache_dir=args.cache_dir, progress=not args.quiet, force=args.force)
-    print(format_table([summary_row(r)]))
-    emit_json(args, r.to_dict())
+    if r.is_main:
+        print(format_table([summary_row(r)]))
+        emit_json(args, r.to_dict())
     return 130 if r.interrupted else 0
 
 

@@ -44,6 +44,7 @@ def run(args) -> int:
     model = load(args.model, task=args.task, num_labels=args.num_labels)
     r = finetune(model, args.data, config_from_args(args), out=args.out, resume=args.resume, eval_data=eval_data,
                  progress=not args.quiet, force=args.force)
-    print(format_table([summary_row(r)]))
-    emit_json(args, r.to_dict())
+    if r.is_main:
+        print(format_table([summary_row(r)]))
+        emit_json(args, r.to_dict())
     return 130 if r.interrupted else 0

@@ -54,9 +54,10 @@ class DistillResult:
     task: str = ""
     config: dict = field(default_factory=dict)
     student: Loaded | None = None
+    is_main: bool = True            # False in the non-main processes of a multi-process run
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("student", "train_log")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("student", "train_log", "is_main")}
         d["train_steps_logged"] = len(self.train_log)
         return d
 
@@ -266,7 +267,8 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
     result = DistillResult(out=None, steps=step, tokens_seen=tokens_seen, examples_seen=examples_seen,
                            wall_seconds=wall, final_loss=logs["train.jsonl"][-1]["loss"] if logs["train.jsonl"] else None,
                            evals=logs["eval.jsonl"], train_log=logs["train.jsonl"], checkpoint=str(saved) if saved else None,
-                           interrupted=interrupted, task=task, config=cfg.to_dict(), student=student)
+                           interrupted=interrupted, task=task, config=cfg.to_dict(), student=student,
+                           is_main=acc.is_main_process)
     if interrupted:
         return result
     smodel = acc.unwrap_model(model).student
