@@ -3,12 +3,11 @@
 Each ``nn.Linear`` weight is re-parametrized as ``W + (dequant(quant(W)) − W).detach()``: the
 forward pass sees the quantized weights, the backward pass treats rounding as identity (the
 straight-through estimator). Quantization is symmetric, b bits, per group of *group_size*
-input columns (0 = per output row). ``keep_sparsity`` adds a fixed 0/1 mask so weights that
+input columns (0 = per output row), on the grid of ``edgellm.quantize.primitives`` so the
+quantizer packs the recovered weights without another rounding. ``keep_sparsity`` adds a fixed 0/1 mask so weights that
 start at zero (a pruned or 2:4 model) stay zero. ``finalize`` bakes the quantized (and masked)
-values into plain weights, ready for the quantizer to pack.
-
-Written here because ``edgellm.quantize`` had no primitives yet when distillation landed; it
-is deliberately minimal (no asymmetric grids, no activation quantization).
+values into plain weights, ready for the quantizer to pack. Deliberately minimal: symmetric
+weight grids only, no activation quantization.
 """
 
 from __future__ import annotations
@@ -21,18 +20,18 @@ from ..calibrate import find_blocks
 
 
 def fake_quantize(W: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
-    """Symmetric round-to-nearest: the dequantized values of *W* ``[out, in]`` on a b-bit grid.
+    """Symmetric round-to-nearest on ``edgellm.quantize``'s grid (GGUF Q4_0's rule at 4 bits, g32):
+    the dequantized values of *W* ``[out, in]``; *group_size* 0 = one group per output row.
 
     >>> fake_quantize(torch.tensor([[0.5, -1.0, 0.26, 0.0]]), 2, 0).tolist()
-    [[0.0, -1.0, 0.0, 0.0]]
+    [[0.5, -1.0, 0.5, 0.0]]
     """
-    out, inp = W.shape
-    g = group_size if group_size and inp % group_size == 0 else inp
-    Wg = W.reshape(out, inp // g, g)
-    qmax = 2 ** (bits - 1) - 1
-    scale = Wg.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
-    q = torch.clamp(torch.round(Wg / scale), -qmax - 1, qmax)
-    return (q * scale).reshape(out, inp)
+    from ..quantize.primitives import choose_qparams, effective_group
+    from ..quantize.primitives import fake_quantize as quant_dequant
+
+    g = group_size or None
+    scale, zero = choose_qparams(W, bits, g, symmetric=True)
+    return quant_dequant(W, scale, zero, bits, effective_group(W.shape[1], g)).to(W.dtype)
 
 
 class _STE(nn.Module):
