@@ -151,7 +151,10 @@ def phase_recovery(a) -> dict:
     with torch.no_grad():
         for lin in block_linears(w4.model):
             lin.weight.copy_(fake_quantize(lin.weight, 4, a.rec_group))
-    ev = {"teacher": test_nll(teacher, a.eval_tokens), "w4_before": test_nll(w4, a.eval_tokens)}
+    prev = (json.loads(RESULT.read_text()).get("raw", {}).get("lm", {}) if RESULT.exists() else {})
+    same = prev.get("eval_tokens") == a.eval_tokens and "teacher" in prev.get("eval", {})
+    ev = {"teacher": prev["eval"]["teacher"] if same else test_nll(teacher, a.eval_tokens),   # same model, same tokens
+          "w4_before": test_nll(w4, a.eval_tokens)}
     cfg = DistillConfig(alpha=0.0, temperature=1.0, steps=a.rec_steps, lr=a.rec_lr, batch_size=a.batch_size,
                         seq_len=a.seq_len, warmup=max(1, a.rec_steps // 10), eval_every=max(1, a.rec_steps // 2),
                         val_tokens=1024, fake_quant_bits=4, fake_quant_group=a.rec_group, seed=0)
