@@ -206,3 +206,79 @@ class InputNormStats:
     @property
     def mean_abs(self) -> torch.Tensor:
         return (self.abs / max(self.n, 1)).float()
+
+
+class InputSampleStats:
+    """A uniform random subsample (without replacement) of a linear's input rows, at most *max_rows*.
+
+    Priority sampling: every row gets a seeded random key and the *max_rows* smallest keys are
+    kept, so the sample does not depend on how the rows were batched. AWQ searches its scales on it.
+
+    >>> s = InputSampleStats(4, max_rows=8); s.add(torch.randn(20, 4)); s.x.shape
+    torch.Size([8, 4])
+    """
+
+    def __init__(self, in_features: int, max_rows: int = 4096, seed: int = 0, device=None):
+        self.max_rows = max_rows
+        self.x = torch.zeros(0, in_features, dtype=torch.float32, device=device)
+        self.keys = torch.zeros(0, dtype=torch.float32, device=device)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        keys = torch.rand(x.shape[0], generator=self.gen).to(self.keys.device)
+        xs, ks = torch.cat([self.x, x.float()]), torch.cat([self.keys, keys])
+        if ks.numel() > self.max_rows:
+            idx = ks.topk(self.max_rows, largest=False).indices.sort().values
+            xs, ks = xs[idx], ks[idx]
+        self.x, self.keys = xs, ks
+        self.n += x.shape[0]
+
+
+class SharedInputs:
+    """Let linears that read the very same input tensor (q/k/v, gate/up) share one accumulator.
+
+    ``SharedInputs(make)`` hands out per-linear proxies (``proxy(in_features)``); on its first
+    batch a proxy whose input tensor was already fed to another proxy becomes an alias of it and
+    adds nothing, so e.g. one Hessian serves q, k and v (a third of the work). Each proxy holds a
+    reference to its latest input so a freed tensor's address is never mistaken for a shared one.
+    ``proxy.stats`` is the (possibly shared) accumulator. Call ``reset()`` between blocks.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.latest: dict[tuple, "SharedInputs.Proxy"] = {}
+
+    def proxy(self, in_features: int) -> "SharedInputs.Proxy":
+        return SharedInputs.Proxy(self, in_features)
+
+    def reset(self) -> None:
+        self.latest.clear()
+
+    class Proxy:
+        def __init__(self, owner: "SharedInputs", in_features: int):
+            self.owner, self.in_features = owner, in_features
+            self.alias: "SharedInputs.Proxy | None" = None
+            self._stats = None
+            self._key = None
+            self._x = None
+
+        @property
+        def stats(self):
+            return self.alias.stats if self.alias is not None else self._stats
+
+        def add(self, x: torch.Tensor) -> None:
+            if self.alias is not None:
+                return
+            key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()))
+            if self._stats is None:
+                other = self.owner.latest.get(key)
+                if other is not None and other is not self:
+                    self.alias = other
+                    return
+                self._stats = self.owner.make(self.in_features)
+            self._stats.add(x)
+            if self._key is not None and self.owner.latest.get(self._key) is self:
+                del self.owner.latest[self._key]
+            self._key, self._x = key, x
+            self.owner.latest[key] = self

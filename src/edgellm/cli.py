@@ -18,6 +18,7 @@ COMMANDS = {
     "bench": ("edgellm.commands.bench", "measure size, peak RSS, prefill/decode speed and bandwidth use"),
     "export": ("edgellm.commands.export", "export to GGUF (llama.cpp) and other runtimes, verified on the runtime"),
     "serve": ("edgellm.commands.serve", "serve a model with an OpenAI-compatible API on localhost"),
+    "quantize": ("edgellm.commands.quantize", "quantize: RTN/GPTQ/AWQ to packed 8/4/3/2-bit weights, W8A8, integer kernels"),
     "prune": ("edgellm.commands.prune", "prune: magnitude/Wanda/SparseGPT (unstructured, N:M) or depth/width/heads"),
     "plan": ("edgellm.commands.plan", "device map and bytes per device under memory budgets, or a pipeline split"),
 }
