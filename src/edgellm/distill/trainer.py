@@ -63,14 +63,18 @@ class DistillResult:
 
 
 class _Trainable(nn.Module):
-    """The student plus the hidden-state projections: one module for DDP and checkpoints."""
+    """The student plus the hidden-state projections: one module for DDP and checkpoints.
+
+    The projections run inside ``forward`` so that DDP sees (and all-reduces) their gradients.
+    """
 
     def __init__(self, student: nn.Module, projections: nn.ModuleDict):
         super().__init__()
         self.student, self.projections = student, projections
 
-    def forward(self, **kw):
-        return self.student(**kw)
+    def forward(self, pairs=(), **kw):
+        out = self.student(**kw, output_hidden_states=bool(pairs))
+        return out, {f"{s}_{t}": self.projections[f"{s}_{t}"](out.hidden_states[s + 1]) for s, t in pairs}
 
 
 def task_of(model: nn.Module) -> str:
@@ -207,7 +211,7 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
     tokens_seen = state.get("tokens_seen", 0)
     examples_seen = state.get("examples_seen", 0)
     elapsed_before = state.get("wall_seconds", 0.0)
-    if step == 0:
+    if step == 0 and not logs["eval.jsonl"]:
         logs["eval.jsonl"].append({"step": 0, **runner.evaluate()})
     bar = tqdm(total=cfg.steps, initial=step, desc=f"distill {task}" if teacher else f"train {task}",
                disable=not progress or not acc.is_main_process, unit="step")
@@ -316,7 +320,7 @@ class _Runner:
         ids = self.ds.train[idx].to(dev)                               # [B, L]
         labels = ids[:, 1:]
         pairs = cfg.hidden_loss
-        out = self.model(input_ids=ids, output_hidden_states=bool(pairs), use_cache=False)
+        out, projected = self.model(pairs=pairs, input_ids=ids, use_cache=False)
         z_s = out.logits[:, :-1]
         t_out, top = None, None
         if self.teacher is not None and (pairs or self.cache is None):
@@ -333,8 +337,7 @@ class _Runner:
         z_t = t_out.logits[:, :-1] if t_out is not None and top is None else None
         total, hard, soft = kd_terms(z_s, z_t, labels, cfg.alpha, cfg.temperature, top=top)
         if pairs:
-            hid = sum(hidden_state_loss(out.hidden_states[s + 1], t_out.hidden_states[t + 1],
-                                        self.container.projections[f"{s}_{t}"]) for s, t in pairs) / len(pairs)
+            hid = sum(hidden_state_loss(projected[f"{s}_{t}"], t_out.hidden_states[t + 1]) for s, t in pairs) / len(pairs)
             total = total + cfg.hidden_weight * hid
         return total, (float(total.detach()), float(hard.detach()), float(soft.detach())), labels.numel(), len(idx)
 
@@ -349,7 +352,7 @@ class _Runner:
         enc = self._encode(rows)
         labels = torch.tensor([r.label for r in rows], device=self.acc.device)
         pairs = cfg.hidden_loss
-        out = self.model(**enc, output_hidden_states=bool(pairs))
+        out, projected = self.model(pairs=pairs, **enc)
         z_t = t_out = None
         if self.teacher is not None:
             missing = [i for i in idx if i not in self.teacher_cls]
@@ -362,8 +365,8 @@ class _Runner:
         total, hard, soft = kd_terms(out.logits, z_t, labels, cfg.alpha, cfg.temperature)
         if pairs:
             mask = enc.get("attention_mask")
-            hid = sum(hidden_state_loss(out.hidden_states[s + 1], t_out.hidden_states[t + 1],
-                                        self.container.projections[f"{s}_{t}"], mask) for s, t in pairs) / len(pairs)
+            hid = sum(hidden_state_loss(projected[f"{s}_{t}"], t_out.hidden_states[t + 1], None, mask)
+                      for s, t in pairs) / len(pairs)
             total = total + cfg.hidden_weight * hid
         n_tok = int(enc["attention_mask"].sum()) if "attention_mask" in enc else enc["input_ids"].numel()
         return total, (float(total.detach()), float(hard.detach()), float(soft.detach())), n_tok, len(idx)
@@ -382,7 +385,7 @@ class _Runner:
             for i in range(0, val.shape[0], bs):
                 ids = val[i : i + bs].to(dev)
                 with self.acc.autocast():
-                    z = self.model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+                    z = self.model(input_ids=ids, use_cache=False)[0].logits[:, :-1].float()
                 sums[0] += torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), ids[:, 1:].reshape(-1),
                                                              reduction="sum").item()
                 sums[1] += ids[:, 1:].numel()
@@ -391,7 +394,7 @@ class _Runner:
             for i in range(0, len(val), 64):
                 rows = val[i : i + 64]
                 with self.acc.autocast():
-                    z = self.model(**self._encode(rows)).logits.float()
+                    z = self.model(**self._encode(rows))[0].logits.float()
                 y = torch.tensor([r.label for r in rows], device=dev)
                 sums[0] += torch.nn.functional.cross_entropy(z, y, reduction="sum").item()
                 sums[1] += len(rows)
