@@ -52,7 +52,9 @@ def run(args) -> int:
     row = {"artifact": str(r.path), "format": r.format, "runtime": r.runtime, "size": human_bytes(r.file_bytes),
            "seconds": round(r.seconds, 1)}
     v = r.verification
-    if v:
+    if v and "max_prob_diff" in v:       # classifiers (onnx): class probabilities on fixed sentences
+        row.update({"max |Δprob|": v["max_prob_diff"], "label agreement": v["label_agreement"], "verified": "yes"})
+    elif v:
         row.update({"ppl (torch)": v["ppl"]["reference"], f"ppl ({r.runtime})": v["ppl"]["artifact"],
                     "KL": v["ppl"]["kl"], "top-1": v["ppl"]["top1"], "max |Δlogit|": v["prompts"]["max_abs_diff"],
                     "verified": "yes"})

@@ -1,0 +1,157 @@
+"""ONNX Runtime: edgellm's ONNX exports (``edgellm export --format onnx``) on the CPU execution provider.
+
+Opens the artifact folder ``X.onnx/`` (or its ``model.onnx`` file) written by
+``edgellm.export.onnx``: checks the manifest, reads ``edgellm.json`` for the IO names and cache
+shapes, loads the tokenizer shipped next to the graph. Causal LMs decode token by token,
+feeding each step's ``present.*`` tensors back as ``past.*``; classifiers get ``classify``.
+Threads are pinned with ``intra_op_num_threads`` (one inter-op thread, sequential execution).
+Deliberately absent: GPU providers and batched decode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import EdgeLLMError
+from .base import sample_next
+
+
+def resolve_artifact(spec, graph: str) -> Path:
+    """The artifact folder for *spec*: the folder itself, or the folder holding a ``model.*`` file."""
+    path = Path(str(spec)).expanduser()
+    if not path.exists():
+        raise EdgeLLMError(f"'{path}' does not exist", "check the path, or export the model first with edgellm export")
+    if path.is_file():
+        if (path.parent / "edgellm.json").exists() and path.name == graph:
+            return path.parent
+        raise EdgeLLMError(f"'{path}' is a bare file without edgellm's sidecar (edgellm.json, tokenizer)",
+                           "pass the folder written by: edgellm export MODEL --format ... --out DIR")
+    return path
+
+
+class OnnxRuntime:
+    """Runtime over an ONNX export.
+
+    >>> rt = OnnxRuntime.open("out/smollm2-int8.onnx", threads=2)      # doctest: +SKIP
+    >>> rt.logits(torch.tensor([1, 2, 3])).shape                       # doctest: +SKIP
+    torch.Size([3, 49152])
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, folder: Path, threads: int | None = None):
+        from ..export.onnx import GRAPH, read_sidecar, require_onnx
+        from ..fileio import dir_bytes, verify_manifest
+
+        require_onnx()
+        import onnxruntime as ort
+
+        self.folder = folder
+        verify_manifest(folder)
+        self.info = read_sidecar(folder)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(folder / GRAPH), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+            raise EdgeLLMError(f"onnxruntime cannot load '{folder / GRAPH}': {str(e).splitlines()[0][:300]}",
+                               "re-export the model") from e
+        self.threads = threads or opts.intra_op_num_threads or None
+        self.task = self.info["task"]
+        self.vocab_size = int(self.info["vocab_size"])
+        self.max_positions = self.info.get("max_positions")
+        self._file_bytes = dir_bytes(folder)
+        self.tokenizer = self._tokenizer()
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        if self.task == "causal-lm":
+            self._past = [n for n in self.info["inputs"] if n.startswith("past.")]
+            self._empty = np.zeros((1, self.info["num_kv_heads"], 0, self.info["head_dim"]), np.float32)
+
+    @classmethod
+    def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
+             **_ignored) -> "OnnxRuntime":
+        from ..export.onnx import GRAPH
+
+        if device not in (None, "cpu"):
+            raise EdgeLLMError(f"the onnxruntime runtime runs on the CPU here, not '{device}'", "drop --device")
+        rt = cls(resolve_artifact(spec, GRAPH), threads=threads)
+        if task is not None and task != rt.task:
+            raise EdgeLLMError(f"'{spec}' is a {rt.task} export, not {task}", f"use --task {rt.task} or another model")
+        return rt
+
+    def _tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from ..models import _has_tokenizer, _quiet_transformers
+
+        if not _has_tokenizer(self.folder):
+            return None
+        _quiet_transformers()
+        return AutoTokenizer.from_pretrained(self.folder)
+
+    # -- causal LM -------------------------------------------------------------------------
+    def _lm(self):
+        if self.task != "causal-lm":
+            raise EdgeLLMError(f"'{self.folder}' is a {self.task} export, not a causal LM", "use eval --tsv for classifiers")
+
+    def _step(self, ids: np.ndarray, start: int, past: list[np.ndarray] | None):
+        T = ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": np.ones((1, start + T), np.int64),
+                 "position_ids": np.arange(start, start + T, dtype=np.int64)[None]}
+        for i, name in enumerate(self._past):
+            feeds[name] = self._empty if past is None else past[i]
+        out = self.session.run(None, feeds)
+        return out[0][0], out[1:]
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        self._lm()
+        logits, _ = self._step(ids.view(1, -1).numpy().astype(np.int64), 0, None)
+        return torch.from_numpy(logits).float()
+
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, stop_ids=(), logits_processor=None) -> Iterator[int]:
+        """Yield up to *max_new_tokens* ids with the KV cache; stops early only on *stop_ids*."""
+        self._lm()
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        prompt = ids.view(1, -1).numpy().astype(np.int64)
+        logits, past = self._step(prompt, 0, None)
+        pos, generated = prompt.shape[1], []
+        for _ in range(max_new_tokens):
+            row = torch.from_numpy(logits[-1]).float()
+            if logits_processor is not None:
+                row = logits_processor(generated, row)
+            tok = sample_next(row, temperature, top_p, gen)
+            generated.append(tok)
+            yield tok
+            if tok in stop_ids or len(generated) == max_new_tokens:
+                return
+            logits, past = self._step(np.array([[tok]], np.int64), pos, past)
+            pos += 1
+
+    # -- classifiers -----------------------------------------------------------------------
+    def classify(self, texts: list[str], max_length: int = 128) -> torch.Tensor:
+        """[B] texts -> [B, num_labels] logits."""
+        if self.task != "classification":
+            raise EdgeLLMError(f"'{self.folder}' is a {self.task} export, not a sequence classifier",
+                               "export a classifier (load it with --task classification)")
+        if self.tokenizer is None:
+            raise EdgeLLMError(f"'{self.folder}' has no tokenizer", "re-export the model")
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in self._inputs}
+        return torch.from_numpy(self.session.run(["logits"], feeds)[0]).float()
+
+    # -- sizes -----------------------------------------------------------------------------
+    def weight_bytes(self) -> int:
+        return int(self.info["weight_bytes"])
+
+    def file_bytes(self) -> int:
+        return self._file_bytes
