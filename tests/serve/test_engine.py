@@ -69,16 +69,16 @@ def test_full_queue_answers_429_and_recovers(torch_rt):
 
 
 def test_timeout_answers_504_and_stops(torch_rt):
-    gated = GatedRuntime(torch_rt, delay=0.05)
-    srv = _start(gated, timeout_s=0.5, max_tokens_limit=200)
+    gated = GatedRuntime(torch_rt, delay=0.3)            # 200 tokens would take a minute
+    srv = _start(gated, timeout_s=3.0, max_tokens_limit=200)
     try:
         t0 = time.monotonic()
         status, body = raw_post(srv.url, "/v1/completions", _body(max_tokens=200))
         err = assert_openai_error(status, body, 504)
         assert err["code"] == "timeout" and "timed out" in err["message"]
-        assert time.monotonic() - t0 < 5 and gated.produced < 50
+        assert time.monotonic() - t0 < 15 and gated.produced < 50
         gated.delay = 0.0
-        status, body = raw_post(srv.url, "/v1/completions", _body())
+        status, body = raw_post(srv.url, "/v1/completions", _body(max_tokens=2))
         assert status == 200
     finally:
         srv.stop()
@@ -105,6 +105,25 @@ def test_client_disconnect_stops_generation(torch_rt):
         gated.delay = 0.0
         status, _ = raw_post(srv.url, "/v1/completions", _body())
         assert status == 200
+    finally:
+        srv.stop()
+
+
+def test_client_disconnect_stops_non_streaming_generation(torch_rt):
+    gated = GatedRuntime(torch_rt, delay=0.05)
+    srv = _start(gated, max_tokens_limit=200)
+    try:
+        u = urlparse(srv.url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=_body(max_tokens=200), headers={"Content-Type": "application/json"})
+        assert gated.started.wait(10)
+        time.sleep(0.3)
+        conn.sock.close()                                # hang up without reading the answer
+        conn.close()
+        deadline = time.monotonic() + 10
+        while srv.engine.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not srv.engine.busy and gated.produced < 100, gated.produced
     finally:
         srv.stop()
 

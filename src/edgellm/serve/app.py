@@ -198,15 +198,19 @@ def create_app(engine: Engine, config: ServeConfig):
 
     async def _collect(request, job, events):
         """Wait for a whole answer; stop the job if the client goes away."""
-        parts = []
+        parts, checked = [], time.monotonic()
         while True:
             try:
                 kind, payload = await asyncio.wait_for(events.get(), timeout=0.25)
             except asyncio.TimeoutError:
+                kind = None
+            if time.monotonic() - checked > 0.25:      # tokens may arrive faster than that: check by the clock
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     job.cancelled.set()
                     request.state.fields["finish_reason"] = "client_disconnected"
                     raise APIError(499, "the client disconnected", code="client_disconnected")
+            if kind is None:
                 continue
             if kind == "text":
                 parts.append(payload)

@@ -178,6 +178,8 @@ class Engine:
             self.busy = True
             try:
                 job.emit("done", self._run(job, started))
+            except JobTimeout as e:
+                job.emit("error", e)
             except Exception as e:            # delivered to the waiting handler; the worker keeps serving
                 log.exception("generation failed")
                 job.emit("error", e)
