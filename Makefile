@@ -7,7 +7,7 @@ EXTRAS ?= models,plot,dev,serve,llamacpp,onnx,executorch
 comma  := ,
 STAMP  := $(VENV)/.edgellm-installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean chromium
 
 setup: $(STAMP)
 
@@ -22,7 +22,12 @@ demo: setup
 	$(VENV)/bin/edgellm eval smollm2-135m
 	$(VENV)/bin/edgellm bench smollm2-135m
 
-test: setup
+# the slow report test opens report.html in headless Chromium (Debian package `chromium`)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: setup chromium
 	$(PY) -m pytest -q tests
 
 test-fast: setup

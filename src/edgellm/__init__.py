@@ -37,6 +37,11 @@ _API = {
     "prune": "edgellm.prune:prune",
     "PruneConfig": "edgellm.prune:PruneConfig",
     "PruneResult": "edgellm.prune:PruneResult",
+    "optimize": "edgellm.optimize:optimize",
+    "OptimizeConfig": "edgellm.optimize:OptimizeConfig",
+    "DeviceProfile": "edgellm.devices.profiles:DeviceProfile",
+    "get_profile": "edgellm.devices.profiles:get_profile",
+    "predict_cost": "edgellm.devices.costmodel:predict",
 }
 
 

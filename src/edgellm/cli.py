@@ -21,6 +21,8 @@ COMMANDS = {
     "quantize": ("edgellm.commands.quantize", "quantize: RTN/GPTQ/AWQ to packed 8/4/3/2-bit weights, W8A8, integer kernels"),
     "prune": ("edgellm.commands.prune", "prune: magnitude/Wanda/SparseGPT (unstructured, N:M) or depth/width/heads"),
     "plan": ("edgellm.commands.plan", "device map and bytes per device under memory budgets, or a pipeline split"),
+    "device": ("edgellm.commands.device", "detect and measure this host; list and show device profiles"),
+    "optimize": ("edgellm.commands.optimize", "search models x recipes x runtimes for the best fit to a device, with a report"),
 }
 
 

@@ -1,0 +1,89 @@
+"""``edgellm optimize``: search models × recipes × runtimes for the best artifact that fits a device."""
+
+from __future__ import annotations
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                   help="base model or distilled/pruned student (repeatable; default smollm2-135m, or minilm-l6 "
+                        "for classification)")
+    p.add_argument("--device", default="host", help="host, a built-in profile (edgellm device) or a profile YAML")
+    p.add_argument("--task", default="text-generation", choices=["text-generation", "classification"])
+    p.add_argument("--recipes", nargs="+", default=None, metavar="YAML", help="recipe files (default: the built-in search space)")
+    p.add_argument("--runtimes", nargs="+", default=None, help="restrict the runtimes tried (torch, llama.cpp)")
+    p.add_argument("--max-quality-loss", default=None, help="e.g. 10%% (perplexity increase / relative accuracy drop)")
+    p.add_argument("--min-decode-tok-s", type=float, default=None, help="minimum decode tok/s (examples/s for classifiers)")
+    p.add_argument("--max-ram", default=None, help="peak RAM limit, e.g. 1GiB (default: the device's)")
+    p.add_argument("--max-ttft-ms", type=float, default=None)
+    p.add_argument("--objective", default="speed", choices=["speed", "size", "quality"], help="what the pick maximises")
+    p.add_argument("--budget-minutes", type=float, default=15.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--screen-tokens", type=int, default=2048)
+    p.add_argument("--full-tokens", type=int, default=20480)
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--eval-text", default=None, help="text for perplexity (default wikitext-2 test)")
+    p.add_argument("--tsv", default=None, help="classification rows (default SST-2 dev)")
+    p.add_argument("--screen-rows", type=int, default=256)
+    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--speed-runs", type=int, default=5)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--max-finalists", type=int, default=4)
+    p.add_argument("--cache", default=None, help="result cache for resuming (default ~/.cache/edgellm/optimize)")
+    p.add_argument("--out", required=True, help="output folder (report.html, results.json, model/)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args):
+    from ..devices.profiles import parse_fraction, parse_size
+    from ..optimize import OptimizeConfig
+
+    models = tuple(args.model or (["minilm-l6"] if args.task == "classification" else ["smollm2-135m"]))
+    return OptimizeConfig(
+        models=models, device=args.device, task=args.task, recipes=tuple(args.recipes or ()),
+        runtimes=tuple(args.runtimes or ()),
+        max_quality_loss=parse_fraction(args.max_quality_loss, "--max-quality-loss") if args.max_quality_loss else None,
+        min_decode_tok_s=args.min_decode_tok_s,
+        max_ram=parse_size(args.max_ram, "--max-ram") if args.max_ram else None, max_ttft_ms=args.max_ttft_ms,
+        objective=args.objective, budget_minutes=args.budget_minutes, threads=args.threads, ctx=args.ctx,
+        screen_tokens=args.screen_tokens, full_tokens=args.full_tokens, eval_text=args.eval_text, tsv=args.tsv,
+        screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs, prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache)
+
+
+def run(args) -> int:
+    import os
+    import sys
+
+    from ..optimize import optimize
+    from ..report.html import summary_rows
+    from ..report.table import format_table
+
+    cfg = config_from_args(args)
+    result = optimize(cfg, args.out, force=args.force, progress=not args.no_progress)
+    print(format_table(summary_rows(result), title=f"device: {result['device']['name']} — {result['figures']}"))
+    ch = result.get("chosen")
+    if ch:
+        vb = result.get("vs_base")
+        msg = f"chosen: {ch['label']} (quality loss {100 * ch['quality_loss']:+.2f}%"
+        if vb:
+            msg += f", {vb['size_ratio']:.2f}x smaller and {vb['speed_ratio']:.2f}x faster than {vb['base']}"
+        print(msg + f") -> {result['export']['path']}")
+    else:
+        inf = result["infeasible"]
+        c = inf["constraints"].get(inf["binding"], {})
+        print(f"error: no candidate meets the constraints; binding constraint: {inf['binding']} (limit {c.get('limit')}, "
+              f"{c.get('only_this_fails', 0)} candidate(s) miss only this one). Closest:", file=sys.stderr)
+        for r in inf["closest"]:
+            print(f"  {r['label']}: misses " + ", ".join(f"{k} by {100 * v:.1f}%" for k, v in r["shortfalls"].items()),
+                  file=sys.stderr)
+    if result.get("host_decode_error_max") is not None or result.get("host_decode_loo_error_max") is not None:
+        seq, loo = result.get("host_decode_error_max"), result.get("host_decode_loo_error_max")
+        print("cost model on this host, max |decode prediction error|: "
+              f"{'-' if seq is None else f'{100 * seq:.1f}%'} predicted before each measurement (calibrated ones), "
+              f"{'-' if loo is None else f'{100 * loo:.1f}%'} leave-one-out")
+    for s in result["budget"]["skipped"]:
+        print(f"skipped: {s}")
+    print(f"elapsed {result['elapsed_s'] / 60:.1f} min; report: {os.path.join(result['out'], 'report.html')}")
+    return 0 if ch else 2

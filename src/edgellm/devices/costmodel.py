@@ -1,0 +1,179 @@
+"""The cost model: size, peak RAM, prefill tok/s, TTFT and decode tok/s of a model on a device and runtime.
+
+Physics first (DESIGN.md §5): a decoded token reads every weight once, so decode time is
+``bytes_per_token / bandwidth``, unless compute is slower (``flops_per_token / throughput``);
+prefill is compute-bound (``prompt × flops_per_token / throughput``). These rooflines are what a
+perfect runtime would reach. Real runtimes reach a fraction of them, the **efficiency**, which
+differs by runtime and kernel (PyTorch eager fp32 vs packed int4; llama.cpp Q4_0), so it is
+*calibrated by measurement on the host*: efficiency = roofline time / measured time. Peak RAM is
+weights in memory + KV cache + the runtime's own overhead, also calibrated on the host
+(peak RSS − weights − KV cache).
+
+Without a calibration for a runtime, predictions use efficiency 1 and overhead 0: an optimistic
+bound, flagged ``calibrated=False`` (good for dropping candidates that cannot fit even in the best
+case, not for promising anything). Figures for any device other than the measured host are
+predictions (``Prediction.predicted``). Deliberately absent: thermal throttling, caches large
+enough to hold a model, batching, and speculative decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .profiles import DeviceProfile
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """What the cost model needs to know about one model as one runtime runs it.
+
+    >>> s = ModelStats(kind="fp32", weight_bytes_per_token=4_000_000, memory_bytes=4_400_000,
+    ...                file_bytes=4_400_000, linear_macs=1_000_000, n_layers=2, attn_dim=64,
+    ...                kv_bytes_per_token=1024)
+    >>> s.flops_per_token(ctx=0)
+    2000000
+    """
+
+    kind: str                       # kernel family ("fp32", "w8", "w4", "w4a8", "sparse", "q4_0" ...)
+    weight_bytes_per_token: int     # weights read per decoded token
+    memory_bytes: int               # weights resident in memory
+    file_bytes: int                 # artifact on disk
+    linear_macs: int                # multiply-accumulates per token in linear layers (lm_head included)
+    n_layers: int
+    attn_dim: int                   # query heads × head dim (attention MACs per token per context position)
+    kv_bytes_per_token: int         # KV cache bytes per position (0 for encoders)
+
+    def flops_per_token(self, ctx: int) -> int:
+        """FLOPs to process one token that attends to *ctx* earlier positions."""
+        return 2 * self.linear_macs + 4 * self.n_layers * self.attn_dim * ctx
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prediction:
+    """Predicted figures; ``predicted`` is False only for host figures that were measured."""
+
+    device: str
+    runtime: str
+    size_bytes: int
+    peak_ram_bytes: int
+    prefill_tok_s: float
+    ttft_ms: float
+    decode_tok_s: float
+    calibrated: bool                # efficiencies came from host measurements (else optimistic bounds)
+    calibration: str                # which measurement calibrated it ("torch|fp32", "torch|*", "none")
+    predicted: bool = True
+    bound: str = "memory"           # what limits decode: "memory" or "compute"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Efficiency:
+    decode: float          # roofline decode time / measured decode time
+    prefill: float         # roofline prefill time / measured prefill time
+    overhead_bytes: int    # measured peak RSS − weights − KV cache
+    source: str
+
+
+@dataclass
+class Calibration:
+    """Efficiency factors per ``runtime|kind``, each the geometric mean of its host measurements.
+
+    >>> c = Calibration()
+    >>> c.factors("torch", "fp32").source
+    'none'
+    """
+
+    samples: dict[str, list[dict]] = field(default_factory=dict)
+
+    def add(self, runtime: str, stats: ModelStats, host: DeviceProfile, decode_tok_s: float | None,
+            prefill_tok_s: float | None, prompt_len: int, peak_rss_bytes: int | None, context: int,
+            label: str = "") -> dict:
+        """Record one host measurement (named *label*); returns the efficiencies it implies."""
+        roof = roofline(stats, host, prompt_len)
+        sample = {
+            "decode": roof["decode_s"] * decode_tok_s if decode_tok_s else None,
+            "prefill": roof["prefill_s"] / (prompt_len / prefill_tok_s) if prefill_tok_s else None,
+            "overhead_bytes": (max(0, peak_rss_bytes - stats.memory_bytes - stats.kv_bytes_per_token * context)
+                               if peak_rss_bytes else None),
+            "label": label,
+        }
+        self.samples.setdefault(f"{runtime}|{stats.kind}", []).append(sample)
+        return sample
+
+    def factors(self, runtime: str, kind: str) -> Efficiency:
+        """Efficiencies for *runtime* running *kind*: exact key, else the runtime's mean, else none."""
+        for key, rows in ((f"{runtime}|{kind}", self.samples.get(f"{runtime}|{kind}")),
+                          (f"{runtime}|*", [r for k, v in self.samples.items() if k.startswith(f"{runtime}|") for r in v])):
+            if rows:
+                return Efficiency(decode=_gmean(r["decode"] for r in rows) or 1.0,
+                                  prefill=_gmean(r["prefill"] for r in rows) or 1.0,
+                                  overhead_bytes=int(_mean(r["overhead_bytes"] for r in rows) or 0), source=key)
+        return Efficiency(decode=1.0, prefill=1.0, overhead_bytes=0, source="none")
+
+    def without(self, label: str) -> "Calibration":
+        """A copy without the measurements named *label* (for leave-one-out prediction errors)."""
+        return Calibration({k: [r for r in v if r.get("label") != label] for k, v in self.samples.items()})
+
+    def to_dict(self) -> dict:
+        return {k: {"n": len(v), **asdict(self.factors(*k.split("|")))} for k, v in self.samples.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Calibration":
+        return cls(samples={k: list(v) for k, v in d.items()})
+
+
+def _gmean(values) -> float | None:
+    vals = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def roofline(stats: ModelStats, device: DeviceProfile, prompt_len: int) -> dict:
+    """Best-case seconds per decoded token and for the prefill of *prompt_len* tokens on *device*."""
+    bw = device.mem_bandwidth_GBps * 1e9
+    compute = (device.compute("fp32") or 0) * 1e9
+    mem_s = stats.weight_bytes_per_token / bw
+    comp_s = stats.flops_per_token(prompt_len) / compute if compute else 0.0
+    prefill_flops = sum(stats.flops_per_token(i) for i in (0, prompt_len - 1)) / 2 * prompt_len  # mean ctx
+    prefill_s = max(prefill_flops / compute if compute else 0.0, mem_s)
+    return {"decode_s": max(mem_s, comp_s), "prefill_s": prefill_s, "bound": "memory" if mem_s >= comp_s else "compute"}
+
+
+def predict(stats: ModelStats, device: DeviceProfile, runtime: str, calibration: Calibration | None = None,
+            prompt_len: int = 128, new_tokens: int = 128) -> Prediction:
+    """Predict size, peak RAM, prefill tok/s, TTFT and decode tok/s of *stats* on *device* with *runtime*.
+
+    >>> p = predict(stats, get_profile("raspberry-pi-5-8gb"), "llama.cpp", calib)   # doctest: +SKIP
+    >>> p.predicted, round(p.decode_tok_s)                                         # doctest: +SKIP
+    (True, 31)
+    """
+    eff = (calibration or Calibration()).factors(runtime, stats.kind)
+    roof = roofline(stats, device, prompt_len)
+    decode_s = roof["decode_s"] / eff.decode
+    prefill_s = roof["prefill_s"] / eff.prefill
+    context = prompt_len + new_tokens
+    return Prediction(
+        device=device.name, runtime=runtime, size_bytes=stats.file_bytes,
+        peak_ram_bytes=stats.memory_bytes + stats.kv_bytes_per_token * context + eff.overhead_bytes,
+        prefill_tok_s=prompt_len / prefill_s, ttft_ms=prefill_s * 1e3, decode_tok_s=1.0 / decode_s,
+        calibrated=eff.source != "none", calibration=eff.source, bound=roof["bound"],
+    )
+
+
+def prediction_error(predicted: float, measured: float) -> float:
+    """Relative error of a prediction against a measurement: (predicted − measured) / measured.
+
+    >>> prediction_error(11.0, 10.0)
+    0.1
+    """
+    return round((predicted - measured) / measured, 6)

@@ -1,0 +1,149 @@
+"""Pareto frontier, constraints and the final pick, on plain result rows (dicts).
+
+A row carries ``quality_loss`` (relative: perplexity increase, or accuracy drop, vs the base
+model), ``size_bytes``, a speed (``decode_tok_s``, or ``examples_per_s`` for classifiers),
+``peak_ram_bytes`` and ``ttft_ms``. The frontier is over quality × size × speed; constraints
+come from the CLI flags and the device profile. When nothing meets every constraint,
+``explain_infeasible`` names the binding one: the constraint that, dropped alone, would admit
+the most candidates (ties: the one missed by the smallest margin), and ranks the closest
+candidates by their summed relative shortfall. Deliberately absent: weighted scalar scores
+(the pick is lexicographic on a named objective, so it can be explained).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import EdgeLLMError
+
+# objective name -> (key, direction); the pick sorts by the named one, then the others
+OBJECTIVES = {"speed": ("speed", "max"), "size": ("size_bytes", "min"), "quality": ("quality_loss", "min")}
+
+
+def speed_key(row: dict) -> str:
+    return "examples_per_s" if row.get("examples_per_s") is not None and row.get("decode_tok_s") is None else "decode_tok_s"
+
+
+def _value(row: dict, key: str):
+    return row.get(speed_key(row)) if key == "speed" else row.get(key)
+
+
+def dominates(a: dict, b: dict, keys=(("quality_loss", "min"), ("size_bytes", "min"), ("speed", "max"))) -> bool:
+    """True when *a* is no worse than *b* on every objective and better on one.
+
+    >>> dominates({"quality_loss": 0.01, "size_bytes": 1, "decode_tok_s": 9},
+    ...           {"quality_loss": 0.02, "size_bytes": 1, "decode_tok_s": 9})
+    True
+    """
+    better = False
+    for key, direction in keys:
+        va, vb = _value(a, key), _value(b, key)
+        if va is None or vb is None:
+            return False
+        if direction == "max":
+            va, vb = -va, -vb
+        if va > vb:
+            return False
+        better |= va < vb
+    return better
+
+
+def pareto_front(rows: list[dict]) -> list[int]:
+    """Indices of the rows no other row dominates (rows missing a metric are left out).
+
+    >>> pareto_front([{"quality_loss": 0, "size_bytes": 4, "decode_tok_s": 1},
+    ...               {"quality_loss": .1, "size_bytes": 1, "decode_tok_s": 5},
+    ...               {"quality_loss": .2, "size_bytes": 2, "decode_tok_s": 4}])
+    [0, 1]
+    """
+    ok = [i for i, r in enumerate(rows) if all(_value(r, k) is not None for k in ("quality_loss", "size_bytes", "speed"))]
+    return [i for i in ok if not any(dominates(rows[j], rows[i]) for j in ok if j != i)]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Limits a pick must meet; None means no limit."""
+
+    max_quality_loss: float | None = None
+    min_speed: float | None = None          # decode tok/s (LMs) or examples/s (classifiers)
+    max_ram_bytes: int | None = None
+    max_size_bytes: int | None = None
+    max_ttft_ms: float | None = None
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise EdgeLLMError(f"constraint {k} must be a number ≥ 0 (got {v!r})", "fix the flag")
+
+    def checks(self) -> list[tuple[str, str, str, float]]:
+        """(name, row key, "max"|"min", limit) for every limit set."""
+        table = [("max-quality-loss", "quality_loss", "max", self.max_quality_loss),
+                 ("min-speed", "speed", "min", self.min_speed), ("max-ram", "peak_ram_bytes", "max", self.max_ram_bytes),
+                 ("max-size", "size_bytes", "max", self.max_size_bytes), ("max-ttft-ms", "ttft_ms", "max", self.max_ttft_ms)]
+        return [(n, k, d, v) for n, k, d, v in table if v is not None]
+
+
+def shortfalls(row: dict, constraints: Constraints) -> dict[str, float]:
+    """Relative shortfall per violated constraint (0 < x); a missing metric counts as violated (inf)."""
+    out = {}
+    for name, key, direction, limit in constraints.checks():
+        v = _value(row, key)
+        if v is None:
+            out[name] = float("inf")
+        elif direction == "max" and v > limit:
+            out[name] = (v - limit) / limit if limit else float("inf")
+        elif direction == "min" and v < limit:
+            out[name] = (limit - v) / limit
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def feasible(rows: list[dict], constraints: Constraints) -> list[int]:
+    return [i for i, r in enumerate(rows) if not shortfalls(r, constraints)]
+
+
+def pick(rows: list[dict], constraints: Constraints, objective: str = "speed") -> int | None:
+    """Index of the best feasible row by *objective* (then the other objectives), or None.
+
+    >>> rows = [{"quality_loss": .01, "size_bytes": 4, "decode_tok_s": 10},
+    ...         {"quality_loss": .05, "size_bytes": 2, "decode_tok_s": 30},
+    ...         {"quality_loss": .30, "size_bytes": 1, "decode_tok_s": 50}]
+    >>> pick(rows, Constraints(max_quality_loss=0.1))
+    1
+    """
+    if objective not in OBJECTIVES:
+        raise EdgeLLMError(f"unknown objective '{objective}'", f"use one of: {', '.join(OBJECTIVES)}")
+    order = [objective] + [o for o in OBJECTIVES if o != objective]
+
+    def sort_key(i):
+        key = []
+        for o in order:
+            k, direction = OBJECTIVES[o]
+            v = _value(rows[i], k)
+            key.append(-v if direction == "max" else v)
+        return key
+
+    ranked = [i for i in feasible(rows, constraints)
+              if all(_value(rows[i], OBJECTIVES[o][0]) is not None for o in OBJECTIVES)]
+    return min(ranked, key=sort_key) if ranked else None
+
+
+def explain_infeasible(rows: list[dict], constraints: Constraints, n_closest: int = 3) -> dict:
+    """Why nothing fits: the binding constraint, how many each one rules out, and the closest rows.
+
+    >>> e = explain_infeasible([{"quality_loss": .2, "size_bytes": 1, "decode_tok_s": 5}],
+    ...                        Constraints(max_quality_loss=.1))
+    >>> e["binding"], e["closest"]
+    ('max-quality-loss', [0])
+    """
+    falls = [shortfalls(r, constraints) for r in rows]
+    per = {}
+    for name, _, _, limit in constraints.checks():
+        alone = [i for i, f in enumerate(falls) if set(f) == {name}]
+        failing = [i for i, f in enumerate(falls) if name in f]
+        margin = min((falls[i][name] for i in failing), default=0.0)
+        per[name] = {"limit": limit, "fail": len(failing), "only_this_fails": len(alone), "smallest_shortfall": margin}
+    binding = max(per, key=lambda n: (per[n]["only_this_fails"], per[n]["fail"], -per[n]["smallest_shortfall"]),
+                  default=None)
+    total = [sum(min(v, 1e6) for v in f.values()) for f in falls]
+    closest = sorted(range(len(rows)), key=lambda i: (len(falls[i]), total[i]))[:n_closest]
+    return {"binding": binding, "constraints": per, "closest": closest, "shortfalls": [falls[i] for i in closest]}

@@ -1,0 +1,104 @@
+"""Cost model: roofline physics on synthetic profiles, host calibration, estimated vs exact stats."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgellm.devices.costmodel import Calibration, ModelStats, predict, prediction_error, roofline
+from edgellm.devices.profiles import DeviceProfile
+
+
+def dev(name="synthetic", bw=10.0, fp32=100.0, measured=False) -> DeviceProfile:
+    return DeviceProfile(name=name, ram_bytes_for_model=2**30, storage_bytes=2**32, mem_bandwidth_GBps=bw,
+                         runtimes=("torch", "llama.cpp"), source="synthetic test profile", fp32_gflops=fp32,
+                         measured=measured)
+
+
+STATS = ModelStats(kind="fp32", weight_bytes_per_token=100_000_000, memory_bytes=120_000_000, file_bytes=120_000_000,
+                   linear_macs=25_000_000, n_layers=4, attn_dim=256, kv_bytes_per_token=8192)
+
+
+def test_uncalibrated_prediction_is_the_roofline():
+    p = predict(STATS, dev(bw=10.0), "torch", prompt_len=128, new_tokens=128)
+    assert p.decode_tok_s == pytest.approx(10e9 / 100e6)            # memory-bound: bandwidth / bytes per token
+    assert p.bound == "memory" and not p.calibrated and p.predicted
+    assert p.size_bytes == 120_000_000
+    assert p.peak_ram_bytes == 120_000_000 + 8192 * 256           # weights + KV cache, no overhead known
+    flops = sum(STATS.flops_per_token(i) for i in (0, 127)) / 2 * 128
+    assert p.ttft_ms == pytest.approx(1e3 * max(flops / 100e9, 100e6 / 10e9))
+    assert p.prefill_tok_s == pytest.approx(128 / (p.ttft_ms / 1e3))
+
+
+def test_decode_scales_with_bandwidth_and_bytes():
+    a = predict(STATS, dev(bw=10.0), "torch")
+    b = predict(STATS, dev(bw=20.0), "torch")
+    half = ModelStats(**{**STATS.to_dict(), "weight_bytes_per_token": 50_000_000})
+    c = predict(half, dev(bw=10.0), "torch")
+    assert b.decode_tok_s == pytest.approx(2 * a.decode_tok_s)
+    assert c.decode_tok_s == pytest.approx(2 * a.decode_tok_s)
+
+
+def test_compute_bound_when_compute_is_scarce():
+    p = predict(STATS, dev(bw=1000.0, fp32=0.01), "torch")
+    assert p.bound == "compute"
+    assert p.decode_tok_s == pytest.approx(0.01e9 / STATS.flops_per_token(128))
+
+
+def test_calibration_reproduces_the_host_measurement_and_transfers():
+    host = dev("host", bw=20.0, fp32=50.0, measured=True)
+    cal = Calibration()
+    eff = cal.add("torch", STATS, host, decode_tok_s=50.0, prefill_tok_s=400.0, prompt_len=128,
+                  peak_rss_bytes=500_000_000, context=256, label="m")
+    assert eff["decode"] == pytest.approx(50.0 / 200.0)               # roofline 200 tok/s, measured 50
+    p = predict(STATS, host, "torch", cal)
+    assert p.calibrated and p.calibration == "torch|fp32"
+    assert p.decode_tok_s == pytest.approx(50.0) and p.prefill_tok_s == pytest.approx(400.0)
+    assert p.peak_ram_bytes == 500_000_000
+    pi = predict(STATS, dev("pi", bw=10.0, fp32=25.0), "torch", cal)     # half the bandwidth and compute
+    assert pi.decode_tok_s == pytest.approx(25.0) and pi.prefill_tok_s == pytest.approx(200.0) and pi.predicted
+    other = predict(ModelStats(**{**STATS.to_dict(), "kind": "w8"}), host, "torch", cal)
+    assert other.calibration == "torch|*"                             # falls back to the runtime's mean
+    assert predict(STATS, host, "llama.cpp", cal).calibration == "none"
+    assert cal.without("m").factors("torch", "fp32").source == "none"
+    assert prediction_error(11.0, 10.0) == pytest.approx(0.1)
+
+
+def test_roofline_prefill_never_beats_reading_the_weights():
+    r = roofline(STATS, dev(bw=1.0, fp32=1e6), prompt_len=1)
+    assert r["prefill_s"] == pytest.approx(100e6 / 1e9)
+
+
+def test_estimated_stats_match_exact_ones(tiny_llama):
+    from edgellm.devices.stats import estimate_stats, stats_from_model
+    from edgellm.models import load, model_bytes
+    from edgellm.prune import PruneConfig
+    from edgellm.recipe import Recipe
+    from edgellm.runtimes.torch import TorchRuntime
+
+    m = load(str(tiny_llama))
+    rt = TorchRuntime(m, device="cpu")
+    exact = stats_from_model(m.model, "fp32", rt.weight_bytes(), model_bytes(m.model), rt.file_bytes())
+    est = estimate_stats(m.model, Recipe("fp32"), "torch")
+    assert est.linear_macs == exact.linear_macs and est.kv_bytes_per_token == exact.kv_bytes_per_token
+    assert est.weight_bytes_per_token == pytest.approx(exact.weight_bytes_per_token, rel=0.02)
+    assert est.memory_bytes == pytest.approx(exact.memory_bytes, rel=0.02)
+    depth = estimate_stats(m.model, Recipe("d", {"prune": PruneConfig(structure="depth", ratio=0.34)}), "torch")
+    assert depth.n_layers == 2 and depth.weight_bytes_per_token < est.weight_bytes_per_token
+    sparse = estimate_stats(m.model, Recipe("s", {"prune": PruneConfig(sparsity=0.5)}), "torch")
+    assert sparse.file_bytes < est.file_bytes and sparse.weight_bytes_per_token == est.weight_bytes_per_token
+
+
+def test_quantized_estimate_follows_the_bits(tiny_llama):
+    from edgellm.devices.stats import estimate_stats
+    from edgellm.models import load
+    from edgellm.quantize import QuantConfig
+    from edgellm.recipe import Recipe
+
+    m = load(str(tiny_llama))
+    fp = estimate_stats(m.model, Recipe("fp32"), "torch")
+    w8 = estimate_stats(m.model, Recipe("w8", {"quantize": QuantConfig(bits=8, group_size=32)}), "torch")
+    w4 = estimate_stats(m.model, Recipe("w4", {"quantize": QuantConfig(bits=4, group_size=32)}), "torch")
+    assert fp.weight_bytes_per_token > w8.weight_bytes_per_token > w4.weight_bytes_per_token
+    assert w4.kind == "w4" and w8.kind == "w8"
+    q4 = estimate_stats(m.model, Recipe("w4", {"quantize": QuantConfig(bits=4, group_size=32)}), "llama.cpp")
+    assert q4.kv_bytes_per_token == fp.kv_bytes_per_token // 2          # f16 KV cache in llama.cpp

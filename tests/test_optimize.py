@@ -1,0 +1,132 @@
+"""``edgellm optimize`` end to end on a tiny model: outputs, resume from the cache, infeasible budgets,
+bad output folders; and (slow) the report in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(tiny_llama, text_file, cache, out, *extra):
+    return ["optimize", "--model", tiny_llama, "--eval-text", text_file, "--ctx", "64", "--screen-tokens", "128",
+            "--full-tokens", "384", "--speed-runs", "1", "--prompt-len", "16", "--new-tokens", "8", "--runtimes", "torch",
+            "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/w8-rtn-g32.yaml", ROOT / "recipes/magnitude-2of4.yaml",
+            "--max-quality-loss", "3%", "--cache", cache, "--out", out, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_llama, text_file, tmp_path_factory):
+    base = tmp_path_factory.mktemp("opt")
+    t0 = time.monotonic()
+    code, out, err = run_cli(*_args(tiny_llama, text_file, base / "cache", base / "out"))
+    return {"code": code, "out": out, "err": err, "seconds": time.monotonic() - t0, "base": base}
+
+
+def test_tiny_end_to_end_under_a_minute(tiny_run):
+    assert tiny_run["code"] == 0, tiny_run["err"]
+    assert tiny_run["seconds"] < 60
+    out = tiny_run["base"] / "out"
+    r = json.loads((out / "results.json").read_text())
+    by = {row["recipe"]: row for row in r["rows"]}
+    assert by["fp32"]["status"] == "measured" and by["fp32"]["quality_loss"] == pytest.approx(0.0, abs=1e-9)
+    assert by["w8-rtn-g32"]["status"] == "measured" and abs(by["w8-rtn-g32"]["quality_loss"]) < 0.03
+    assert by["w8-rtn-g32"]["size_bytes"] < by["fp32"]["size_bytes"] / 2
+    sparse = by["magnitude-2of4"]                      # 2:4 magnitude on a random model: over a 3% budget
+    assert sparse["status"] in ("rejected", "evaluated") and sparse["quality_loss"] > 0.03 and not sparse["chosen"]
+    chosen = r["chosen"]
+    assert chosen is not None and chosen["pareto"] and chosen["measured"]
+    assert chosen["quality_loss"] <= 0.03
+    # the pick is the fastest candidate within the budget, among measured ones
+    measured = [x for x in r["rows"] if x["status"] == "measured" and x["quality_loss"] <= 0.03]
+    assert chosen["decode_tok_s"] == max(x["decode_tok_s"] for x in measured)
+    assert all(c["decode_measured"] > 0 and "decode_loo_error" in c for c in r["host_checks"])
+    assert (out / "report.html").is_file() and (out / "pareto.png").is_file() and (out / "pareto.svg").is_file()
+    model = Path(r["export"]["path"])
+    assert model.exists() and str(model).startswith(str(out)) and r["export"]["verification"]["passed"]
+    assert (out / "model" / "manifest.json").is_file()
+    assert "CHOSEN" in tiny_run["out"] and "quality loss" in tiny_run["out"]
+    html = (out / "report.html").read_text()
+    assert "<table" in html and "pareto.svg" in html and "prediction" in html
+
+
+def test_resume_reuses_the_cache(tiny_run, tiny_llama, text_file):
+    base = tiny_run["base"]
+    entries = sorted(base.glob("cache/*/*/entry.json"))
+    assert entries
+    before = {p: p.stat().st_mtime_ns for p in entries}
+    t0 = time.monotonic()
+    code, out, err = run_cli(*_args(tiny_llama, text_file, base / "cache", base / "out2"))
+    assert code == 0, err
+    assert time.monotonic() - t0 < tiny_run["seconds"]
+    assert {p: p.stat().st_mtime_ns for p in entries} == before          # nothing recomputed or rewritten
+    a = json.loads((base / "out" / "results.json").read_text())
+    b = json.loads((base / "out2" / "results.json").read_text())
+    assert [(x["label"], x["quality_loss"], x["decode_tok_s"]) for x in a["rows"]] == \
+           [(x["label"], x["quality_loss"], x["decode_tok_s"]) for x in b["rows"]]
+
+
+def test_budget_nothing_can_meet_names_the_binding_constraint(tiny_run, tiny_llama, text_file):
+    base = tiny_run["base"]
+    code, out, err = run_cli(*_args(tiny_llama, text_file, base / "cache", base / "out3", "--min-decode-tok-s", "1e7"))
+    assert code == 2
+    assert "no candidate meets the constraints" in err and "binding constraint: min-speed" in err
+    assert "misses min-speed" in err
+    r = json.loads((base / "out3" / "results.json").read_text())
+    assert r["chosen"] is None and r["infeasible"]["binding"] == "min-speed" and r["infeasible"]["closest"]
+    assert not (base / "out3" / "model").exists()
+
+
+def test_existing_or_unwritable_output_is_a_clean_error(tiny_run, tiny_llama, text_file, tmp_path):
+    base = tiny_run["base"]
+    code, _, err = run_cli(*_args(tiny_llama, text_file, base / "cache", base / "out"))
+    assert code == 2 and "already exists" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(*_args(tiny_llama, text_file, base / "cache", blocker / "sub" / "out"))
+    assert code == 2 and "error:" in err and "writable" in err and "Traceback" not in err
+
+
+def test_unknown_device_and_bad_flags(tiny_llama, text_file, tmp_path):
+    code, _, err = run_cli(*_args(tiny_llama, text_file, tmp_path / "c", tmp_path / "o", "--device", "raspbery-pi-5-8gb"))
+    assert code == 2 and "did you mean 'raspberry-pi-5-8gb'" in err
+    code, _, err = run_cli(*_args(tiny_llama, text_file, tmp_path / "c", tmp_path / "o", "--max-quality-loss", "lots"))
+    assert code == 2 and "--max-quality-loss" in err
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.fail("chromium is not installed: apt-get install -y chromium (make test installs it)")
+    report = tiny_run["base"] / "out" / "report.html"
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, HOME=str(tmp_path)))
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert html.count("<table") >= 3 and "CHOSEN" in html and 'id="pareto"' in html and "pareto.svg" in html
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,2000", report.as_uri()], capture_output=True,
+                   timeout=120, env=dict(os.environ, HOME=str(tmp_path)))
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    from PIL import Image
+
+    img = Image.open(shot)
+    assert img.size == (1280, 2000)
+    colours = img.convert("RGB").resize((64, 100)).getcolors(64 * 100)
+    assert colours is not None and len(colours) > 8            # not a blank page: tables and the plot drew
