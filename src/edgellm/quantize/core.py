@@ -115,10 +115,6 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True,
             from .awq import AWQMethod
 
             method = AWQMethod(targets, cfg, swap)
-        if cfg.method == "gptq" and cfg.awq_prescale:
-            from .awq import AWQMethod, Chain
-
-            method = Chain([AWQMethod(targets, cfg, None), method])
         run_blockwise(module, calib, method, progress=progress, desc=f"{cfg.method} w{cfg.bits}")
     for name, lin in targets.items():          # RTN, and linears outside the repeated blocks
         if name not in done:

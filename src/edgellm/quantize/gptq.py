@@ -96,19 +96,34 @@ class GPTQMethod:
         self.cfg = cfg
         self.on_done = on_done          # on_done(full_name, block, local_name, QuantizedWeight, linear)
         self.shared = SharedInputs(lambda k: HessianStats(k))
+        self.awq = None
+        if cfg.awq_prescale:       # AWQ's scale search and fold first; its stats carry the Hessian too
+            from .awq import AWQMethod
+
+            self.awq = AWQMethod(targets, cfg, None, with_hessian=True)
 
     def new_stats(self, name, linear):
+        if self.awq is not None:
+            return self.awq.new_stats(name, linear)
         if id(linear) not in self.by_id:
             return None
         return self.shared.proxy(linear.in_features)
 
     def apply_block(self, index, block, stats, block_inputs):
         c = self.cfg
+        applied = self.awq.scale_block(index, block, stats) if self.awq is not None else {}
         for local, (lin, proxy) in stats.items():
-            H = proxy.stats.H if proxy.stats is not None else torch.zeros(lin.in_features, lin.in_features)
+            st = proxy.stats
+            st = getattr(st, "hessian", st)
+            H = st.H if st is not None else torch.zeros(lin.in_features, lin.in_features)
+            if local in applied:          # inputs are now X·diag(s)⁻¹, so H becomes diag(s)⁻¹ H diag(s)⁻¹
+                s = applied[local]
+                H = H / (s.view(-1, 1) * s.view(1, -1))
             qw = gptq_quantize_weight(lin.weight, H, c.bits, c.group_size, c.symmetric, damp=c.damp,
                                       block_size=c.block_size, act_order=c.act_order, static_groups=c.static_groups,
                                       mse_clip=c.mse_clip)
             self.on_done(self.by_id[id(lin)], block, local, qw, lin)
         self.shared.reset()
+        if self.awq is not None:
+            self.awq.shared.reset()
         return None

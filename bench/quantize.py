@@ -1,0 +1,210 @@
+"""Quantization benchmark: SmolLM2-135M, wikitext-2 test, ctx 512, first 20,480 tokens (DESIGN.md §4).
+
+For each setting: perplexity, KL(fp32 ‖ quantized) and top-1 agreement on the same windows,
+quantization wall time, bits per weight (scales and zeros included) and the kernels used. Then
+decode tok/s for fp32 / W8 / W4 / W8A8, measured alternately in one run (ratios quoted per
+round). The fp32 reference log-probs are computed once and kept in a float32 memmap in /tmp.
+Each heavy step takes the shared lock /tmp/edgellm-heavy.lock. Results are written after every
+step to bench/results/quantize.json (and docs/benchmarks.md), so a partial run still reports.
+
+Run: .venv/bin/python bench/quantize.py --threads 2 [--only NAME ...] [--calib-samples 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import ROOT, render  # noqa: E402
+
+import edgellm  # noqa: E402
+from edgellm.bench.latency import fixed_prompt, one_run  # noqa: E402
+from edgellm.bench.machine import machine_info  # noqa: E402
+from edgellm.data import WIKI_TEST, data_file, tokenize_file  # noqa: E402
+from edgellm.evaluate.perplexity import windows  # noqa: E402
+from edgellm.fileio import write_json  # noqa: E402
+from edgellm.quantize import QuantConfig, quantize  # noqa: E402
+from edgellm.runtimes.torch import TorchRuntime  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "quantize.json"
+LOCK = "/tmp/edgellm-heavy.lock"
+
+# name, target note, QuantConfig fields
+SETTINGS = [
+    ("W8 per-channel RTN", "≤ +0.5%", dict(method="rtn", bits=8)),
+    ("W8A8 per-channel RTN (dynamic per-token int8 activations)", "-", dict(method="rtn", bits=8, act_bits=8)),
+    ("W4 g32 sym RTN (Q4_0 grid)", "reference +35%", dict(method="rtn", bits=4, group_size=32)),
+    ("W4 g64 asym RTN", "reference +44%", dict(method="rtn", bits=4, group_size=64, symmetric=False)),
+    ("W3 g32 asym RTN", "reference +350%", dict(method="rtn", bits=3, group_size=32, symmetric=False)),
+    ("W4 g32 asym RTN (the grid the model shipped in: not evidence)", "-",
+     dict(method="rtn", bits=4, group_size=32, symmetric=False)),
+    ("W4 g32 sym GPTQ", "≤ +10% (best of GPTQ/AWQ)",
+     dict(method="gptq", bits=4, group_size=32, act_order=True, static_groups=True, mse_clip=True)),
+    ("W4 g32 sym AWQ", "≤ +10% (best of GPTQ/AWQ)", dict(method="awq", bits=4, group_size=32)),
+    ("W4 g64 asym GPTQ", "≤ +12%",
+     dict(method="gptq", bits=4, group_size=64, symmetric=False, act_order=True, static_groups=True, mse_clip=True)),
+    ("W3 g32 asym GPTQ", "≤ +60%",
+     dict(method="gptq", bits=3, group_size=32, symmetric=False, act_order=True, static_groups=True, mse_clip=True)),
+    ("W4 g32 sym GPTQ+AWQ prescale", "≤ +10% (best of GPTQ/AWQ)",
+     dict(method="gptq", bits=4, group_size=32, awq_prescale=True, act_order=True, static_groups=True, mse_clip=True)),
+    ("W3 g32 asym GPTQ+AWQ prescale", "≤ +60%",
+     dict(method="gptq", bits=3, group_size=32, symmetric=False, awq_prescale=True, act_order=True,
+          static_groups=True, mse_clip=True)),
+]
+SPEED = {"fp32": None, "W8": dict(bits=8), "W4 g32 sym": dict(bits=4, group_size=32), "W8A8": dict(bits=8, act_bits=8)}
+
+
+@contextlib.contextmanager
+def heavy_lock():
+    with open(LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def window_logprobs(model, w: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        logits = model(input_ids=w.view(1, -1), use_cache=False).logits[0, :-1].float()
+    return F.log_softmax(logits, dim=-1)
+
+
+def score(model, wins, ref_mm) -> dict:
+    nll, kl, same, n = 0.0, 0.0, 0, 0
+    for i, w in enumerate(wins):
+        lp = window_logprobs(model, w)
+        ref = torch.from_numpy(np.asarray(ref_mm[i]))
+        tgt = w[1:]
+        nll += -lp.gather(1, tgt.view(-1, 1)).sum().item()
+        kl += (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).sum().item()
+        same += (ref.argmax(-1) == lp.argmax(-1)).sum().item()
+        n += tgt.numel()
+    return {"perplexity": math.exp(nll / n), "kl": kl / n, "top1": same / n, "n_predicted": n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=20480)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-len", type=int, default=512)
+    ap.add_argument("--speed-runs", type=int, default=5)
+    ap.add_argument("--only", nargs="*", default=None, help="setting names (substring match) to run")
+    ap.add_argument("--no-speed", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    result = {"title": "Quantization: SmolLM2-135M (RTN, GPTQ, AWQ; packed integer kernels)",
+              "command": "python " + " ".join(sys.argv),
+              "description": (f"wikitext-2 test, ctx {args.ctx}, first {args.max_tokens} tokens, non-overlapping windows; "
+                              f"KL(fp32‖quantized) nats/token and top-1 agreement on the same windows; calibration "
+                              f"{args.calib_samples}×{args.calib_len} tokens of wiki.valid.tokens; {args.threads} threads. "
+                              "Decode: greedy, 128-token prompt, 128 new tokens, EOS ignored; models measured "
+                              "alternately, median of the rounds."),
+              "machine": machine_info(bandwidth=False), "tables": [], "raw": {}}
+    base = edgellm.load("smollm2-135m")
+    ids = tokenize_file(base.tokenizer, data_file(WIKI_TEST), max_tokens=args.max_tokens)
+    wins = windows(ids, args.ctx, args.max_tokens)
+    V = base.model.config.vocab_size
+    mm_path = Path(tempfile.gettempdir()) / f"edgellm-qbench-ref-{len(wins)}x{args.ctx}.f32"
+    ref_mm = np.memmap(mm_path, dtype=np.float32, mode="w+", shape=(len(wins), args.ctx - 1, V))
+    with heavy_lock():
+        t0 = time.time()
+        nll, n = 0.0, 0
+        for i, w in enumerate(wins):
+            lp = window_logprobs(base.model, w)
+            ref_mm[i] = lp.numpy()
+            nll += -lp.gather(1, w[1:].view(-1, 1)).sum().item()
+            n += w.numel() - 1
+        ref_mm.flush()
+    base_ppl = math.exp(nll / n)
+    print(f"fp32: ppl {base_ppl:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    rows = [{"setting": "fp32 (reference)", "target": "-", "perplexity": round(base_ppl, 3), "Δppl": "-", "KL": 0.0,
+             "top-1": 1.0, "bits/weight": 32, "quant s": "-", "kernels": "-"}]
+    table = {"title": "Quality against the issue's targets (ctx 512, 20,480 tokens)", "columns": list(rows[0]),
+             "rows": rows, "notes": []}
+    result["tables"].append(table)
+
+    def save():
+        result["wall_seconds"] = round(time.time() - t_start, 1)
+        write_json(OUT, result)
+        render()
+
+    save()
+    speed_done = args.no_speed
+    for name, target, fields in SETTINGS:
+        if args.only and not any(o.lower() in name.lower() for o in args.only):
+            continue
+        cfg = QuantConfig(calib_samples=args.calib_samples, calib_len=args.calib_len, **fields)
+        with heavy_lock():
+            m = edgellm.load("smollm2-135m")
+            _, res = quantize(m, cfg, progress=False)
+            s = score(m.model, wins, ref_mm)
+        row = {"setting": name, "target": target, "perplexity": round(s["perplexity"], 3),
+               "Δppl": f"{100 * (s['perplexity'] / base_ppl - 1):+.2f}%", "KL": round(s["kl"], 5),
+               "top-1": round(s["top1"], 4), "bits/weight": round(res.bits_per_weight, 3),
+               "quant s": round(res.seconds, 1), "kernels": ", ".join(f"{k}:{v}" for k, v in res.kernels.items())}
+        rows.append(row)
+        result["raw"][name] = {"config": cfg.__dict__, "result": res.to_dict(), "score": s}
+        print(row, flush=True)
+        del m
+        save()
+        if not speed_done and name.startswith("W3 g32 asym RTN"):
+            result["tables"].append(measure_speeds(args))
+            speed_done = True
+            save()
+    if not speed_done:
+        result["tables"].append(measure_speeds(args))
+        save()
+    mm_path.unlink(missing_ok=True)
+    print(f"done in {time.time() - t_start:.0f}s")
+
+
+def measure_speeds(args) -> dict:
+    rts = {}
+    with heavy_lock():
+        for name, fields in SPEED.items():
+            m = edgellm.load("smollm2-135m")
+            if fields:
+                quantize(m, QuantConfig(**fields), progress=False)
+            rts[name] = TorchRuntime(m, device="cpu", threads=args.threads)
+        prompt = fixed_prompt(rts["fp32"].model.config.vocab_size, 128)
+        for rt in rts.values():
+            one_run(rt, prompt, 128)                     # warm-up
+        rounds = {n: [] for n in rts}
+        for _ in range(args.speed_runs):
+            for n, rt in rts.items():
+                _, dt, k = one_run(rt, prompt, 128)
+                rounds[n].append((k - 1) / dt)
+    rows = []
+    for n, vals in rounds.items():
+        ratio = [v / f for v, f in zip(vals, rounds["fp32"])]
+        rows.append({"model": n, "decode tok/s (median)": round(statistics.median(vals), 2),
+                     "min-max": f"{min(vals):.2f}-{max(vals):.2f}",
+                     "÷ fp32 (median of per-round ratios)": round(statistics.median(ratio), 3),
+                     "weight MiB read/token": round(rts[n].weight_bytes() / 2 ** 20, 1),
+                     "kernel": "fp32 matmul" if n == "fp32" else
+                     next(iter({q.kernel_plan()[1] for q in edgellm.quantize.quantized_linears(rts[n].model).values()}))})
+    print(rows, flush=True)
+    return {"title": f"Decode speed, PyTorch eager on CPU, {args.threads} threads (alternating rounds)",
+            "columns": list(rows[0]), "rows": rows,
+            "notes": ["W4 = RTN W4 g32 sym (GPTQ/AWQ models have the same format and kernel)",
+                      "embeddings and lm_head stay fp32 (113 MiB of the weights read per token)"]}
+
+
+if __name__ == "__main__":
+    main()
