@@ -112,6 +112,9 @@ def create_app(engine: Engine, config: ServeConfig):
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc):
         msg = _validation_message(exc)
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype:
+            msg = f"the request body must be JSON sent with 'Content-Type: application/json' (got '{ctype}')"
         request.state.error = msg
         return JSONResponse(error_body(msg), status_code=400)
 
