@@ -110,3 +110,15 @@ def test_recipe_prune_section(tiny_llama):
     res = apply_recipe(loaded, rec, progress=False)
     assert res["prune"].achieved_sparsity == 0.5
     assert is_nm(loaded.model.model.layers[1].mlp.down_proj.weight, 2, 4)
+
+
+def test_dense_save_of_a_reloaded_sparse_model_is_plain(tiny_llama, tmp_path):
+    from edgellm.models import save
+
+    loaded = load(tiny_llama)
+    prune(loaded, PruneConfig(method="magnitude", sparsity=0.5), progress=False)
+    again = load(save_sparse(loaded, tmp_path / "sparse"))
+    plain = load(save(again, tmp_path / "dense"))
+    assert plain.meta.edgellm == {}
+    with torch.no_grad():
+        assert torch.equal(plain.model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits)

@@ -54,7 +54,7 @@ def run(args) -> int:
     if cfg.structure is None:
         out = save_sparse(loaded, args.out, force=args.force, edgellm_section=section)
     else:
-        out = save(loaded, args.out, force=args.force)
+        out = save(loaded, args.out, force=args.force, edgellm_section=section)   # no "format": a plain HF folder
     from ..fileio import dir_bytes
 
     row = {"model": args.model, "method": cfg.method, "structure": cfg.structure or "-", "pattern": cfg.pattern or "-",

@@ -120,7 +120,8 @@ def load_sparse_model(folder: Path, config_dict: dict, task: str, dtype) -> tupl
     if not path.exists():
         raise EdgeLLMError(f"sparse folder '{folder}' has no {WEIGHTS_FILE}", "re-create it with edgellm prune")
     config = AutoConfig.from_pretrained(folder)
-    config.edgellm = config_dict.get("edgellm", {})
+    if hasattr(config, "edgellm"):   # the loaded model is dense: a plain save of it must not claim "sparse"
+        del config.edgellm
     model = _auto_class(task).from_config(config)
     state = {}
     with safe_open(str(path), framework="pt") as f:
