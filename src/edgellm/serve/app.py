@@ -98,7 +98,8 @@ def create_app(engine: Engine, config: ServeConfig):
     if context:
         prompt_limit = min(prompt_limit, context - 1)
     model_cfg = getattr(getattr(engine.runtime, "model", None), "config", None)
-    compiler = SchemaCompiler(tokenizer, vocab_rows=max(len(tokenizer), getattr(model_cfg, "vocab_size", 0) or 0))
+    compiler = SchemaCompiler(tokenizer, vocab_rows=max(len(tokenizer), getattr(model_cfg, "vocab_size", 0) or 0),
+                              tokenizer_lock=engine.tokenizer_lock)
     runtime_name = getattr(engine.runtime, "name", "?")
     created = int(time.time())
     app = FastAPI(title="edgellm", docs_url=None, redoc_url=None, openapi_url=None)
@@ -290,8 +291,10 @@ def create_app(engine: Engine, config: ServeConfig):
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from e
-        text, _ = render_chat(tokenizer, messages)
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with engine.tokenizer_lock:
+            text, _ = render_chat(tokenizer, messages)
+        with engine.tokenizer_lock:
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         budget = _budget(req, len(prompt_ids))
         processor, schema = await _processor(req, budget)
         job, events = await _submit(request, req, prompt_ids, budget, processor)
@@ -316,7 +319,8 @@ def create_app(engine: Engine, config: ServeConfig):
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         _check_model(req.model)
-        prompt_ids = tokenizer(req.prompt)["input_ids"]
+        with engine.tokenizer_lock:
+            prompt_ids = tokenizer(req.prompt)["input_ids"]
         budget = _budget(req, len(prompt_ids))
         processor, schema = await _processor(req, budget)
         job, events = await _submit(request, req, prompt_ids, budget, processor)

@@ -192,8 +192,10 @@ class SchemaCompiler:
     >>> proc = c.processor(c.compile({"type": "boolean"}), max_tokens=8)       # doctest: +SKIP
     """
 
-    def __init__(self, tokenizer, vocab_rows: int | None = None, cache_size: int = 16):
+    def __init__(self, tokenizer, vocab_rows: int | None = None, cache_size: int = 16,
+                 tokenizer_lock: threading.Lock | None = None):
         self.tokenizer = tokenizer
+        self.tokenizer_lock = tokenizer_lock or threading.Lock()   # shared with whoever else uses the tokenizer
         self.vocab_rows = int(vocab_rows or len(tokenizer))
         self.cache_size = cache_size
         self._vocabulary = None
@@ -208,7 +210,9 @@ class SchemaCompiler:
         if self._vocabulary is None:
             eos = eos_id_of(self.tokenizer)
             by_bytes: dict[bytes, list[int]] = {}
-            for i, b in token_bytes(self.tokenizer).items():
+            with self.tokenizer_lock:
+                table = token_bytes(self.tokenizer)
+            for i, b in table.items():
                 if i != eos and i < self.vocab_rows:
                     by_bytes.setdefault(b, []).append(i)
             self._vocabulary = outlines_core.Vocabulary(eos, by_bytes)

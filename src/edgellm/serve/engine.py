@@ -81,8 +81,9 @@ class TextDecoder:
     >>> d = TextDecoder(tok, stop=["\\n"])          # doctest: +SKIP
     """
 
-    def __init__(self, tokenizer, stop: list[str]):
+    def __init__(self, tokenizer, stop: list[str], lock: threading.Lock | None = None):
         self.tokenizer = tokenizer
+        self.lock = lock or threading.Lock()
         self.stop = stop
         self.ids: list[int] = []
         self.emitted = 0                # characters of the full text already handed out
@@ -91,7 +92,8 @@ class TextDecoder:
 
     def push(self, tok: int) -> str:
         self.ids.append(tok)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        with self.lock:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
             self.stopped = True
@@ -135,6 +137,9 @@ class Engine:
         self._queue: queue.Queue = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
+        # HF fast tokenizers are not safe to use from two threads at once (the handlers encode while
+        # the worker decodes), so every use of the tokenizer goes through this lock
+        self.tokenizer_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.busy = False
         self.served = 0
@@ -193,7 +198,7 @@ class Engine:
         if job.processor is not None:
             kw["logits_processor"] = job.processor
         gen = self.runtime.generate(torch.tensor(job.prompt_ids, dtype=torch.long), job.max_tokens, **kw)
-        decoder = TextDecoder(self.tokenizer, job.stop)
+        decoder = TextDecoder(self.tokenizer, job.stop, self.tokenizer_lock)
         generated, finish = [], "length"
         try:
             for tok in gen:
