@@ -50,6 +50,7 @@ def save_quantized(loaded, out: str | os.PathLike, *, force: bool = False) -> Pa
                     "layers": {n: m.spec() for n, m in qlin.items()},
                     "embeddings": {n: m.spec() for n, m in qemb.items()}})
     cfg = model.config.to_dict()
+    cfg["architectures"] = [type(model).__name__]   # e.g. a classifier built on an encoder checkpoint
     cfg["edgellm"] = section
     with atomic_dir(out, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "edgellm": "quantized/1"})
