@@ -120,6 +120,8 @@ def plain_model(model):
 
 def dequantize_unpacked(q) -> torch.Tensor:
     """fp32 weights from a ``QuantizedWeight`` (codes [out, in], scale/zero [out, in/group_size])."""
+    if callable(getattr(q, "dequantize", None)):
+        return q.dequantize().float()
     codes = q.codes.float()
     out_f, in_f = codes.shape
     g = q.group_size if q.group_size and q.group_size > 0 else in_f

@@ -1,0 +1,127 @@
+"""Classifier path: MiniLM-L6 fine-tuned on SST-2, exported to ONNX int8, against PyTorch fp32.
+
+1. Fine-tune ``minilm-l6`` with a fresh 2-label head on SST-2 train (``edgellm.distill.finetune``,
+   labels only; ``--steps`` × ``--batch`` sentences), unless the folder already exists.
+2. Export it to ONNX fp32 and int8 (dynamic int8, verified on fixed sentences).
+3. Accuracy on the whole SST-2 dev set (872 rows) for PyTorch fp32, ONNX fp32 and ONNX int8.
+4. Throughput at batch 1 and batch 32, end to end through ``runtime.classify`` (tokenizer
+   included, the same for all), every runtime on the same threads, measured alternately in
+   ``--rounds`` rounds; the speed-up is the median of the per-round ratios.
+Writes bench/results/classifier_onnx.json. Run under the heavy-job lock:
+    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/classifier_onnx.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import ROOT, render  # noqa: E402
+
+
+def throughput(rt, texts: list[str], batch: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        rt.classify(texts[i:i + batch])
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    import torch
+
+    from edgellm.bench import machine_info
+    from edgellm.data import SST2, data_file, read_tsv
+    from edgellm.distill import DistillConfig, finetune
+    from edgellm.evaluate import accuracy
+    from edgellm.export import export
+    from edgellm.fileio import write_json
+    from edgellm.models import cache_dir, load
+    from edgellm.runtimes import open_runtime
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--b1-sentences", type=int, default=64)
+    ap.add_argument("--b32-sentences", type=int, default=256)
+    ap.add_argument("--work", default=str(cache_dir() / "bench" / "classifier_onnx"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    work = Path(args.work)
+    ft = work / f"minilm-sst2-s{args.steps}-b{args.batch}"
+    train, dev = data_file(SST2.format(split="train")), data_file(SST2.format(split="dev"))
+    ft_seconds = None
+    if not (ft / "config.json").exists():
+        t0 = time.time()
+        cfg = DistillConfig(steps=args.steps, lr=args.lr, batch_size=args.batch, max_length=64, warmup=20,
+                            eval_every=0)
+        finetune(load("minilm-l6", task="classification", num_labels=2), train, cfg, out=ft, eval_data=dev,
+                 progress=False, force=True)
+        ft_seconds = time.time() - t0
+    arts = {}
+    for variant in ("fp32", "int8"):
+        r = export(load(ft, task="classification"), "onnx", work / f"minilm-sst2-{variant}.onnx", variant=variant,
+                   force=True, threads=args.threads)
+        arts[variant] = r
+    rts = {"torch fp32": open_runtime(load(ft, task="classification"), threads=args.threads, device="cpu"),
+           "onnx fp32": open_runtime(arts["fp32"].path, threads=args.threads),
+           "onnx int8": open_runtime(arts["int8"].path, threads=args.threads)}
+    rows_dev = read_tsv(dev)
+    acc = {name: accuracy(rt, rows_dev, batch_size=32).accuracy for name, rt in rts.items()}
+    texts = [r.text for r in rows_dev]
+    speed = {(name, b): [] for name in rts for b in (1, 32)}
+    for name, rt in rts.items():                                     # warm-up
+        throughput(rt, texts[:8], 1), throughput(rt, texts[:64], 32)
+    for _ in range(args.rounds):
+        for b, n in ((1, args.b1_sentences), (32, args.b32_sentences)):
+            for name, rt in rts.items():
+                speed[(name, b)].append(throughput(rt, texts[:n], b))
+    table = []
+    for name in rts:
+        row = {"runtime": name, "SST-2 dev accuracy": round(100 * acc[name], 2),
+               "Δacc vs torch (points)": round(100 * (acc[name] - acc["torch fp32"]), 2),
+               "size MB": round((arts[name.split()[1]].file_bytes if name.startswith("onnx")
+                                 else rts[name].meta.param_bytes) / 1e6, 1)}
+        for b in (1, 32):
+            vals = speed[(name, b)]
+            ratios = [v / t for v, t in zip(vals, speed[("torch fp32", b)])]
+            row[f"batch {b} sent/s"] = round(statistics.median(vals), 1)
+            row[f"batch {b} × torch"] = round(statistics.median(ratios), 2)
+        table.append(row)
+    int8 = table[2]
+    verdict = (f"ONNX int8 vs PyTorch fp32 ({args.threads} threads): {int8['batch 1 × torch']}× at batch 1, "
+               f"{int8['batch 32 × torch']}× at batch 32 (target ≥ 2.5×); accuracy {int8['Δacc vs torch (points)']:+} "
+               f"points (target ≥ −1)")
+    result = {
+        "title": "Classifier: MiniLM-L6 SST-2, ONNX Runtime int8 vs PyTorch fp32",
+        "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/classifier_onnx.py --threads 2",
+        "description": (f"all-MiniLM-L6-v2 with a fresh 2-label head fine-tuned on SST-2 train ({args.steps} steps × "
+                        f"{args.batch} sentences, lr {args.lr}, max 64 tokens; edgellm.distill.finetune), exported "
+                        "with `edgellm export --format onnx --variant int8` (dynamic int8 MatMuls, verified). Accuracy "
+                        "on all 872 SST-2 dev rows. Throughput end to end through `classify` (tokenizer included) "
+                        f"on {args.b1_sentences} dev sentences one at a time and {args.b32_sentences} in batches of 32, "
+                        f"the runtimes measured alternately in {args.rounds} rounds; × torch is the median per-round "
+                        "ratio."),
+        "machine": machine_info(),
+        "tables": [{"title": "accuracy and throughput", "columns": list(table[0]), "rows": table, "notes": [verdict]}],
+        "raw": {"speed": {f"{k[0]} b{k[1]}": v for k, v in speed.items()}, "accuracy": acc,
+                "exports": {k: v.to_dict() for k, v in arts.items()}, "finetune_seconds": ft_seconds,
+                "finetuned_folder": str(ft)},
+        "wall_seconds": time.time() - t_start,
+    }
+    write_json(ROOT / "bench" / "results" / "classifier_onnx.json", result)
+    render()
+    for row in table:
+        print(row)
+    print(verdict)
+
+
+if __name__ == "__main__":
+    main()
