@@ -91,9 +91,10 @@ def test_bench_pipeline_cli(tiny_llama, tmp_path):
     out = tmp_path / "b.json"
     code, text, err = run_cli("bench", tiny_llama, "--pipeline", "2", "--threads", "2", "--prompt-len", "8",
                               "--new-tokens", "4", "--runs", "1", "--warmup", "0", "--batch", "2",
-                              "--micro-batches", "2", "--json", out)
+                              "--micro-batches", "1,2", "--json", out)
     assert code == 0, err
     r = json.loads(out.read_text())
     assert [x["rank"] for x in r["ranks"]] == [0, 1] and all(x["peak_rss_bytes"] > 0 for x in r["ranks"])
-    assert r["speed"]["decode_tok_s"]["median"] > 0 and r["batch"]["throughput_tok_s"]["median"] > 0
-    assert r["batch"]["micro_batches"] == 2 and "pipeline x2" in text
+    assert r["speed"]["decode_tok_s"]["median"] > 0
+    assert [b["micro_batches"] for b in r["batch"]] == [1, 2] and all(b["throughput_tok_s"]["median"] > 0 for b in r["batch"])
+    assert "pipeline x2" in text

@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--prompt", default=None, help="text (needs the model's tokenizer)")
             s.add_argument("--prompt-ids", default=None, help="comma-separated token ids")
             s.add_argument("--batch", type=int, default=1, help="copies of the prompt in the batch")
-        if name in ("generate", "bench"):
-            s.add_argument("--new-tokens", type=int, default=32 if name == "generate" else 128)
+        if name == "generate":
+            s.add_argument("--new-tokens", type=int, default=32)
             s.add_argument("--micro-batches", type=int, default=1)
         if name == "logits":
             s.add_argument("--out", required=True, help="safetensors file for the logits [batch, T, vocab]")
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="instead of --prompt: --batch distinct seeded prompts of T tokens (benchmark prompts)")
             s.add_argument("--logits-out", default=None, help="also write the prompts' logits here (safetensors)")
         if name == "bench":
+            s.add_argument("--new-tokens", type=int, default=128)
+            s.add_argument("--micro-batches", default="1",
+                           help="comma-separated micro-batch counts for --batch, measured alternately (e.g. 1,2,4)")
             s.add_argument("--prompt-len", type=int, default=128)
             s.add_argument("--runs", type=int, default=5)
             s.add_argument("--warmup", type=int, default=1)
@@ -175,21 +178,26 @@ def _bench(args, engine, stage, world) -> dict:
         out["speed"] = measure_speed(rt, args.prompt_len, args.new_tokens, args.runs, args.warmup,
                                      vocab_size=stage.vocab_size).to_dict()
     if args.batch:
-        if args.batch < args.micro_batches:
-            raise EdgeLLMError(f"--batch {args.batch} is smaller than --micro-batches {args.micro_batches}",
+        try:
+            micros = [int(m) for m in str(args.micro_batches).split(",") if m.strip()]
+        except ValueError as e:
+            raise EdgeLLMError(f"--micro-batches '{args.micro_batches}' is not a list of integers", "e.g. 1,2,4") from e
+        if not micros or any(not 1 <= m <= args.batch for m in micros):
+            raise EdgeLLMError(f"micro-batch counts {micros} must lie between 1 and --batch {args.batch}",
                                "use at most one micro-batch per sequence")
         prompts = torch.stack([fixed_prompt(stage.vocab_size, args.prompt_len, seed=i) for i in range(args.batch)])
         for _ in range(args.warmup):
-            engine.generate_batch(prompts, args.new_tokens, args.micro_batches)
-        secs = []
+            engine.generate_batch(prompts, args.new_tokens, micros[0])
+        secs: dict[int, list] = {m: [] for m in micros}
         for _ in range(args.batch_runs or args.runs):
-            t0 = time.perf_counter()
-            engine.generate_batch(prompts, args.new_tokens, args.micro_batches)
-            secs.append(time.perf_counter() - t0)
-        out["batch"] = {"batch_size": args.batch, "micro_batches": args.micro_batches, "prompt_tokens": args.prompt_len,
-                        "new_tokens": args.new_tokens, "runs": len(secs),
-                        "seconds": Stat.of(secs).__dict__,
-                        "throughput_tok_s": Stat.of(args.batch * args.new_tokens / s for s in secs).__dict__}
+            for m in micros:            # alternate, so machine noise hits every setting alike
+                t0 = time.perf_counter()
+                engine.generate_batch(prompts, args.new_tokens, m)
+                secs[m].append(time.perf_counter() - t0)
+        out["batch"] = [{"batch_size": args.batch, "micro_batches": m, "prompt_tokens": args.prompt_len,
+                         "new_tokens": args.new_tokens, "runs": len(v), "seconds": Stat.of(v).__dict__,
+                         "throughput_tok_s": Stat.of(args.batch * args.new_tokens / x for x in v).__dict__}
+                        for m, v in secs.items()]
     return out
 
 

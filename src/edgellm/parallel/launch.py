@@ -110,12 +110,13 @@ def _result(texts: dict, timeout_s: float) -> dict:
 
 
 def bench_pipeline(spec, nproc: int, threads: int | None = None, prompt_len: int = 128, new_tokens: int = 128,
-                   runs: int = 5, warmup: int = 1, batch: int = 0, micro_batches: int = 1, batch_runs: int | None = None,
+                   runs: int = 5, warmup: int = 1, batch: int = 0, micro_batches=1, batch_runs: int | None = None,
                    decode: bool = True, timeout_s: float = 1800, connect_timeout_s: float = 60) -> dict:
     """Benchmark *spec* as an *nproc*-rank pipeline on this machine (*threads* in all, split over the ranks).
 
     Batch 1: ``measure_speed`` through rank 0 (DESIGN.md §4). With *batch*: generated tokens per
-    second for *batch* prompts cut into *micro_batches*. Every rank reports its peak RSS.
+    second for *batch* prompts cut into *micro_batches* (an int or a list, measured alternately).
+    Every rank reports its peak RSS.
 
     >>> r = bench_pipeline("smollm2-135m", 2, threads=2)        # doctest: +SKIP
     >>> [x["peak_rss_bytes"] for x in r["ranks"]]               # doctest: +SKIP
@@ -123,7 +124,8 @@ def bench_pipeline(spec, nproc: int, threads: int | None = None, prompt_len: int
     total = threads or os.cpu_count() or 1
     per_rank = max(1, total // nproc)
     argv = ["bench", str(spec), "--prompt-len", str(prompt_len), "--new-tokens", str(new_tokens), "--runs", str(runs),
-            "--warmup", str(warmup), "--batch", str(batch), "--micro-batches", str(micro_batches),
+            "--warmup", str(warmup), "--batch", str(batch),
+            "--micro-batches", ",".join(str(m) for m in (micro_batches if isinstance(micro_batches, (list, tuple)) else [micro_batches])),
             "--timeout", str(connect_timeout_s)]
     if batch_runs:
         argv += ["--batch-runs", str(batch_runs)]
@@ -140,7 +142,7 @@ def add_pipeline_arguments(p) -> None:
                    help="run the model as an N-process pipeline (torch.distributed, gloo) on this machine; "
                         "--threads is then the total, split over the ranks")
     p.add_argument("--batch", type=int, default=0, help="with --pipeline: also measure throughput at this batch size")
-    p.add_argument("--micro-batches", type=int, default=1, help="with --pipeline --batch: micro-batches in flight")
+    p.add_argument("--micro-batches", default="1", help="with --pipeline --batch: micro-batches in flight (list: 1,2,4)")
 
 
 def run_bench_cli(args) -> int:
@@ -154,16 +156,16 @@ def run_bench_cli(args) -> int:
     print(format_table([{"rank": x["rank"], "layers": f"{x['layers'][0]}-{x['layers'][1] - 1}",
                          "weights": human_bytes(x["weight_bytes"]), "peak RSS": human_bytes(x["peak_rss_bytes"]),
                          "threads": x["threads"]} for x in r["ranks"]]))
-    row = {"model": args.model, "runtime": f"pipeline x{r['world_size']} ({r['backend'] or 'one process'})"}
+    name = f"pipeline x{r['world_size']} ({r['backend'] or 'one process'})"
     if "speed" in r:
         s = r["speed"]
-        row.update({"prefill tok/s": s["prefill_tok_s"]["median"], "TTFT ms": s["ttft_ms"]["median"],
-                    "decode tok/s": s["decode_tok_s"]["median"],
-                    "decode min-max": f"{s['decode_tok_s']['min']:.1f}-{s['decode_tok_s']['max']:.1f}"})
-    if "batch" in r:
-        b = r["batch"]
-        row.update({"batch": b["batch_size"], "micro-batches": b["micro_batches"],
-                    "batch tok/s": b["throughput_tok_s"]["median"]})
-    print(format_table([row]))
+        print(format_table([{"model": args.model, "runtime": name, "prefill tok/s": s["prefill_tok_s"]["median"],
+                             "TTFT ms": s["ttft_ms"]["median"], "decode tok/s": s["decode_tok_s"]["median"],
+                             "decode min-max": f"{s['decode_tok_s']['min']:.1f}-{s['decode_tok_s']['max']:.1f}"}]))
+    if r.get("batch"):
+        print(format_table([{"model": args.model, "runtime": name, "batch": b["batch_size"],
+                             "micro-batches": b["micro_batches"], "batch tok/s": b["throughput_tok_s"]["median"],
+                             "min-max": f"{b['throughput_tok_s']['min']:.1f}-{b['throughput_tok_s']['max']:.1f}"}
+                            for b in r["batch"]]))
     emit_json(args, r)
     return 0

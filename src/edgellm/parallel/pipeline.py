@@ -253,9 +253,11 @@ class PipelineRuntime:
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.engine.logits(ids.view(1, -1))[0]
 
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, **_ignored) -> Iterator[int]:
-        if temperature > 0:
-            raise EdgeLLMError("the pipeline decodes greedily only", "use temperature 0")
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, stop_ids=(), logits_processor=None) -> Iterator[int]:
+        if temperature > 0 or logits_processor is not None or stop_ids:
+            raise EdgeLLMError("the pipeline decodes greedily, without stop ids or logits processors",
+                               "use temperature 0 and no stop ids (exactly max_new_tokens are produced)")
         it = self.engine.stream(ids.view(1, -1), max_new_tokens, 1)
         try:
             for _, _, tok in it:
