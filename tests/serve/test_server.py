@@ -146,3 +146,11 @@ def test_cli_refuses_bad_limits(tiny_llama):
 
     code, _, err = run_cli("serve", tiny_llama, "--max-queue", "0", "--runtime", "torch")
     assert code == 2 and "max_queue" in err
+
+
+def test_public_api_serve_is_callable():
+    import edgellm
+
+    first = edgellm.serve                      # the function, via the lazy _API table
+    import edgellm.serve.app  # noqa: F401     # importing a submodule makes the package the attribute
+    assert callable(first) and callable(edgellm.serve)
