@@ -79,12 +79,20 @@ def test_world_larger_than_layers_is_a_clean_error(tiny_llama, monkeypatch, caps
     assert time.monotonic() - t0 < 30          # refused before any connection attempt
 
 
-def test_missing_rank_times_out_with_a_message(tiny_llama):
+@pytest.mark.parametrize("rank", [0, 1])
+def test_missing_rank_times_out_with_a_message(monkeypatch, rank):
+    """Rank 0 alone waits for clients; rank 1 alone finds no server: both end in an error after the timeout."""
+    from edgellm.parallel.launch import free_port
+    from edgellm.parallel.pipeline import init_distributed
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
     t0 = time.monotonic()
-    with pytest.raises(EdgeLLMError, match="could not connect to the other ranks .* within 2 s"):
-        launch_local(["generate", str(tiny_llama), "--prompt-ids", "1,2,3", "--timeout", "2"], nproc=2,
-                     threads=1, ranks=[0], timeout_s=120)
-    assert time.monotonic() - t0 < 120
+    with pytest.raises(EdgeLLMError, match=f"rank {rank} of 2 could not connect to the other ranks .* within 2 s"):
+        init_distributed(rank, 2, "gloo", timeout_s=2)
+    assert time.monotonic() - t0 < 30
+    assert not torch.distributed.is_initialized()
 
 
 def test_bench_pipeline_cli(tiny_llama, tmp_path):
