@@ -42,6 +42,8 @@ _API = {
     "DeviceProfile": "edgellm.devices.profiles:DeviceProfile",
     "get_profile": "edgellm.devices.profiles:get_profile",
     "predict_cost": "edgellm.devices.costmodel:predict",
+    "plan_placement": "edgellm.parallel.placement:plan_placement",
+    "bench_pipeline": "edgellm.parallel.launch:bench_pipeline",
 }
 
 
