@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _args(tiny_llama, text_file, cache, out, *extra):
     return ["optimize", "--model", tiny_llama, "--eval-text", text_file, "--ctx", "64", "--screen-tokens", "128",
-            "--full-tokens", "384", "--speed-runs", "1", "--prompt-len", "16", "--new-tokens", "8", "--runtimes", "torch",
+            "--full-tokens", "384", "--speed-runs", "2", "--speed-in-process", "--prompt-len", "16", "--new-tokens", "8", "--runtimes", "torch",
             "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/w8-rtn-g32.yaml", ROOT / "recipes/magnitude-2of4.yaml",
             "--max-quality-loss", "3%", "--cache", cache, "--out", out, "--no-progress", *extra]
 
@@ -27,14 +27,24 @@ def _args(tiny_llama, text_file, cache, out, *extra):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_llama, text_file, tmp_path_factory):
     base = tmp_path_factory.mktemp("opt")
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), _cpu_seconds()
     code, out, err = run_cli(*_args(tiny_llama, text_file, base / "cache", base / "out"))
-    return {"code": code, "out": out, "err": err, "seconds": time.monotonic() - t0, "base": base}
+    return {"code": code, "out": out, "err": err, "seconds": time.monotonic() - t0, "cpu": _cpu_seconds() - c0,
+            "base": base}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its children: the work done, whatever else shares the machine."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
 def test_tiny_end_to_end_under_a_minute(tiny_run):
     assert tiny_run["code"] == 0, tiny_run["err"]
-    assert tiny_run["seconds"] < 60
+    # under a minute of work; judged on CPU seconds, since a shared machine can stretch the wall clock arbitrarily
+    assert tiny_run["cpu"] < 60, f"{tiny_run['cpu']:.0f} CPU s ({tiny_run['seconds']:.0f} s wall)"
     out = tiny_run["base"] / "out"
     r = json.loads((out / "results.json").read_text())
     by = {row["recipe"]: row for row in r["rows"]}
@@ -80,7 +90,7 @@ def test_budget_nothing_can_meet_names_the_binding_constraint(tiny_run, tiny_lla
     code, out, err = run_cli(*_args(tiny_llama, text_file, base / "cache", base / "out3", "--min-decode-tok-s", "1e7"))
     assert code == 2
     assert "no candidate meets the constraints" in err and "binding constraint: min-speed" in err
-    assert "misses min-speed" in err
+    assert "misses min-speed" in err and "max-quality-loss by inf" not in err
     r = json.loads((base / "out3" / "results.json").read_text())
     assert r["chosen"] is None and r["infeasible"]["binding"] == "min-speed" and r["infeasible"]["closest"]
     assert not (base / "out3" / "model").exists()

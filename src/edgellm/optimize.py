@@ -62,6 +62,7 @@ class OptimizeConfig:
     screen_rows: int = 256
     max_rows: int | None = None
     speed_runs: int = 5
+    speed_in_process: bool = False             # measure speed in this process (faster; peak RAM then predicted)
     prompt_len: int = 128
     new_tokens: int = 128
     max_finalists: int = 4

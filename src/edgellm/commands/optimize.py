@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--screen-rows", type=int, default=256)
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--speed-runs", type=int, default=5)
+    p.add_argument("--speed-in-process", action="store_true",
+                   help="measure speed in this process, not a fresh subprocess (faster; peak RAM is then predicted)")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-finalists", type=int, default=4)
@@ -48,7 +50,8 @@ def config_from_args(args):
         max_ram=parse_size(args.max_ram, "--max-ram") if args.max_ram else None, max_ttft_ms=args.max_ttft_ms,
         objective=args.objective, budget_minutes=args.budget_minutes, threads=args.threads, ctx=args.ctx,
         screen_tokens=args.screen_tokens, full_tokens=args.full_tokens, eval_text=args.eval_text, tsv=args.tsv,
-        screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs, prompt_len=args.prompt_len,
+        screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs,
+        speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache)
 
 

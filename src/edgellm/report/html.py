@@ -40,6 +40,8 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
         if not all_rows and r["status"] == "dropped":
             continue
         src = "measured" if r.get("measured") else "predicted"
+        if r.get("measured") and not (r.get("host_check") or {}).get("ram_measured"):
+            src = "measured; RAM predicted"
         q = r.get("quality") or {}
         row = {"candidate": f"{Path(r['model']).name} · {r['recipe']}", "runtime": r["runtime"], "status": r["status"],
                "quality loss": _pct(r.get("quality_loss")) + ("" if q.get("protocol") != "screen" else " (screen)")}

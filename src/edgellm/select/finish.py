@@ -39,8 +39,9 @@ def finish(search, _result, out: Path, force: bool = False) -> dict:
     chosen = pool[best_i] if best_i is not None else None
     explanation = None
     if chosen is None:
-        cands = pool or [r for r in rows if r.status not in ("dropped",) and r.quality_loss is not None] or rows
-        e = explain_infeasible([r.to_dict() for r in cands], search.constraints)
+        # the measured pool; else whatever got a quality figure; else the predictions that dropped everything
+        cands = pool or [r for r in rows if r.status != "dropped" and r.quality_loss is not None] or rows
+        e = explain_infeasible([r.to_dict() for r in cands], search.constraints, missing_ok=not pool)
         explanation = {"binding": e["binding"], "constraints": e["constraints"],
                        "closest": [dict(cands[i].to_dict(), shortfalls=f) for i, f in zip(e["closest"], e["shortfalls"])]}
     else:

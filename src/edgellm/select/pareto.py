@@ -83,13 +83,15 @@ class Constraints:
         return [(n, k, d, v) for n, k, d, v in table if v is not None]
 
 
-def shortfalls(row: dict, constraints: Constraints) -> dict[str, float]:
-    """Relative shortfall per violated constraint (0 < x); a missing metric counts as violated (inf)."""
+def shortfalls(row: dict, constraints: Constraints, missing_ok: bool = False) -> dict[str, float]:
+    """Relative shortfall per violated constraint (0 < x); a missing metric counts as violated (inf)
+    unless *missing_ok* (then it is not judged)."""
     out = {}
     for name, key, direction, limit in constraints.checks():
         v = _value(row, key)
         if v is None:
-            out[name] = float("inf")
+            if not missing_ok:
+                out[name] = float("inf")
         elif direction == "max" and v > limit:
             out[name] = (v - limit) / limit if limit else float("inf")
         elif direction == "min" and v < limit:
@@ -127,7 +129,7 @@ def pick(rows: list[dict], constraints: Constraints, objective: str = "speed") -
     return min(ranked, key=sort_key) if ranked else None
 
 
-def explain_infeasible(rows: list[dict], constraints: Constraints, n_closest: int = 3) -> dict:
+def explain_infeasible(rows: list[dict], constraints: Constraints, n_closest: int = 3, missing_ok: bool = False) -> dict:
     """Why nothing fits: the binding constraint, how many each one rules out, and the closest rows.
 
     >>> e = explain_infeasible([{"quality_loss": .2, "size_bytes": 1, "decode_tok_s": 5}],
@@ -135,7 +137,7 @@ def explain_infeasible(rows: list[dict], constraints: Constraints, n_closest: in
     >>> e["binding"], e["closest"]
     ('max-quality-loss', [0])
     """
-    falls = [shortfalls(r, constraints) for r in rows]
+    falls = [shortfalls(r, constraints, missing_ok) for r in rows]
     per = {}
     for name, _, _, limit in constraints.checks():
         alone = [i for i, f in enumerate(falls) if set(f) == {name}]

@@ -233,9 +233,9 @@ class Search:
                 try:
                     folder = self._built_folder(spec, recipe)
                     res = self._torch_quality(spec, recipe, folder, full=False)
-                except EdgeLLMError as e:
+                except Exception as e:  # one candidate's failure (a bad input or a crash) must not end the search
                     for r in rows:
-                        r.status, r.reason = "failed", str(e)
+                        r.status, r.reason = "failed", _why(e)
                     continue
                 for r in rows:
                     r.build = dict(self.entry(spec, recipe).get("build", {}))
@@ -293,7 +293,10 @@ class Search:
 
     # -- full protocol ------------------------------------------------------------------------------
     def _full(self) -> None:
-        for row in self.live(("screened",)):
+        # the base first (it calibrates), then the most promising by the objective: a tight budget skips the tail
+        rows = self.live(("screened",))
+        rows.sort(key=lambda r: (not (self._recipe(r.recipe).is_identity and r.runtime == "torch"), self._predicted_rank(r)))
+        for row in rows:
             recipe = self._recipe(row.recipe)
             if not self.budget.fits(self._estimate("full", row)):
                 self._skip([row], "time budget: no time for the full protocol")
@@ -304,8 +307,8 @@ class Search:
                     res = self._torch_quality(row.model, recipe, Path(row.artifact), full=True)
                 else:
                     res = self._llamacpp_quality(row, recipe)
-            except EdgeLLMError as e:
-                row.status, row.reason = "failed", str(e)
+            except Exception as e:  # noqa: BLE001 — recorded in the report, the search goes on
+                row.status, row.reason = "failed", _why(e)
                 continue
             self._timing("full", row, time.monotonic() - t0)
             row.quality = {k: v for k, v in res.items() if k not in ("nlls", "flags")} | {"protocol": "full"}
@@ -358,8 +361,8 @@ class Search:
             t0 = time.monotonic()
             try:
                 self._measure_row(row)
-            except EdgeLLMError as e:
-                row.status, row.reason = "failed", f"speed measurement: {e}"
+            except Exception as e:  # noqa: BLE001
+                row.status, row.reason = "failed", f"speed measurement: {_why(e)}"
                 continue
             self._timing("speed", row, time.monotonic() - t0)
 
@@ -397,7 +400,7 @@ class Search:
         before = predict(stats, self.host, row.runtime, self.calibration, self.cfg.prompt_len, self.cfg.new_tokens)
         speed_key = f"speed_{row.runtime}"
         settings = {"runs": self.cfg.speed_runs, "prompt_len": self.cfg.prompt_len, "new_tokens": self.cfg.new_tokens,
-                    "threads": self.cfg.threads}
+                    "threads": self.cfg.threads, "in_process": self.cfg.speed_in_process}
         if e.get(speed_key, {}).get("settings") != settings:
             self.step(f"speed {row.recipe} ({row.runtime})")
             e[speed_key] = {"settings": settings, "result": self._speed(row)}
@@ -430,6 +433,8 @@ class Search:
         }
 
     def _speed(self, row: Row) -> dict:
+        if self.lm and self.cfg.speed_in_process:
+            return self._speed_in_process(row)
         if self.lm:
             from ..bench import bench
 
@@ -437,6 +442,21 @@ class Search:
                          runtime=row.runtime, threads=self.cfg.threads, prompt_len=self.cfg.prompt_len,
                          new_tokens=self.cfg.new_tokens, runs=self.cfg.speed_runs, warmup=1, machine=False)
         return self._classifier_speed(row)
+
+    def _speed_in_process(self, row: Row) -> dict:
+        """``measure_speed`` here rather than in a fresh subprocess: no peak RSS (RAM stays predicted)."""
+        from ..bench import measure_speed
+        from ..runtimes import open_runtime
+
+        identity = self._recipe(row.recipe).is_identity and row.runtime == "torch"
+        rt = open_runtime(self.bases[row.model].loaded if identity else row.artifact, runtime=row.runtime,
+                          threads=self.cfg.threads, **({"device": "cpu"} if row.runtime == "torch" else {}))
+        try:
+            s = measure_speed(rt, self.cfg.prompt_len, self.cfg.new_tokens, self.cfg.speed_runs, warmup=1)
+        finally:
+            if hasattr(rt, "close"):
+                rt.close()
+        return {"speed": s.to_dict(), "peak_rss_bytes": None, "in_process": True}
 
     def _classifier_speed(self, row: Row) -> dict:
         import statistics
@@ -496,3 +516,11 @@ class Search:
         for r in rows:
             r.status, r.reason = "skipped", why
             self.budget.skip(f"{r.label}: {why}")
+
+
+def _why(e: Exception) -> str:
+    """A failure as one line: EdgeLLMErrors as they are, anything else with its type (a bug to report)."""
+    if isinstance(e, (EdgeLLMError, KeyboardInterrupt)):
+        return str(e)
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}"
