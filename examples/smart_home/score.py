@@ -108,7 +108,11 @@ def score_artifacts(specs: list[str], threads: int) -> list[dict]:
         args = ["--threads", threads, "--model-name", label, "--max-queue", 2]
         if runtime:
             args += ["--runtime", runtime]
-        proc, url = spawn_server(spec, args)
+        try:
+            proc, url = spawn_server(spec, args)
+        except Exception as e:                       # one artifact that will not serve must not lose the others
+            print(f"{label}: could not serve {spec}: {e}", flush=True)
+            continue
         try:
             health = json.loads(__import__("urllib.request").request.urlopen(url[:-3] + "/health").read())
             for constrained in (False, True):
