@@ -149,8 +149,10 @@ def main() -> None:
             print(f"{r['mode']}: exact {r['exact_match']}/{r['n']}, json {r['json_valid']}/{r['n']}")
     else:
         ap.error("give --url and --model, or one or more --artifact")
-    if args.json_out:
+    if args.json_out and results:
         write_result(args, results, time.time() - t0)
+    elif args.json_out:
+        sys.exit("nothing was scored: no result written")
 
 
 def write_result(args, results: list[dict], wall: float) -> None:
