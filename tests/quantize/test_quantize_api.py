@@ -138,7 +138,11 @@ def test_calibration_file_errors(tiny_llama, tmp_path):
     assert not quantized_linears(m.model)          # nothing was changed
 
 
-def test_fewer_windows_than_asked_warns_and_runs(tiny_llama, text_file):
+def test_fewer_windows_than_asked_warns_and_runs(tiny_llama, tmp_path):
+    from conftest import synthetic_text
+
+    text_file = tmp_path / "small.txt"
+    text_file.write_text(synthetic_text(30, seed=2))
     m = edgellm.load(tiny_llama)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
