@@ -23,7 +23,6 @@ Deliberately absent: distillation inside the search (pass a distilled student as
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

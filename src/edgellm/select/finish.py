@@ -151,8 +151,6 @@ def export_chosen(search, row, dest: Path) -> dict:
 
 
 def _verify_classifier(folder: Path, source, rows, threads: int) -> dict:
-    import torch
-
     from ..models import load
     from ..runtimes.torch import TorchRuntime
 

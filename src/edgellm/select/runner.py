@@ -433,49 +433,18 @@ class Search:
         }
 
     def _speed(self, row: Row) -> dict:
-        if self.lm and self.cfg.speed_in_process:
-            return self._speed_in_process(row)
-        if self.lm:
-            from ..bench import bench
+        from .speed import bench_subprocess, classifier_speed, speed_in_process
 
-            return bench(row.model if self._recipe(row.recipe).is_identity and row.runtime == "torch" else row.artifact,
-                         runtime=row.runtime, threads=self.cfg.threads, prompt_len=self.cfg.prompt_len,
-                         new_tokens=self.cfg.new_tokens, runs=self.cfg.speed_runs, warmup=1, machine=False)
-        return self._classifier_speed(row)
+        identity = self._recipe(row.recipe).is_identity
+        if not self.lm:
+            from ..models import load
 
-    def _speed_in_process(self, row: Row) -> dict:
-        """``measure_speed`` here rather than in a fresh subprocess: no peak RSS (RAM stays predicted)."""
-        from ..bench import measure_speed
-        from ..runtimes import open_runtime
-
-        identity = self._recipe(row.recipe).is_identity and row.runtime == "torch"
-        rt = open_runtime(self.bases[row.model].loaded if identity else row.artifact, runtime=row.runtime,
-                          threads=self.cfg.threads, **({"device": "cpu"} if row.runtime == "torch" else {}))
-        try:
-            s = measure_speed(rt, self.cfg.prompt_len, self.cfg.new_tokens, self.cfg.speed_runs, warmup=1)
-        finally:
-            if hasattr(rt, "close"):
-                rt.close()
-        return {"speed": s.to_dict(), "peak_rss_bytes": None, "in_process": True}
-
-    def _classifier_speed(self, row: Row) -> dict:
-        import statistics
-
-        from ..models import load
-        from ..runtimes.torch import TorchRuntime
-
-        recipe = self._recipe(row.recipe)
-        loaded = self.bases[row.model].loaded if recipe.is_identity else load(row.artifact, task="classification")
-        rt = TorchRuntime(loaded, device="cpu", threads=self.cfg.threads)
-        texts = [r.text for r in self.bases[row.model].data[:32]]
-        rt.classify(texts)
-        times = []
-        for _ in range(self.cfg.speed_runs):
-            t0 = time.perf_counter()
-            rt.classify(texts)
-            times.append(time.perf_counter() - t0)
-        return {"examples_per_s": len(texts) / statistics.median(times), "batch_size": len(texts),
-                "runs": self.cfg.speed_runs, "peak_rss_bytes": None}
+            loaded = self.bases[row.model].loaded if identity else load(row.artifact, task="classification")
+            return classifier_speed(loaded, self.bases[row.model].data[:32], self.cfg)
+        if self.cfg.speed_in_process:
+            return speed_in_process(self.bases[row.model].loaded if identity and row.runtime == "torch" else row.artifact,
+                                    row.runtime, self.cfg)
+        return bench_subprocess(row.model if identity and row.runtime == "torch" else row.artifact, row.runtime, self.cfg)
 
     def _final_predictions(self) -> None:
         """Every row's device figures with the final calibration; measured host figures stay measured.

@@ -1,0 +1,49 @@
+"""Speed measurements for the search (DESIGN.md §4): a fresh subprocess by default, in-process on request.
+
+``bench_subprocess`` is ``edgellm.bench`` (peak RSS of a process that only loads and runs the
+model); ``speed_in_process`` is the same ``measure_speed`` without the subprocess (faster, no
+RSS); classifiers are timed on a fixed batch of 32 rows. Deliberately absent: batching LMs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def bench_subprocess(spec, runtime: str, cfg) -> dict:
+    """``edgellm.bench`` of *spec* on *runtime* with the search's protocol settings."""
+    from ..bench import bench
+
+    return bench(str(spec), runtime=runtime, threads=cfg.threads, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
+                 runs=cfg.speed_runs, warmup=1, machine=False)
+
+
+def speed_in_process(spec, runtime: str, cfg) -> dict:
+    """``measure_speed`` here rather than in a fresh subprocess: no peak RSS (RAM stays predicted)."""
+    from ..bench import measure_speed
+    from ..runtimes import open_runtime
+
+    rt = open_runtime(spec, runtime=runtime, threads=cfg.threads, **({"device": "cpu"} if runtime == "torch" else {}))
+    try:
+        s = measure_speed(rt, cfg.prompt_len, cfg.new_tokens, cfg.speed_runs, warmup=1)
+    finally:
+        if hasattr(rt, "close"):
+            rt.close()
+    return {"speed": s.to_dict(), "peak_rss_bytes": None, "in_process": True}
+
+
+def classifier_speed(loaded, rows, cfg) -> dict:
+    """Examples/s of a classifier on one batch of *rows* (median of ``cfg.speed_runs`` after a warm-up)."""
+    from ..runtimes.torch import TorchRuntime
+
+    rt = TorchRuntime(loaded, device="cpu", threads=cfg.threads)
+    texts = [r.text for r in rows]
+    rt.classify(texts)
+    times = []
+    for _ in range(cfg.speed_runs):
+        t0 = time.perf_counter()
+        rt.classify(texts)
+        times.append(time.perf_counter() - t0)
+    return {"examples_per_s": len(texts) / statistics.median(times), "batch_size": len(texts), "runs": cfg.speed_runs,
+            "peak_rss_bytes": None}
