@@ -192,7 +192,10 @@ def test_cli_export_and_bad_inputs(tiny_llama, tiny_bert, tmp_path, monkeypatch)
     assert code == 2 and "does not support" in err and "LlamaForCausalLM" in err
     code, _, err = run_cli("export", tiny_llama, "--format", "gguf", "--out", tmp_path / "x.bin")
     assert code == 2 and ".gguf" in err
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "llama_cpp" else object())
+    import edgellm.export
+
+    # as if llama-cpp-python were not installed: the module it looks for does not exist
+    monkeypatch.setitem(edgellm.export.RUNTIME_EXTRAS, "llama.cpp", ("llama_cpp_not_installed", "llamacpp"))
     code, _, err = run_cli("export", tiny_llama, "--format", "gguf", "--out", tmp_path / "y.gguf")
     assert code == 2 and "edgellm[llamacpp]" in err
     assert not (tmp_path / "y.gguf").exists()
