@@ -186,7 +186,7 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=20480)
-    ap.add_argument("--sweep-tokens", type=int, default=20480, help="tokens per sweep point (plot)")
+    ap.add_argument("--sweep-tokens", type=int, default=8192, help="tokens per sweep point (plot; fewer, to fit the shared machine)")
     ap.add_argument("--model", default=MODEL, help="for trying the script on a tiny model; results are for smollm2-135m")
     ap.add_argument("--tokens", type=int, default=128, help="prompt and decode length for speed (protocol: 128)")
     ap.add_argument("--fresh", action="store_true", help="forget saved steps")
