@@ -122,3 +122,12 @@ def test_dense_save_of_a_reloaded_sparse_model_is_plain(tiny_llama, tmp_path):
     assert plain.meta.edgellm == {}
     with torch.no_grad():
         assert torch.equal(plain.model(input_ids=IDS).logits, loaded.model(input_ids=IDS).logits)
+
+
+def test_public_api_call_after_the_package_is_imported(tiny_llama):
+    import edgellm
+    import edgellm.prune.config  # noqa: F401  (binds edgellm.prune to the package)
+
+    loaded = load(tiny_llama)
+    _, r = edgellm.prune(loaded, edgellm.PruneConfig(method="magnitude", sparsity=0.25))
+    assert isinstance(r, edgellm.PruneResult) and r.achieved_sparsity == 0.25
