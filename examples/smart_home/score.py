@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", dest="json_out", help="write a bench result JSON here")
     ap.add_argument("--note", action="append", default=[], help="extra note for the result table; repeatable")
+    ap.add_argument("--merge", action="store_true", help="add to the results already in --json instead of replacing them")
     args = ap.parse_args()
     t0 = time.time()
     if args.artifact:
@@ -159,13 +160,21 @@ def write_result(args, results: list[dict], wall: float) -> None:
     from edgellm.bench import machine_info
     from edgellm.fileio import write_json
 
+    commands = []
+    if args.merge and Path(args.json_out).exists():
+        old = json.loads(Path(args.json_out).read_text())
+        results = old["raw"] + results
+        args.note = old["tables"][0].get("notes", []) + args.note
+        commands = [old["command"]]
+        wall += old.get("wall_seconds", 0)
     rows = [{"model": r["label"], "runtime": r["runtime"], "decoding": r["mode"],
              "exact match": f"{r['exact_match']}/{r['n']}", "valid JSON": f"{r['json_valid']}/{r['n']}",
              "schema-valid": f"{r['schema_valid']}/{r['n']}",
              **{f: round(r["field_accuracy"][f], 3) for f in FIELDS},
              "s/command": round(r["mean_latency_s"], 2)} for r in results]
     cmd = "python examples/smart_home/score.py " + " ".join(f"--artifact {a}" for a in args.artifact) + \
-          f" --threads {args.threads} --json {args.json_out}"
+          f" --threads {args.threads} --json {args.json_out}" + (" --merge" if args.merge else "")
+    cmd = "; ".join(commands + [cmd])
     write_json(args.json_out, {
         "title": "Smart-home commands through the OpenAI-compatible server",
         "command": cmd,
