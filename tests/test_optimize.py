@@ -17,10 +17,14 @@ from conftest import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _args(tiny_llama, text_file, cache, out, *extra):
-    return ["optimize", "--model", tiny_llama, "--eval-text", text_file, "--ctx", "64", "--screen-tokens", "128",
-            "--full-tokens", "384", "--speed-runs", "2", "--speed-in-process", "--prompt-len", "16", "--new-tokens", "8", "--runtimes", "torch",
-            "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/w8-rtn-g32.yaml", ROOT / "recipes/magnitude-2of4.yaml",
+RECIPES = ("fp32", "w8-rtn-g32", "magnitude-2of4")
+
+
+def _args(tiny_llama, text_file, cache, out, *extra, models=(), recipes=RECIPES):
+    models = [a for m in (tiny_llama, *models) for a in ("--model", m)]
+    return ["optimize", *models, "--eval-text", text_file, "--ctx", "64", "--screen-tokens", "128",
+            "--full-tokens", "384", "--speed-runs", "2", "--speed-in-process", "--prompt-len", "16", "--new-tokens", "8",
+            "--runtimes", "torch", "--recipes", *[ROOT / f"recipes/{r}.yaml" for r in recipes],
             "--max-quality-loss", "3%", "--cache", cache, "--out", out, "--no-progress", *extra]
 
 
@@ -140,3 +144,23 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert img.size == (1280, 2000)
     colours = img.convert("RGB").resize((64, 100)).getcolors(64 * 100)
     assert colours is not None and len(colours) > 8            # not a blank page: tables and the plot drew
+
+
+def test_model_selection_judges_every_model_against_the_first(tiny_run, tiny_llama, text_file, tmp_path):
+    from conftest import make_tiny_llama
+
+    student = make_tiny_llama(tmp_path / "student", seed=1, num_hidden_layers=2)   # same tokenizer, fewer layers
+    base = tiny_run["base"]
+    code, out, err = run_cli(*_args(tiny_llama, text_file, base / "cache", tmp_path / "out", "--max-quality-loss", "500%",
+                                    models=(student,), recipes=("fp32", "w8-rtn-g32")))
+    assert code == 0, err
+    r = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {(Path(x["model"]).name, x["recipe"]): x for x in r["rows"]}
+    assert rows[("llama", "fp32")]["quality_loss"] == pytest.approx(0.0, abs=1e-9)
+    s = rows[("student", "fp32")]
+    # the student's fp32 loss is measured against the first model's perplexity on the same tokens
+    teacher_ppl = rows[("llama", "fp32")]["quality"]["perplexity"]
+    assert s["status"] == "measured" and s["quality"]["perplexity"] != pytest.approx(teacher_ppl, rel=1e-6)
+    assert s["quality"]["base_perplexity"] == pytest.approx(teacher_ppl, rel=1e-6)
+    assert s["quality_loss"] == pytest.approx(s["quality"]["perplexity"] / teacher_ppl - 1, rel=1e-6)
+    assert ("student", "w8-rtn-g32") in rows and r["chosen"] is not None

@@ -174,6 +174,13 @@ class Search:
             e[ref_key] = window_nlls(rt, data) if self.lm else correct_flags(rt, data)
             self.save(spec, ident)
         base.reference = e[ref_key]
+        first = self.bases[self.cfg.models[0]]
+        if first is not base:
+            # model selection: every model is judged against the FIRST model's fp32 quality, on the same tokens
+            if self.lm and [w.tolist() for w in first.data] != [w.tolist() for w in data]:
+                raise EdgeLLMError(f"'{spec}' and '{first.spec}' tokenize the evaluation text differently, so their "
+                                   "perplexities are not comparable", "compare models that share a tokenizer")
+            base.reference = first.reference
 
     def _plan(self) -> None:
         for spec in self.cfg.models:
