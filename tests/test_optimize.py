@@ -164,3 +164,19 @@ def test_model_selection_judges_every_model_against_the_first(tiny_run, tiny_lla
     assert s["quality"]["base_perplexity"] == pytest.approx(teacher_ppl, rel=1e-6)
     assert s["quality_loss"] == pytest.approx(s["quality"]["perplexity"] / teacher_ppl - 1, rel=1e-6)
     assert ("student", "w8-rtn-g32") in rows and r["chosen"] is not None
+
+
+def test_classification_scores_accuracy(tiny_bert_cls, tsv_file, tmp_path):
+    code, out, err = run_cli("optimize", "--task", "classification", "--model", tiny_bert_cls, "--tsv", tsv_file,
+                             "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/w8-rtn.yaml", "--screen-rows", "32",
+                             "--speed-runs", "2", "--max-quality-loss", "5%", "--cache", tmp_path / "c",
+                             "--out", tmp_path / "o", "--no-progress")
+    assert code == 0, err
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
+    rows = {x["recipe"]: x for x in r["rows"]}
+    assert set(rows) == {"fp32", "w8-rtn"} and all(x["runtime"] == "torch" for x in r["rows"])
+    fp, w8 = rows["fp32"], rows["w8-rtn"]
+    assert fp["quality"]["n_rows"] == 64 and 0 <= fp["quality"]["accuracy"] <= 1
+    assert w8["quality_loss"] == pytest.approx(1 - w8["quality"]["accuracy"] / fp["quality"]["accuracy"], abs=1e-9)
+    assert fp["examples_per_s"] > 0 and w8["size_bytes"] < fp["size_bytes"]
+    assert "accuracy" in out and "examples/s" in out and r["export"]["verification"]["passed"]
