@@ -49,9 +49,9 @@ SETTINGS = [   # in priority order: a partial run reports the most important row
     ("W4 g32 sym GPTQ", "≤ +10% (best of GPTQ/AWQ)", dict(GPTQ, bits=4, group_size=32)),
     ("W4 g64 asym GPTQ", "≤ +12%", dict(GPTQ, bits=4, group_size=64, symmetric=False)),
     ("W3 g32 asym GPTQ", "≤ +60%", dict(GPTQ, bits=3, group_size=32, symmetric=False)),
+    ("W4 g32 sym RTN (Q4_0 grid)", "RTN measured before: +35%", dict(method="rtn", bits=4, group_size=32)),
     ("W4 g32 sym AWQ", "≤ +10% (best of GPTQ/AWQ)", dict(method="awq", bits=4, group_size=32)),
     ("W8A8 per-channel RTN (dynamic per-token int8 activations)", "-", dict(method="rtn", bits=8, act_bits=8)),
-    ("W4 g32 sym RTN (Q4_0 grid)", "RTN measured before: +35%", dict(method="rtn", bits=4, group_size=32)),
     ("W4 g64 asym RTN", "RTN measured before: +44%", dict(method="rtn", bits=4, group_size=64, symmetric=False)),
     ("W3 g32 asym RTN", "RTN measured before: +350%", dict(method="rtn", bits=3, group_size=32, symmetric=False)),
     ("W4 g32 sym GPTQ+AWQ prescale", "≤ +10% (best of GPTQ/AWQ)", dict(GPTQ, bits=4, group_size=32, awq_prescale=True)),
@@ -95,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=["quality", "speed"], default="quality",
                     help="quality: perplexity/KL/top-1 per setting; speed: decode tok/s and the GPTQ wall time")
+    ap.add_argument("--timing-calib-samples", type=int, default=32, help="speed phase: calibration windows of the timed GPTQ run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=20480)
     ap.add_argument("--ctx", type=int, default=512)
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--speed-runs", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=None, help="setting names (substring match) to run")
+    ap.add_argument("--no-gptq-timing", action="store_true", help="speed phase: skip the timed GPTQ run")
     ap.add_argument("--pause-pid", type=int, default=None,
                     help="speed phase: SIGSTOP this process (e.g. a running quality phase) while measuring")
     ap.add_argument("--no-lock", action="store_true",
@@ -123,13 +125,13 @@ def main() -> None:
         "128-token prompt, 128 new tokens, EOS ignored; the four models measured alternately (rounds), median.")
 
     def put_table(t):
-        result["tables"] = [x for x in result["tables"] if x["title"] != t["title"]] + [t]
+        result["tables"] = [x for x in result["tables"] if x["title"].split(" (")[0] != t["title"].split(" (")[0]] + [t]
         result["tables"].sort(key=lambda x: not x["title"].startswith("Quality"))
 
     def save():   # merge with what a concurrent phase wrote meanwhile: our tables and raw entries win
         cur = json.loads(OUT.read_text()) if OUT.exists() else {}
-        mine = {t["title"] for t in result["tables"]}
-        tables = [t for t in cur.get("tables", []) if t["title"] not in mine] + result["tables"]
+        mine = {t["title"].split(" (")[0] for t in result["tables"]}
+        tables = [t for t in cur.get("tables", []) if t["title"].split(" (")[0] not in mine] + result["tables"]
         tables.sort(key=lambda x: not x["title"].startswith("Quality"))
         cur.update({k: v for k, v in result.items() if k not in ("tables", "raw", "commands")})
         cur["tables"] = tables
@@ -170,7 +172,8 @@ def main() -> None:
              "quant s: wall time of quantize() in this run" + (" (run without the shared lock on a contended "
                                                                 "machine: see the speed table for a timed GPTQ run)"
                                                                 if args.no_lock else "")]
-    table = {"title": "Quality against the issue's targets (SmolLM2-135M, wikitext-2 test, ctx 512, 20,480 tokens)",
+    table = {"title": f"Quality against the issue's targets (SmolLM2-135M, wikitext-2 test, ctx {args.ctx}, "
+                      f"first {len(wins) * args.ctx} tokens)",
              "columns": list(rows[0]), "rows": rows, "notes": notes}
     put_table(table)
     save()
@@ -213,27 +216,50 @@ def paused(pid):
 
 def measure_speeds(args, result) -> dict:
     rts = {}
-    with heavy_lock(), paused(args.pause_pid):
+    lock = contextlib.nullcontext if args.no_lock else heavy_lock
+    timing = None
+    with lock(), paused(args.pause_pid):
         # the GPTQ wall-time claim, timed alone under the lock with the pinned threads
+        if not args.no_gptq_timing:
+            timing = time_gptq(args, result)
+        rts = load_speed_models(args)
+        rounds = run_rounds(args, rts)
+    return speed_table(args, rts, rounds, timing)
+
+
+def time_gptq(args, result):
+    m = edgellm.load("smollm2-135m")
+    cfg = QuantConfig(calib_samples=args.timing_calib_samples, calib_len=args.calib_len, bits=4, group_size=32,
+                      method="gptq", act_order=True, static_groups=True, mse_clip=True)
+    _, res = quantize(m, cfg, progress=False)
+    result["raw"]["gptq_timing"] = {"config": cfg.__dict__, "seconds": res.seconds, "threads": args.threads}
+    del m
+    return cfg, res
+
+
+def load_speed_models(args):
+    rts = {}
+    for name, fields in SPEED.items():
         m = edgellm.load("smollm2-135m")
-        cfg = QuantConfig(calib_samples=args.calib_samples, calib_len=args.calib_len, bits=4, group_size=32,
-                          method="gptq", act_order=True, static_groups=True, mse_clip=True)
-        _, res = quantize(m, cfg, progress=False)
-        result["raw"]["gptq_timing"] = {"config": cfg.__dict__, "seconds": res.seconds, "threads": args.threads}
-        del m
-        for name, fields in SPEED.items():
-            m = edgellm.load("smollm2-135m")
-            if fields:
-                quantize(m, QuantConfig(**fields), progress=False)
-            rts[name] = TorchRuntime(m, device="cpu", threads=args.threads)
-        prompt = fixed_prompt(rts["fp32"].model.config.vocab_size, 128)
-        for rt in rts.values():
-            one_run(rt, prompt, 128)                     # warm-up
-        rounds = {n: [] for n in rts}
-        for _ in range(args.speed_runs):
-            for n, rt in rts.items():
-                _, dt, k = one_run(rt, prompt, 128)
-                rounds[n].append((k - 1) / dt)
+        if fields:
+            quantize(m, QuantConfig(**fields), progress=False)
+        rts[name] = TorchRuntime(m, device="cpu", threads=args.threads)
+    return rts
+
+
+def run_rounds(args, rts):
+    prompt = fixed_prompt(rts["fp32"].model.config.vocab_size, 128)
+    for rt in rts.values():
+        one_run(rt, prompt, 128)                     # warm-up
+    rounds = {n: [] for n in rts}
+    for _ in range(args.speed_runs):
+        for n, rt in rts.items():
+            _, dt, k = one_run(rt, prompt, 128)
+            rounds[n].append((k - 1) / dt)
+    return rounds
+
+
+def speed_table(args, rts, rounds, timing):
     rows = []
     for n, vals in rounds.items():
         ratio = [v / f for v, f in zip(vals, rounds["fp32"])]
@@ -246,8 +272,12 @@ def measure_speeds(args, result) -> dict:
     print(rows, flush=True)
     return {"title": f"Decode speed, PyTorch eager on CPU, {args.threads} threads (alternating rounds)",
             "columns": list(rows[0]), "rows": rows,
-            "notes": [f"GPTQ W4 g32 (act-order, static groups, MSE clip; {cfg.calib_samples}×{cfg.calib_len} calibration "
-                      f"tokens) took {res.seconds:.0f} s with {args.threads} threads, timed alone under the lock",
+            "notes": ([f"GPTQ W4 g32 (act-order, static groups, MSE clip; {timing[0].calib_samples}×{timing[0].calib_len} "
+                       f"calibration tokens) took {timing[1].seconds:.0f} s with {args.threads} threads, timed alone under "
+                       "the lock"] if timing else []) + [
+                      "measured without the shared lock on a contended machine (other jobs running): the alternating "
+                      "rounds and per-round ratios are the fair comparison" if args.no_lock else
+                      "measured under the shared lock",
                       "W4 = RTN W4 g32 sym (GPTQ/AWQ models have the same format and kernel)",
                       "embeddings and lm_head stay fp32 (113 MiB of the weights read per token)"]}
 
