@@ -7,7 +7,9 @@ perfect runtime would reach. Real runtimes reach a fraction of them, the **effic
 differs by runtime and kernel (PyTorch eager fp32 vs packed int4; llama.cpp Q4_0), so it is
 *calibrated by measurement on the host*: efficiency = roofline time / measured time. Peak RAM is
 weights in memory + KV cache + the runtime's own overhead, also calibrated on the host
-(peak RSS − weights − KV cache).
+(peak RSS − weights − KV cache − the measuring harness: the RSS of a process that has imported
+the runtime but loaded no model). The harness (Python, torch) is added back for the host only:
+on a device the runtime is deployed natively.
 
 Without a calibration for a runtime, predictions use efficiency 1 and overhead 0: an optimistic
 bound, flagged ``calibrated=False`` (good for dropping candidates that cannot fit even in the best
@@ -76,8 +78,9 @@ class Prediction:
 class Efficiency:
     decode: float          # roofline decode time / measured decode time
     prefill: float         # roofline prefill time / measured prefill time
-    overhead_bytes: int    # measured peak RSS − weights − KV cache
+    overhead_bytes: int    # measured peak RSS − weights − KV cache − harness
     source: str
+    harness_bytes: int = 0  # RSS of the measuring process before any model (host only)
 
 
 @dataclass
@@ -93,14 +96,15 @@ class Calibration:
 
     def add(self, runtime: str, stats: ModelStats, host: DeviceProfile, decode_tok_s: float | None,
             prefill_tok_s: float | None, prompt_len: int, peak_rss_bytes: int | None, context: int,
-            label: str = "") -> dict:
+            label: str = "", harness_bytes: int = 0) -> dict:
         """Record one host measurement (named *label*); returns the efficiencies it implies."""
         roof = roofline(stats, host, prompt_len)
         sample = {
             "decode": roof["decode_s"] * decode_tok_s if decode_tok_s else None,
             "prefill": roof["prefill_s"] / (prompt_len / prefill_tok_s) if prefill_tok_s else None,
-            "overhead_bytes": (max(0, peak_rss_bytes - stats.memory_bytes - stats.kv_bytes_per_token * context)
-                               if peak_rss_bytes else None),
+            "overhead_bytes": (max(0, peak_rss_bytes - harness_bytes - stats.memory_bytes
+                                   - stats.kv_bytes_per_token * context) if peak_rss_bytes else None),
+            "harness_bytes": harness_bytes if peak_rss_bytes else None,
             "label": label,
         }
         self.samples.setdefault(f"{runtime}|{stats.kind}", []).append(sample)
@@ -113,7 +117,8 @@ class Calibration:
             if rows:
                 return Efficiency(decode=_gmean(r["decode"] for r in rows) or 1.0,
                                   prefill=_gmean(r["prefill"] for r in rows) or 1.0,
-                                  overhead_bytes=int(_mean(r["overhead_bytes"] for r in rows) or 0), source=key)
+                                  overhead_bytes=int(_mean(r["overhead_bytes"] for r in rows) or 0), source=key,
+                                  harness_bytes=int(_mean(r.get("harness_bytes") for r in rows) or 0))
         return Efficiency(decode=1.0, prefill=1.0, overhead_bytes=0, source="none")
 
     def without(self, label: str) -> "Calibration":
@@ -164,7 +169,8 @@ def predict(stats: ModelStats, device: DeviceProfile, runtime: str, calibration:
     context = prompt_len + new_tokens
     return Prediction(
         device=device.name, runtime=runtime, size_bytes=stats.file_bytes,
-        peak_ram_bytes=stats.memory_bytes + stats.kv_bytes_per_token * context + eff.overhead_bytes,
+        peak_ram_bytes=stats.memory_bytes + stats.kv_bytes_per_token * context + eff.overhead_bytes
+        + (eff.harness_bytes if device.measured else 0),
         prefill_tok_s=prompt_len / prefill_s, ttft_ms=prefill_s * 1e3, decode_tok_s=1.0 / decode_s,
         calibrated=eff.source != "none", calibration=eff.source, bound=roof["bound"],
     )

@@ -418,8 +418,13 @@ class Search:
             dec, pre = m["speed"]["decode_tok_s"]["median"], m["speed"]["prefill_tok_s"]["median"]
         else:
             dec, pre = None, m["examples_per_s"] * self._tokens_per_example(row.model)
+        if m.get("peak_rss_bytes") and "harness_rss_bytes" not in m:
+            from .speed import harness_rss
+
+            m["harness_rss_bytes"] = harness_rss(row.runtime)
+            self.save(row)
         self.calibration.add(row.runtime, stats, self.host, dec, pre, self.cfg.prompt_len, m.get("peak_rss_bytes"), context,
-                             label=row.label)
+                             label=row.label, harness_bytes=m.get("harness_rss_bytes") or 0)
         row.measured = True
         row.size_bytes = stats.file_bytes
         row.peak_ram_bytes = m.get("peak_rss_bytes") or before.peak_ram_bytes

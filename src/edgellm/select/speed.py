@@ -7,8 +7,30 @@ RSS); classifiers are timed on a fixed batch of 32 rows. Deliberately absent: ba
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
+from functools import lru_cache
+
+# what ``edgellm.bench``'s worker imports before it loads a model, per runtime
+_HARNESS = {"torch": "import edgellm.runtimes.torch, transformers", "llama.cpp": "import edgellm.runtimes.llamacpp, llama_cpp"}
+
+
+@lru_cache(maxsize=None)
+def harness_rss(runtime: str) -> int:
+    """Peak RSS of a fresh process that imported what the bench worker imports for *runtime*, no model loaded.
+
+    The cost model removes it from measured peak RSS, so the calibrated runtime overhead carries to a
+    device that runs the runtime natively (no Python, no torch).
+    """
+    code = ("import resource, json, edgellm.bench.latency, edgellm.runtimes; " + _HARNESS.get(runtime, "pass") +
+            "; print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        return 0
+    return int(json.loads(out.stdout.strip().splitlines()[-1])) * (1 if sys.platform == "darwin" else 1024)
 
 
 def bench_subprocess(spec, runtime: str, cfg) -> dict:
