@@ -127,7 +127,7 @@ class Row:
 class Budget:
     """Wall-clock budget; ``fits(seconds)`` keeps a reserve for the final export and report."""
 
-    def __init__(self, minutes: float, reserve_fraction: float = 0.08):
+    def __init__(self, minutes: float, reserve_fraction: float = 0.12):
         self.t0 = time.monotonic()
         self.total = minutes * 60
         self.reserve = max(20.0, reserve_fraction * self.total)
