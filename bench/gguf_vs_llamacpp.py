@@ -7,7 +7,7 @@ From the same fp32 SmolLM2 (``edgellm.load("smollm2-135m")``):
       8-bit g32 -> Q8_0, codes and scales written straight into the blocks.
 Every file: perplexity through llama.cpp on the standard protocol (wiki.test.raw, ctx 512,
 20,480 tokens), size on disk, tensor types, decode and prefill tok/s (``edgellm.bench``, 2
-threads, median of 5; the two Q4_0 files are benchmarked alternately twice and the ratio is
+threads, median of 5; the two Q4_0 files are benchmarked alternately once more and the ratio is
 quoted). Writes bench/results/gguf_vs_llamacpp.json and re-renders docs/benchmarks.md.
 
 Run (heavy: under the lock):
@@ -51,9 +51,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=20480)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--calib-samples", type=int, default=64)
-    ap.add_argument("--imatrix-samples", type=int, default=32)
+    ap.add_argument("--imatrix-samples", type=int, default=16)
     ap.add_argument("--calib-len", type=int, default=512)
-    ap.add_argument("--variants", default="gptq:4,gptq:8,awq:4", help="edgellm method:bits to include")
+    ap.add_argument("--q4-repeats", type=int, default=1, help="extra alternating speed rounds for the two Q4_0 files")
+    ap.add_argument("--variants", default="gptq:4,gptq:8", help="edgellm method:bits to include")
     ap.add_argument("--work", default=str(cache_dir() / "bench" / "gguf_vs_llamacpp"))
     ap.add_argument("--model", default="smollm2-135m", help="fp32 source (a tiny folder for a dry run)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_vs_llamacpp.json"))
@@ -131,11 +132,11 @@ def main() -> None:
         timings[f"ppl {label}"] = time.time() - t
         log(f"{label}: ppl {f['ppl']['perplexity']:.4f} ({f['ppl']['n_tokens']} tokens), {f['bytes']} bytes")
 
-    # speed: each file once; the two plain Q4_0 files alternately, twice more
+    # speed: each file once; then the two plain Q4_0 files alternately, --q4-repeats more times
     speed: dict[str, list] = {label: [] for label in files}
     order = list(files)
     q4_pair = ["Q4_0 llama.cpp", next((k for k in files if k.startswith("Q4_0 edgellm")), None)]
-    order += [x for x in q4_pair if x] * 2
+    order += [x for x in q4_pair if x] * args.q4_repeats
     for label in order:
         t = time.time()
         b = bench(str(files[label]["path"]), threads=args.threads, runs=args.runs, machine=False)
