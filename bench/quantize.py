@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--speed-runs", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=None, help="setting names (substring match) to run")
+    ap.add_argument("--reuse-ref", action="store_true", help="quality phase: reuse the fp32 log-probs memmap of a previous run")
     ap.add_argument("--no-gptq-timing", action="store_true", help="speed phase: skip the timed GPTQ run")
     ap.add_argument("--pause-pid", type=int, default=None,
                     help="speed phase: SIGSTOP this process (e.g. a running quality phase) while measuring")
@@ -131,7 +132,14 @@ def main() -> None:
     def save():   # merge with what a concurrent phase wrote meanwhile: our tables and raw entries win
         cur = json.loads(OUT.read_text()) if OUT.exists() else {}
         mine = {t["title"].split(" (")[0] for t in result["tables"]}
-        tables = [t for t in cur.get("tables", []) if t["title"].split(" (")[0] not in mine] + result["tables"]
+        tables = [t for t in cur.get("tables", []) if t["title"].split(" (")[0] not in mine]
+        for t in result["tables"]:          # rows of the same table from another run are kept (ours win)
+            old = next((x for x in cur.get("tables", []) if x["title"] == t["title"]), None)
+            if old is not None:
+                key = t["columns"][0]
+                ours = {r[key] for r in t["rows"]}
+                t = dict(t, rows=t["rows"] + [r for r in old["rows"] if r[key] not in ours])
+            tables.append(t)
         tables.sort(key=lambda x: not x["title"].startswith("Quality"))
         cur.update({k: v for k, v in result.items() if k not in ("tables", "raw", "commands")})
         cur["tables"] = tables
@@ -152,13 +160,16 @@ def main() -> None:
     wins = windows(ids, args.ctx, args.max_tokens)
     V = base.model.config.vocab_size
     mm_path = Path(tempfile.gettempdir()) / f"edgellm-qbench-ref-{len(wins)}x{args.ctx}.f32"
-    ref_mm = np.memmap(mm_path, dtype=np.float32, mode="w+", shape=(len(wins), args.ctx - 1, V))
-    with lock():
+    shape = (len(wins), args.ctx - 1, V)
+    reuse = args.reuse_ref and mm_path.exists() and mm_path.stat().st_size == 4 * int(np.prod(shape))
+    ref_mm = np.memmap(mm_path, dtype=np.float32, mode="r+" if reuse else "w+", shape=shape)
+    with (contextlib.nullcontext() if reuse else lock()):
         t0 = time.time()
         nll, n = 0.0, 0
         for i, w in enumerate(wins):
-            lp = window_logprobs(base.model, w)
-            ref_mm[i] = lp.numpy()
+            lp = torch.from_numpy(np.asarray(ref_mm[i])) if reuse else window_logprobs(base.model, w)
+            if not reuse:
+                ref_mm[i] = lp.numpy()
             nll += -lp.gather(1, w[1:].view(-1, 1)).sum().item()
             n += w.numel() - 1
         ref_mm.flush()
@@ -194,7 +205,8 @@ def main() -> None:
         print(row, flush=True)
         del m
         save()
-    mm_path.unlink(missing_ok=True)
+    if not args.reuse_ref:
+        mm_path.unlink(missing_ok=True)
     print(f"done in {time.time() - t_start:.0f}s")
 
 
