@@ -28,6 +28,9 @@ from render import ROOT, render  # noqa: E402
 
 BITS = ("fp32", "8-bit", "4-bit")
 ROWS = [(rt, b) for rt in ("torch", "llama.cpp", "onnxruntime", "executorch") for b in BITS]
+# measuring order: cheapest artifacts first, ExecuTorch last (lowering SmolLM2 to XNNPACK takes the longest)
+RUN_ORDER = [("torch", "fp32")] + [("onnxruntime", b) for b in BITS] + [("llama.cpp", b) for b in BITS] + \
+    [("torch", "8-bit"), ("torch", "4-bit")] + [("executorch", b) for b in BITS]
 WHAT = {
     ("torch", "fp32"): "eager fp32", ("torch", "8-bit"): "edgellm RTN w8 per-channel", ("torch", "4-bit"): "edgellm RTN w4 g32",
     ("llama.cpp", "fp32"): "GGUF F32", ("llama.cpp", "8-bit"): "GGUF Q8_0", ("llama.cpp", "4-bit"): "GGUF Q4_0",
@@ -97,7 +100,7 @@ def main() -> None:
         return cached["m"]
 
     wanted = set(args.only.split(",")) if args.only else {r for r, _ in ROWS}
-    for runtime, bits in ROWS:
+    for runtime, bits in RUN_ORDER:
         if runtime not in wanted:
             continue
         key = f"{runtime}|{bits}"
