@@ -7,6 +7,7 @@ Run: .venv/bin/python bench/foundation.py [--threads 2]
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=20480)
+    ap.add_argument("--eval-json", default=None,
+                    help="reuse `edgellm eval smollm2-135m --json FILE` output (perplexity is deterministic)")
     args = ap.parse_args()
     t0 = time.time()
-    ev = evaluate("smollm2-135m", ctx=512, max_tokens=args.max_tokens, threads=args.threads, progress=True)
+    if args.eval_json:
+        ev = json.loads(Path(args.eval_json).read_text())
+    else:
+        ev = evaluate("smollm2-135m", ctx=512, max_tokens=args.max_tokens, threads=args.threads, progress=True)
     b = bench("smollm2-135m", threads=args.threads, runs=5)
     p, s = ev["perplexity"], b["speed"]
     row = {"model": "smollm2-135m (fp32, PyTorch eager)", "threads": b["threads"],
