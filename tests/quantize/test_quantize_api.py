@@ -115,6 +115,18 @@ def test_bert_classifier_w8(tiny_bert_cls):
     assert torch.allclose(out, ref, atol=0.05)
 
 
+def test_bert_classifier_w4_two_output_head(tiny_bert_cls):
+    """A 2-output head cannot use the int4 CPU kernel (N % 16 != 0): it must fall back, not crash."""
+    m = edgellm.load(tiny_bert_cls, task="classification")
+    enc = m.tokenizer(["the movie was good", "the movie was awful"], return_tensors="pt", padding=True)
+    m, _ = edgellm.quantize(m, bits=4, group_size=32, symmetric=True, progress=False)
+    head = m.model.classifier
+    assert head.kernel_plan()[0] == "dequant" and "divisible by 16" in head.kernel_plan()[1]
+    with torch.no_grad():
+        out = m.model(**enc).logits
+    assert out.shape == (2, 2) and torch.isfinite(out).all()
+
+
 def test_no_linear_layers_is_a_clear_error():
     class Emb(nn.Module):
         def __init__(self):

@@ -119,6 +119,8 @@ class QuantizedLinear(nn.Module):
             return "int8", "torch._weight_int8pack_mm"
         if self.bits <= 4:
             kg = self._int4_group()
+            if self.out_features % 16:  # _convert_weight_to_int4pack_for_cpu needs N divisible by 16
+                return "dequant", f"the int4 CPU kernel needs out_features divisible by 16 (got {self.out_features})"
             if kg:
                 return "int4", f"torch._weight_int4pack_mm_for_cpu (kernel group {kg})"
             return "dequant", (f"no int4 kernel group divides in_features={self.in_features} and "
