@@ -33,7 +33,13 @@ def test_smollm2_gguf_chat_and_constrained():
         c = openai.OpenAI(base_url=srv.url, api_key="none", max_retries=0)
         msgs = [{"role": "user", "content": "What is the capital of France?"}]
         r = c.chat.completions.create(model="smollm2", messages=msgs, max_tokens=24, temperature=0)
-        assert "Paris" in r.choices[0].message.content
+        # greedy output must be exactly what llama-cpp-python's own chat completion gives for the same
+        # GGUF (the 135M Q4_1 model itself does not answer "Paris" here, so content is not asserted)
+        from llama_cpp import Llama
+
+        ref = Llama(str(builtin_path("smollm2-135m")), n_ctx=512, n_threads=2, verbose=False)
+        expected = ref.create_chat_completion(msgs, max_tokens=24, temperature=0)["choices"][0]["message"]["content"]
+        assert r.choices[0].message.content == expected
         assert "<|im" not in r.choices[0].message.content
         fmt = {"type": "json_schema", "json_schema": {"name": "action", "schema": SCHEMA}}
         msgs = [{"role": "user", "content": "Turn on the kitchen light. Reply in JSON."}]
