@@ -63,3 +63,24 @@ def prune_magnitude(model: nn.Module, cfg: PruneConfig) -> dict[str, float]:
         lin.weight.mul_(keep)
         done[full] = 1.0 - float(keep.float().mean())
     return done
+
+
+class CalibratedPruner:
+    """Shared ``run_blockwise`` plumbing of Wanda and SparseGPT: which linears are observed (the
+    include/exclude selection, N:M divisibility) and with which statistics class (``STATS``)."""
+
+    STATS: type
+
+    def __init__(self, cfg, block_path: str):
+        self.cfg, self.path, self.block = cfg, block_path, 0
+        self.achieved: dict[str, float] = {}
+
+    def new_stats(self, name: str, linear):
+        from .masks import check_nm_divides
+
+        full = f"{self.path}.{self.block}.{name}"
+        if not selected(full, self.cfg):
+            return None
+        if self.cfg.nm:
+            check_nm_divides(linear.weight.shape, self.cfg.nm[1], full)
+        return self.STATS(linear.in_features, device=linear.weight.device)

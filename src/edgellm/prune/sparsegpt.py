@@ -11,12 +11,10 @@ quantization issue's job) and the paper's per-layer sparsity schedules.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..calibrate import HessianStats
 from ..errors import EdgeLLMError
-from .config import PruneConfig
-from .magnitude import selected
+from .magnitude import CalibratedPruner
 from .masks import check_nm_divides, n_pruned
 
 
@@ -88,20 +86,10 @@ def sparsegpt_prune_weight(W: torch.Tensor, H: torch.Tensor, sparsity: float, n:
     return W, keep
 
 
-class SparseGPTMethod:
+class SparseGPTMethod(CalibratedPruner):
     """Plugs SparseGPT into ``run_blockwise``: accumulates H per linear, then prunes and updates W."""
 
-    def __init__(self, cfg: PruneConfig, block_path: str):
-        self.cfg, self.path, self.block = cfg, block_path, 0
-        self.achieved: dict[str, float] = {}
-
-    def new_stats(self, name: str, linear: nn.Linear):
-        full = f"{self.path}.{self.block}.{name}"
-        if not selected(full, self.cfg):
-            return None
-        if self.cfg.nm:
-            check_nm_divides(linear.weight.shape, self.cfg.nm[1], full)
-        return HessianStats(linear.in_features, device=linear.weight.device)
+    STATS = HessianStats
 
     @torch.no_grad()
     def apply_block(self, index, block, stats, block_inputs):

@@ -9,12 +9,10 @@ does this). Deliberately absent: Wanda's optional per-layer sparsity search.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..calibrate import InputNormStats
-from .config import PruneConfig
-from .magnitude import selected
-from .masks import check_nm_divides, mask_from_scores
+from .magnitude import CalibratedPruner
+from .masks import mask_from_scores
 
 
 def wanda_score(W: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
@@ -35,20 +33,10 @@ def wanda_mask(W: torch.Tensor, act_norm: torch.Tensor, sparsity: float, n: int 
     return mask_from_scores(wanda_score(W, act_norm), sparsity, n, m, per_row=True)
 
 
-class WandaMethod:
+class WandaMethod(CalibratedPruner):
     """Plugs Wanda into ``run_blockwise``: collects ‖X_j‖₂ per linear, then masks the block."""
 
-    def __init__(self, cfg: PruneConfig, block_path: str):
-        self.cfg, self.path, self.block = cfg, block_path, 0
-        self.achieved: dict[str, float] = {}
-
-    def new_stats(self, name: str, linear: nn.Linear):
-        full = f"{self.path}.{self.block}.{name}"
-        if not selected(full, self.cfg):
-            return None
-        if self.cfg.nm:
-            check_nm_divides(linear.weight.shape, self.cfg.nm[1], full)
-        return InputNormStats(linear.in_features, device=linear.weight.device)
+    STATS = InputNormStats
 
     @torch.no_grad()
     def apply_block(self, index, block, stats, block_inputs):
