@@ -96,9 +96,11 @@ def main() -> None:
 
     for variant in [v for v in args.variants.split(",") if v]:
         method, bits = variant.split(":")[0], int(variant.split(":")[1])
+        # the best GPTQ setting of bench/quantize.py (with AWQ's prescale below 8 bits)
+        best = dict(act_order=True, static_groups=True, mse_clip=True, awq_prescale=bits < 8) if method == "gptq" else {}
         cfg = QuantConfig(method=method, bits=bits, group_size=32, symmetric=True, calib_samples=args.calib_samples,
-                          calib_len=args.calib_len)
-        label = f"{QTYPE[bits].upper()} edgellm {method.upper()}"
+                          calib_len=args.calib_len, **best)
+        label = f"{QTYPE[bits].upper()} edgellm {method.upper()}" + (" (+AWQ prescale)" if best.get("awq_prescale") else "")
         m = load(args.model)
         t = time.time()
         quantize(m, cfg, progress=False)

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -56,6 +57,7 @@ SETTINGS = [   # in priority order: a partial run reports the most important row
     ("W3 g32 asym RTN", "RTN measured before: +350%", dict(method="rtn", bits=3, group_size=32, symmetric=False)),
     ("W4 g32 sym GPTQ+AWQ prescale", "≤ +10% (best of GPTQ/AWQ)", dict(GPTQ, bits=4, group_size=32, awq_prescale=True)),
     ("W3 g32 asym GPTQ+AWQ prescale", "≤ +60%", dict(GPTQ, bits=3, group_size=32, symmetric=False, awq_prescale=True)),
+    ("W4 g64 asym GPTQ+AWQ prescale", "≤ +12%", dict(GPTQ, bits=4, group_size=64, symmetric=False, awq_prescale=True)),
     ("W4 g32 asym RTN (the grid the model shipped in: not evidence)", "-",
      dict(method="rtn", bits=4, group_size=32, symmetric=False)),
 ]
@@ -117,7 +119,8 @@ def main() -> None:
     result.setdefault("tables", [])
     result.setdefault("raw", {})
     result.setdefault("commands", {})
-    result["commands"][args.phase] = "python " + " ".join(sys.argv)
+    key = args.phase + (" " + "|".join(args.only) if args.only else "")   # one entry per distinct run
+    result["commands"][key] = "python " + shlex.join(sys.argv)
     result["command"] = "; ".join(result["commands"].values())
     result["description"] = (
         f"wikitext-2 test, ctx {args.ctx}, first {args.max_tokens} tokens, non-overlapping windows; "

@@ -46,23 +46,33 @@ class Tolerance:
     1e-05
     """
 
-    max_kl: float                 # mean KL(reference ‖ artifact) per token, nats (prompts and perplexity text)
+    max_kl: float                 # mean KL(reference ‖ artifact) per token, nats, on the perplexity text
     min_top1: float               # top-1 agreement
     max_ppl_rel: float            # |ppl_artifact / ppl_reference − 1|
     max_abs_rel: float | None = None   # max |Δlogit| / max |reference logit| on the prompts
+    max_prompt_kl: float | None = None  # mean KL on the short prompts (default: max_kl)
+
+    @property
+    def prompt_kl(self) -> float:
+        return self.max_kl if self.max_prompt_kl is None else self.max_prompt_kl
 
     def __post_init__(self):
-        if self.max_kl < 0 or not 0 <= self.min_top1 <= 1 or self.max_ppl_rel < 0:
+        if self.max_kl < 0 or self.prompt_kl < 0 or not 0 <= self.min_top1 <= 1 or self.max_ppl_rel < 0:
             raise EdgeLLMError(f"invalid verification tolerance {self}", "use max_kl ≥ 0, 0 ≤ min_top1 ≤ 1, max_ppl_rel ≥ 0")
 
 
 # Named tolerances. "f32": same weights, fp32 compute. "f16": fp16 weights or compute.
 # "int8-act": integer weight kernels that also quantize activations to 8 bits (llama.cpp's
 # Q8_0/Q4_0/Q4_1 dot products, ONNX dynamic int8): the weights match exactly, the activations do not.
+# Its prompt KL was calibrated on SmolLM2 Q4_0 through llama.cpp (same 4-bit codes as the PyTorch
+# reference): KL 0.031 on the 91 prompt tokens, 0.004 on 2,048 text tokens, perplexity +0.5%, and the
+# same 0.031 with an f32 embedding/head, so the gap is the 8-bit activations, not the writer. Short
+# prompts weigh their first positions heavily, where this model's massive activations make 8-bit
+# blocks of 32 coarse; the perplexity text (windows of 512) is dominated by later positions.
 TOLERANCES = {
     "f32": Tolerance(max_kl=1e-5, min_top1=0.99, max_ppl_rel=1e-3, max_abs_rel=1e-3),
     "f16": Tolerance(max_kl=1e-3, min_top1=0.97, max_ppl_rel=5e-3),
-    "int8-act": Tolerance(max_kl=2e-2, min_top1=0.90, max_ppl_rel=2e-2),
+    "int8-act": Tolerance(max_kl=2e-2, min_top1=0.90, max_ppl_rel=2e-2, max_prompt_kl=6e-2),
 }
 
 
@@ -173,9 +183,9 @@ def _failures(r: dict, tol: Tolerance) -> list[str]:
     out = []
     if r["tokenizer_agrees"] is False:
         out.append("the artifact's tokenizer splits the text differently from the source tokenizer")
-    for where in ("prompts", "ppl"):
-        if not r[where]["kl"] <= tol.max_kl:
-            out.append(f"KL on {where} {r[where]['kl']:.3g} > {tol.max_kl:g}")
+    for where, max_kl in (("prompts", tol.prompt_kl), ("ppl", tol.max_kl)):
+        if not r[where]["kl"] <= max_kl:
+            out.append(f"KL on {where} {r[where]['kl']:.3g} > {max_kl:g}")
         if not r[where]["top1"] >= tol.min_top1:
             out.append(f"top-1 agreement on {where} {r[where]['top1']:.4f} < {tol.min_top1:g}")
     if not abs(r["ppl"]["relative_diff"]) <= tol.max_ppl_rel:
