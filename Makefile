@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# the main job on the bundled defaults: SmolLM2-135M for this host, within 15 minutes on 2 cores
 demo: setup
-	$(VENV)/bin/edgellm eval smollm2-135m
-	$(VENV)/bin/edgellm bench smollm2-135m
+	$(VENV)/bin/edgellm optimize --model smollm2-135m --device host --budget-minutes 15 --out out/demo --force
 
 # the slow report test opens report.html in headless Chromium (Debian package `chromium`)
 chromium:

@@ -65,6 +65,7 @@ class OptimizeConfig:
     prompt_len: int = 128
     new_tokens: int = 128
     max_finalists: int = 4
+    dominance_margin: float = 1.25             # skip a row whose same weights on another runtime are predicted this much faster
     reject_factor: float = 2.0
     cache: str | None = None
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
@@ -79,6 +80,9 @@ class OptimizeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise EdgeLLMError(f"{name} must be a positive number (got {v!r})", f"fix --{name.replace('_', '-')}")
+        if self.dominance_margin < 1:
+            raise EdgeLLMError(f"dominance_margin must be at least 1 (got {self.dominance_margin!r})",
+                               "use 1.25 (the default), or a large value to evaluate every runtime")
         if self.screen_tokens > self.full_tokens:
             raise EdgeLLMError("the screen cannot read more tokens than the full protocol",
                                "lower --screen-tokens or raise --full-tokens")

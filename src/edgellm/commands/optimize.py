@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-finalists", type=int, default=4)
+    p.add_argument("--dominance-margin", type=float, default=1.25,
+                   help="skip a candidate whose same weights on another runtime are predicted this many times faster "
+                        "and no larger (a large value evaluates every runtime)")
     p.add_argument("--cache", default=None, help="result cache for resuming (default ~/.cache/edgellm/optimize)")
     p.add_argument("--out", required=True, help="output folder (report.html, results.json, model/)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -52,7 +55,8 @@ def config_from_args(args):
         screen_tokens=args.screen_tokens, full_tokens=args.full_tokens, eval_text=args.eval_text, tsv=args.tsv,
         screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs,
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
-        new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache)
+        new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
+        dominance_margin=args.dominance_margin)
 
 
 def run(args) -> int:

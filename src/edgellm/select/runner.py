@@ -304,6 +304,14 @@ class Search:
         rows = self.live(("screened",))
         rows.sort(key=lambda r: (not (self._recipe(r.recipe).is_identity and r.runtime == "torch"), self._predicted_rank(r)))
         for row in rows:
+            if row.status == "skipped":
+                continue
+            better = same_weights_dominator(row, rows, self.cfg.dominance_margin)
+            if better is not None and not (self._recipe(row.recipe).is_identity and row.runtime == "torch"):
+                row.status = "skipped"
+                row.reason = (f"same weights as {better.label}, which is predicted ≥ {self.cfg.dominance_margin:g}× "
+                              "faster and no larger: not evaluated")
+                continue
             recipe = self._recipe(row.recipe)
             if not self.budget.fits(self._estimate("full", row)):
                 self._skip([row], "time budget: no time for the full protocol")
@@ -497,6 +505,29 @@ class Search:
         for r in rows:
             r.status, r.reason = "skipped", why
             self.budget.skip(f"{r.label}: {why}")
+
+
+def same_weights_dominator(row: Row, rows: list[Row], margin: float) -> Row | None:
+    """Another live row with the same model and recipe (the same weights, on another runtime) whose predicted
+    decode speed is at least *margin* × this row's and whose size is no larger; else None.
+
+    Same weights means the same quality up to the runtime's arithmetic, so such a row can only lose the
+    pick: evaluating it would spend the time budget on a candidate that cannot win.
+    """
+    def dec(r):
+        return (r.predicted or {}).get("decode_tok_s") or 0.0
+
+    def size(r):
+        return (r.predicted or {}).get("size_bytes") or r.size_bytes or float("inf")
+
+    best = None
+    for other in rows:
+        if other is row or other.status == "skipped" or (other.model, other.recipe) != (row.model, row.recipe):
+            continue
+        if dec(row) > 0 and dec(other) >= margin * dec(row) and size(other) <= size(row):
+            if best is None or dec(other) > dec(best):
+                best = other
+    return best
 
 
 def _why(e: Exception) -> str:
