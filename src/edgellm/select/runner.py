@@ -300,9 +300,13 @@ class Search:
 
     # -- full protocol ------------------------------------------------------------------------------
     def _full(self) -> None:
-        # the base first (it calibrates), then the most promising by the objective: a tight budget skips the tail
+        # the base first (it calibrates), then the device's deployment runtimes before PyTorch eager (the same
+        # weights on llama.cpp are smaller and faster on every host measured), each by the objective: a tight
+        # budget skips the tail
         rows = self.live(("screened",))
-        rows.sort(key=lambda r: (not (self._recipe(r.recipe).is_identity and r.runtime == "torch"), self._predicted_rank(r)))
+        others_exist = any(r.runtime != "torch" for r in rows)
+        rows.sort(key=lambda r: (not (self._recipe(r.recipe).is_identity and r.runtime == "torch"),
+                                 others_exist and r.runtime == "torch", self._predicted_rank(r)))
         for row in rows:
             if row.status == "skipped":
                 continue
