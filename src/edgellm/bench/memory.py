@@ -1,7 +1,7 @@
 """``bench``: size, speed and peak RSS of a model, measured in a fresh subprocess.
 
 The subprocess (``python -m edgellm.bench.worker``) loads the model, runs the speed
-workload and reports its own peak RSS (``ru_maxrss``), so the figure holds the runtime, the
+workload and reports its own peak RSS (``VmHWM``, see ``peak.py``), so the figure holds the runtime, the
 weights and the workload, and nothing the parent happened to have loaded. The parent adds
 machine information and bandwidth utilisation
 (decode tok/s × weight bytes per token ÷ measured bandwidth).

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
+
+from .peak import peak_rss_bytes
 
 
 def main(argv: list[str]) -> int:
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
         "param_bytes": getattr(meta, "param_bytes", None),
         "n_params": getattr(meta, "n_params", None),
         "speed": speed.to_dict(),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024),
+        "peak_rss_bytes": peak_rss_bytes(),
     }
     print(json.dumps(out))
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
@@ -61,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    from ..bench.peak import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _prompt_ids(args, tokenizer_path) -> torch.Tensor:

@@ -25,12 +25,12 @@ def harness_rss(runtime: str) -> int:
     The cost model removes it from measured peak RSS, so the calibrated runtime overhead carries to a
     device that runs the runtime natively (no Python, no torch).
     """
-    code = ("import resource, json, edgellm.bench.latency, edgellm.runtimes; " + _HARNESS.get(runtime, "pass") +
-            "; print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))")
+    code = ("import json, edgellm.bench.latency, edgellm.runtimes; " + _HARNESS.get(runtime, "pass") +
+            "; from edgellm.bench.peak import peak_rss_bytes; print(json.dumps(peak_rss_bytes()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return 0
-    return int(json.loads(out.stdout.strip().splitlines()[-1])) * (1 if sys.platform == "darwin" else 1024)
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def bench_subprocess(spec, runtime: str, cfg) -> dict:
