@@ -14,6 +14,7 @@ Run (heavy): flock /tmp/edgellm-heavy.lock .venv/bin/python bench/parallel.py
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -101,7 +102,7 @@ def main() -> None:
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     result = {
         "title": f"Pipeline parallelism: {args.model} as {args.world} processes (torch.distributed, gloo) vs 1 process",
-        "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/parallel.py",
+        "command": "python " + shlex.join(sys.argv),
         "description": (
             f"Same code and the same {args.threads} cores in both settings: 1 process with {args.threads} threads, or "
             f"{args.world} ranks with {args.threads // args.world} thread each on one machine, talking over gloo on "
