@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from ..bench.peak import peak_rss_bytes
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgellm.parallel", description=__doc__.splitlines()[0])
@@ -57,12 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--batch-runs", type=int, default=None, help="runs of the batch workload (default --runs)")
             s.add_argument("--no-decode", action="store_true", help="skip the batch-1 decode measurement")
     return p
-
-
-def peak_rss_bytes() -> int:
-    from ..bench.peak import peak_rss_bytes
-
-    return peak_rss_bytes()
 
 
 def _prompt_ids(args, tokenizer_path) -> torch.Tensor:

@@ -64,7 +64,7 @@ def results_dict(search, chosen, explanation) -> dict:
     from dataclasses import asdict
 
     rows = [r.to_dict() for r in search.rows]
-    base = next((r for r in search.rows if search._recipe(r.recipe).is_identity and r.runtime == "torch"
+    base = next((r for r in search.rows if search.is_base(r)
                  and r.status == "measured"), None)
     vs_base = None
     if chosen is not None and base is not None:

@@ -305,13 +305,12 @@ class Search:
         # budget skips the tail
         rows = self.live(("screened",))
         others_exist = any(r.runtime != "torch" for r in rows)
-        rows.sort(key=lambda r: (not (self._recipe(r.recipe).is_identity and r.runtime == "torch"),
-                                 others_exist and r.runtime == "torch", self._predicted_rank(r)))
+        rows.sort(key=lambda r: (not self.is_base(r), others_exist and r.runtime == "torch", self._predicted_rank(r)))
         for row in rows:
             if row.status == "skipped":
                 continue
             better = same_weights_dominator(row, rows, self.cfg.dominance_margin)
-            if better is not None and not (self._recipe(row.recipe).is_identity and row.runtime == "torch"):
+            if better is not None and not self.is_base(row):
                 row.status = "skipped"
                 row.reason = (f"same weights as {better.label}, which is predicted ≥ {self.cfg.dominance_margin:g}× "
                               "faster and no larger: not evaluated")
@@ -368,7 +367,7 @@ class Search:
     def _measure(self) -> None:
         ok = [r for r in self.live(("evaluated",)) if r.quality_loss is not None
               and r.quality_loss <= self.constraints.max_quality_loss]
-        base_rows = [r for r in ok if self._recipe(r.recipe).is_identity and r.runtime == "torch"]
+        base_rows = [r for r in ok if self.is_base(r)]
         others = sorted((r for r in ok if r not in base_rows), key=self._predicted_rank)
         finalists = base_rows + others[: self.cfg.max_finalists]
         for r in others[self.cfg.max_finalists:]:
@@ -384,6 +383,10 @@ class Search:
                 row.status, row.reason = "failed", f"speed measurement: {_why(e)}"
                 continue
             self._timing("speed", row, time.monotonic() - t0)
+
+    def is_base(self, row: Row) -> bool:
+        """The unmodified model on PyTorch: the reference every candidate is judged and calibrated against."""
+        return self._recipe(row.recipe).is_identity and row.runtime == "torch"
 
     def _predicted_rank(self, row: Row):
         from .pareto import OBJECTIVES, _value
