@@ -87,6 +87,12 @@ def test_resume_reuses_the_cache(tiny_run, tiny_llama, text_file):
     b = json.loads((base / "out2" / "results.json").read_text())
     assert [(x["label"], x["quality_loss"], x["decode_tok_s"]) for x in a["rows"]] == \
            [(x["label"], x["quality_loss"], x["decode_tok_s"]) for x in b["rows"]]
+    # the first run's measurements calibrate the second run's predictions (never a row's own measurement)
+    assert (base / "cache" / "host-calibration.json").is_file()
+    first = [c["calibration"] for c in a["host_checks"]]
+    second = [c["calibration"] for c in b["host_checks"]]
+    assert len(first) >= 2 and first[0] == "none" and "none" not in second
+    assert all(c["decode_predicted"] != c["decode_measured"] for c in b["host_checks"])
 
 
 def test_budget_nothing_can_meet_names_the_binding_constraint(tiny_run, tiny_llama, text_file):

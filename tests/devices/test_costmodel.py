@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgellm.devices.costmodel import Calibration, ModelStats, predict, prediction_error, roofline
+from edgellm.devices.costmodel import Calibration, ModelStats, fit_decode, predict, prediction_error, roofline
 from edgellm.devices.profiles import DeviceProfile
 
 
@@ -61,6 +61,43 @@ def test_calibration_reproduces_the_host_measurement_and_transfers():
     assert predict(STATS, host, "llama.cpp", cal).calibration == "none"
     assert cal.without("m").factors("torch", "fp32").source == "none"
     assert prediction_error(11.0, 10.0) == pytest.approx(0.1)
+
+
+def test_two_parameter_decode_fit_separates_overhead_from_streaming():
+    host = dev("host", bw=20.0, fp32=1e6, measured=True)             # memory-bound: roofline = bytes / 20 GB/s
+    overhead, slope = 0.010, 1.25                                     # 10 ms per token + 80% of the bandwidth
+
+    def sized(nbytes, kind):
+        return ModelStats(**{**STATS.to_dict(), "weight_bytes_per_token": nbytes, "kind": kind})
+
+    def measured(s):
+        return 1.0 / (overhead + slope * s.weight_bytes_per_token / 20e9)
+
+    cal = Calibration()
+    for nbytes, kind in ((400_000_000, "fp32"), (100_000_000, "w8")):
+        s = sized(nbytes, kind)
+        cal.add("llama.cpp", s, host, measured(s), None, 128, None, 256, label=kind)
+    eff = cal.factors("llama.cpp", "w4")
+    assert eff.decode_fit == "fit of 2" and eff.source == "llama.cpp|*"
+    assert eff.decode_overhead_s == pytest.approx(overhead) and eff.decode == pytest.approx(1 / slope)
+    w4 = sized(55_000_000, "w4")                                      # a third size is predicted exactly
+    assert predict(w4, host, "llama.cpp", cal).decode_tok_s == pytest.approx(measured(w4))
+    one = cal.without("fp32").factors("llama.cpp", "w8")              # one point: bandwidth prior, rest is overhead
+    assert one.decode_fit == "1 point, bandwidth prior" and one.decode == 1.0
+    w8 = sized(100_000_000, "w8")
+    assert predict(w8, host, "llama.cpp", cal.without("fp32")).decode_tok_s == pytest.approx(measured(w8))
+    slow = dev("slow", bw=10.0, fp32=0.5e6)                           # half the bandwidth and half the compute
+    p = predict(w4, slow, "llama.cpp", cal)
+    assert 1.0 / p.decode_tok_s == pytest.approx(2 * overhead + slope * 55e6 / 10e9)
+
+
+def test_fit_decode_stays_physical():
+    assert fit_decode([]) == (0.0, 1.0, "none")
+    o, s, how = fit_decode([(0.01, 0.02), (0.02, 0.05)])             # would need a negative overhead
+    assert o == 0.0 and s > 0 and "no overhead" in how
+    o, s, how = fit_decode([(0.01, 0.05), (0.02, 0.04)])             # more bytes, faster: not physical
+    assert s == 1.0 and o == pytest.approx(0.03) and "prior" in how
+    assert fit_decode([(0.02, 0.01)]) == (0.0, 0.5, "1 point(s), faster than the roofline")
 
 
 def test_roofline_prefill_never_beats_reading_the_weights():

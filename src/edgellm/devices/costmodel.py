@@ -3,13 +3,22 @@
 Physics first (DESIGN.md §5): a decoded token reads every weight once, so decode time is
 ``bytes_per_token / bandwidth``, unless compute is slower (``flops_per_token / throughput``);
 prefill is compute-bound (``prompt × flops_per_token / throughput``). These rooflines are what a
-perfect runtime would reach. Real runtimes reach a fraction of them, the **efficiency**, which
-differs by runtime and kernel (PyTorch eager fp32 vs packed int4; llama.cpp Q4_0), so it is
-*calibrated by measurement on the host*: efficiency = roofline time / measured time. Peak RAM is
-weights in memory + KV cache + the runtime's own overhead, also calibrated on the host
-(peak RSS − weights − KV cache − the measuring harness: the RSS of a process that has imported
-the runtime but loaded no model). The harness (Python, torch) is added back for the host only:
-on a device the runtime is deployed natively.
+perfect runtime would reach. Real runtimes are slower, differently per runtime, so the model is
+*calibrated by measurement on the host*:
+
+- **decode** has two parameters per runtime, ``t = overhead + roofline / efficiency``: a fixed
+  per-token cost (Python and sampling, non-matmul ops, dequantization set-up; it does not shrink
+  with the weights) plus the weight stream at a fraction of the bandwidth. With two or more
+  measurements of different sizes on one runtime both are fitted (least squares); with one, the
+  stream is assumed to run at the measured bandwidth (efficiency 1) and the rest is overhead. A
+  single multiplicative efficiency cannot do this: it predicted llama.cpp Q8_0 from F16 at +46%,
+  because halving the bytes does not halve a time that is half overhead. On another device the
+  overhead is scaled by the ratio of fp32 throughputs (it is compute), the stream by bandwidth.
+- **prefill** keeps one efficiency = roofline time / measured time, per ``runtime|kind``.
+- **peak RAM** is weights in memory + KV cache + the runtime's own overhead, also calibrated on the
+  host (peak RSS − weights − KV cache − the measuring harness: the RSS of a process that has
+  imported the runtime but loaded no model). The harness (Python, torch) is added back for the
+  host only: on a device the runtime is deployed natively.
 
 Without a calibration for a runtime, predictions use efficiency 1 and overhead 0: an optimistic
 bound, flagged ``calibrated=False`` (good for dropping candidates that cannot fit even in the best
@@ -76,11 +85,44 @@ class Prediction:
 
 @dataclass
 class Efficiency:
-    decode: float          # roofline decode time / measured decode time
+    decode: float          # roofline decode time / (measured decode time − per-token overhead)
     prefill: float         # roofline prefill time / measured prefill time
     overhead_bytes: int    # measured peak RSS − weights − KV cache − harness
     source: str
     harness_bytes: int = 0  # RSS of the measuring process before any model (host only)
+    decode_overhead_s: float = 0.0  # fixed seconds per decoded token on the host
+    host_gflops: float = 0.0        # the host's fp32 throughput, to scale the overhead to another device
+    decode_fit: str = "none"        # how decode was calibrated: "fit of N", "1 point, bandwidth prior", "none"
+
+
+def fit_decode(points: list[tuple[float, float]]) -> tuple[float, float, str]:
+    """Fit ``t = overhead + slope · roofline`` to (roofline s, measured s) pairs; returns (overhead, slope, how).
+
+    Two or more distinct rooflines: least squares, kept physical (overhead ≥ 0, slope > 0). One:
+    slope 1 (the weights stream at the measured bandwidth), overhead = the rest.
+
+    >>> fit_decode([(0.01, 0.03), (0.02, 0.04)])
+    (0.02, 1.0, 'fit of 2')
+    >>> fit_decode([(0.01, 0.03)])
+    (0.02, 1.0, '1 point, bandwidth prior')
+    """
+    pts = [(r, t) for r, t in points if r and t and r > 0 and t > 0]
+    if not pts:
+        return 0.0, 1.0, "none"
+    n = len(pts)
+    mr, mt = sum(r for r, _ in pts) / n, sum(t for _, t in pts) / n
+    var = sum((r - mr) ** 2 for r, _ in pts)
+    if n >= 2 and var > 1e-9 * mr * mr:
+        slope = sum((r - mr) * (t - mt) for r, t in pts) / var
+        overhead = mt - slope * mr
+        if slope > 0 and overhead >= 0:
+            return round(overhead, 9), round(slope, 9), f"fit of {n}"
+        if slope > 0:                                    # negative overhead: a line through the origin
+            return 0.0, round(sum(r * t for r, t in pts) / sum(r * r for r, _ in pts), 9), f"fit of {n}, no overhead"
+    overhead = mt - mr                                   # one size (or a non-physical fit): bandwidth prior
+    if overhead >= 0:
+        return round(overhead, 9), 1.0, "1 point, bandwidth prior" if n == 1 else f"{n} points, bandwidth prior"
+    return 0.0, round(mt / mr, 9), f"{n} point(s), faster than the roofline"
 
 
 @dataclass
@@ -101,24 +143,37 @@ class Calibration:
         roof = roofline(stats, host, prompt_len)
         sample = {
             "decode": roof["decode_s"] * decode_tok_s if decode_tok_s else None,
+            "roof_decode_s": roof["decode_s"], "decode_s": 1.0 / decode_tok_s if decode_tok_s else None,
+            "host_gflops": host.compute("fp32") or 0.0,
             "prefill": roof["prefill_s"] / (prompt_len / prefill_tok_s) if prefill_tok_s else None,
             "overhead_bytes": (max(0, peak_rss_bytes - harness_bytes - stats.memory_bytes
                                    - stats.kv_bytes_per_token * context) if peak_rss_bytes else None),
             "harness_bytes": harness_bytes if peak_rss_bytes else None,
             "label": label,
         }
+        if label:                                        # a re-measurement replaces the earlier one
+            for rows in self.samples.values():
+                rows[:] = [r for r in rows if r.get("label") != label]
         self.samples.setdefault(f"{runtime}|{stats.kind}", []).append(sample)
         return sample
 
     def factors(self, runtime: str, kind: str) -> Efficiency:
-        """Efficiencies for *runtime* running *kind*: exact key, else the runtime's mean, else none."""
-        for key, rows in ((f"{runtime}|{kind}", self.samples.get(f"{runtime}|{kind}")),
-                          (f"{runtime}|*", [r for k, v in self.samples.items() if k.startswith(f"{runtime}|") for r in v])):
+        """Calibration for *runtime* running *kind*.
+
+        Decode: the two-parameter fit over every measurement of the runtime (all kinds: they differ
+        in bytes per token, which is what separates overhead from streaming). Prefill and RAM: the
+        exact ``runtime|kind`` key, else the runtime's mean, else none.
+        """
+        everything = [r for k, v in self.samples.items() if k.startswith(f"{runtime}|") for r in v]
+        for key, rows in ((f"{runtime}|{kind}", self.samples.get(f"{runtime}|{kind}")), (f"{runtime}|*", everything)):
             if rows:
-                return Efficiency(decode=_gmean(r["decode"] for r in rows) or 1.0,
-                                  prefill=_gmean(r["prefill"] for r in rows) or 1.0,
+                pts = [(r.get("roof_decode_s"), r.get("decode_s")) for r in everything]
+                overhead, slope, how = fit_decode(pts)
+                return Efficiency(decode=1.0 / slope, prefill=_gmean(r["prefill"] for r in rows) or 1.0,
                                   overhead_bytes=int(_mean(r["overhead_bytes"] for r in rows) or 0), source=key,
-                                  harness_bytes=int(_mean(r.get("harness_bytes") for r in rows) or 0))
+                                  harness_bytes=int(_mean(r.get("harness_bytes") for r in rows) or 0),
+                                  decode_overhead_s=overhead, decode_fit=how,
+                                  host_gflops=_mean(r.get("host_gflops") for r in everything) or 0.0)
         return Efficiency(decode=1.0, prefill=1.0, overhead_bytes=0, source="none")
 
     def without(self, label: str) -> "Calibration":
@@ -131,6 +186,30 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
         return cls(samples={k: list(v) for k, v in d.items()})
+
+    def save(self, path, host: dict) -> None:
+        """Keep the raw samples for later runs on the same host (``load``); written atomically."""
+        from ..fileio import write_json
+
+        write_json(path, {"format": FORMAT, "host": host, "samples": self.samples})
+
+    @classmethod
+    def load(cls, path, host: dict) -> "Calibration":
+        """Samples saved by earlier runs on this same *host*; empty when absent, unreadable or another host's."""
+        import json
+        from pathlib import Path
+
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return cls()
+        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("host") != host:
+            return cls()
+        return cls(samples={k: [dict(r, prior=True) for r in v] for k, v in d.get("samples", {}).items()
+                            if isinstance(v, list)})
+
+
+FORMAT = "edgellm-calibration/1"
 
 
 def _gmean(values) -> float | None:
@@ -164,7 +243,9 @@ def predict(stats: ModelStats, device: DeviceProfile, runtime: str, calibration:
     """
     eff = (calibration or Calibration()).factors(runtime, stats.kind)
     roof = roofline(stats, device, prompt_len)
-    decode_s = roof["decode_s"] / eff.decode
+    device_gflops = device.compute("fp32") or 0.0
+    scale = eff.host_gflops / device_gflops if eff.host_gflops and device_gflops else 1.0
+    decode_s = eff.decode_overhead_s * scale + roof["decode_s"] / eff.decode
     prefill_s = roof["prefill_s"] / eff.prefill
     context = prompt_len + new_tokens
     return Prediction(

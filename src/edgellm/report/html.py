@@ -129,8 +129,10 @@ def write_report(result: dict, path: Path) -> Path:
     checks = result.get("host_checks") or []
     if checks:
         parts.append("<h2>Cost model on this host: prediction (before measuring) vs measurement</h2>")
-        parts.append("<p>'before': predicted just before the measurement, from the measurements made so far "
-                     "(efficiency 1 and no overhead when none existed for the runtime: an optimistic bound). "
+        parts.append("<p>'before': predicted just before the measurement, from this host's other measurements (this run's "
+                     "so far and earlier runs', kept in the cache's host-calibration.json) "
+                     "(bandwidth efficiency 1 and no overhead when none existed for the runtime: an optimistic bound). "
+                     "Decode is t = overhead per token + roofline / bandwidth efficiency, fitted per runtime. "
                      "'leave-one-out': calibrated on every other measurement.</p>")
         parts.append(_table([{"candidate": k["label"], "calibrated by": k["calibration"],
                               "decode meas": _num(k.get("decode_measured")), "decode pred": _num(k.get("decode_predicted")),
@@ -141,8 +143,10 @@ def write_report(result: dict, path: Path) -> Path:
                               "RAM err": _pct(k.get("ram_error")), "RAM LOO err": _pct(k.get("ram_loo_error"))}
                              for k in checks]))
     parts.append("<h2>Calibrated efficiency factors</h2>" + _table(
-        [{"runtime|kind": k, "source": v["source"], "n": v["n"], "decode eff": _num(v["decode"], 3),
-          "prefill eff": _num(v["prefill"], 3), "overhead": human_bytes(v["overhead_bytes"])}
+        [{"runtime|kind": k, "source": v["source"], "n": v["n"], "decode fit": v.get("decode_fit"),
+          "decode overhead ms/token": _num(1e3 * v.get("decode_overhead_s", 0.0), 2),
+          "decode bandwidth eff": _num(v["decode"], 3), "prefill eff": _num(v["prefill"], 3),
+          "RAM overhead": human_bytes(v["overhead_bytes"])}
          for k, v in (result.get("calibration") or {}).items()]))
     other = [{"candidate": r["label"], "status": r["status"], "reason": r.get("reason", "")} for r in result["rows"]
              if r["status"] in ("dropped", "rejected", "skipped", "failed") or r.get("reason")]

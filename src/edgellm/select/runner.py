@@ -76,7 +76,11 @@ class Search:
             max_size_bytes=self.device.storage_bytes,
             max_ttft_ms=config.max_ttft_ms if config.max_ttft_ms is not None else self.device.max_ttft_ms)
         self.cache = ResultCache(config.cache or cache_dir() / "optimize")
-        self.calibration = Calibration()
+        # host measurements of earlier runs calibrate this one; a candidate is never calibrated on itself
+        self.host_id = {"cpu": self.host.details.get("cpu_model"), "threads": config.threads,
+                        "torch": self.host.details.get("torch")}
+        self.calibration_path = self.cache.root / "host-calibration.json"
+        self.calibration = Calibration.load(self.calibration_path, self.host_id)
         self.budget = Budget(config.budget_minutes)
         self.rows: list[Row] = []
         self.bases: dict[str, Base] = {}
@@ -419,7 +423,8 @@ class Search:
         e = self.entry(row)
         stats = self._exact_stats(row)
         self.stats[id(row)] = stats
-        before = predict(stats, self.host, row.runtime, self.calibration, self.cfg.prompt_len, self.cfg.new_tokens)
+        before = predict(stats, self.host, row.runtime, self.calibration.without(row.label), self.cfg.prompt_len,
+                         self.cfg.new_tokens)
         speed_key = f"speed_{row.runtime}"
         settings = {"runs": self.cfg.speed_runs, "prompt_len": self.cfg.prompt_len, "new_tokens": self.cfg.new_tokens,
                     "threads": self.cfg.threads, "in_process": self.cfg.speed_in_process}
@@ -440,6 +445,7 @@ class Search:
             self.save(row)
         self.calibration.add(row.runtime, stats, self.host, dec, pre, self.cfg.prompt_len, m.get("peak_rss_bytes"), context,
                              label=row.label, harness_bytes=m.get("harness_rss_bytes") or 0)
+        self.calibration.save(self.calibration_path, self.host_id)
         row.measured = True
         row.size_bytes = stats.file_bytes
         row.peak_ram_bytes = m.get("peak_rss_bytes") or before.peak_ram_bytes
