@@ -76,9 +76,14 @@ def phase_lm(a) -> dict:
     threads = pick_threads(teacher.model, 256)
     student0 = student_from_teacher(teacher, keep_layers=15)
     ev = {"teacher": test_nll(teacher, a.eval_tokens), "untrained": test_nll(student0, a.eval_tokens)}
-    cfg = DistillConfig(alpha=a.alpha, temperature=a.temperature, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
-                        seq_len=a.seq_len, warmup=max(1, a.steps // 10), eval_every=max(1, a.steps // 4),
-                        val_tokens=1024, seed=0)
+    cfg = DistillConfig(alpha=a.alpha, temperature=a.temperature, steps=max(1, a.steps), lr=a.lr,
+                        batch_size=a.batch_size, seq_len=a.seq_len, val_tokens=1024, seed=0)
+    probe = None
+    if a.steps <= 0:                                     # fill --run-minutes per run, from a timed probe of KD steps
+        probe = seconds_per_step(teacher, student0, cfg)
+        steps = max(10, int(a.run_minutes * 60 / probe["seconds_per_step"]))
+        cfg = cfg.replace(steps=steps)
+    cfg = cfg.replace(warmup=max(1, cfg.steps // 20), eval_every=max(1, cfg.steps // 6))
     runs = {}
     for name, c in (("kd", cfg), ("hard", cfg.replace(alpha=1.0))):
         s = student_from_teacher(teacher, keep_layers=15)
@@ -92,7 +97,17 @@ def phase_lm(a) -> dict:
     return {"threads": threads, "eval": ev, "runs": runs, "kept_layers": student0.meta.edgellm["kept_layers"],
             "gap_untrained": gap0, "gap_kd": gaps["kd"], "gap_hard": gaps["hard"],
             "gap_shrink_kd": 1 - gaps["kd"] / gap0, "gap_shrink_hard": 1 - gaps["hard"] / gap0,
-            "wall_seconds": time.time() - t0, "eval_tokens": a.eval_tokens}
+            "wall_seconds": time.time() - t0, "eval_tokens": a.eval_tokens, "probe": probe}
+
+
+def seconds_per_step(teacher: Loaded, student: Loaded, cfg: DistillConfig, n: int = 4) -> dict:
+    """Median wall seconds of one KD optimizer step (steps 2..n of a throw-away run on a copy of the student)."""
+    stamps = []
+    s = Loaded(copy.deepcopy(student.model), student.tokenizer, copy.copy(student.meta))
+    distill(teacher, s, data_file(WIKI_VALID), cfg.replace(steps=n, warmup=1, eval_every=0), out=WORK / "probe",
+            force=True, progress=False, on_step=lambda step, rec: stamps.append(time.perf_counter()))
+    per = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"steps": n, "step_seconds": per, "seconds_per_step": statistics.median(per)}
 
 
 def throughput(teacher: Loaded, student: Loaded, rows, rounds: int = 3) -> dict:
@@ -141,28 +156,48 @@ def phase_cls(a) -> dict:
             "wall_seconds": time.time() - t0}
 
 
-def phase_recovery(a) -> dict:
+def compressed_copy(teacher: Loaded, kind: str, group: int) -> tuple[Loaded, dict]:
+    """The model to recover: W4 RTN (symmetric, *group*) or SparseGPT 2:4 (reused from bench/prune.py's cache)."""
     from edgellm.distill.fakequant import block_linears, fake_quantize
 
+    if kind == "w4":
+        w4 = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
+        with torch.no_grad():
+            for lin in block_linears(w4.model):
+                lin.weight.copy_(fake_quantize(lin.weight, 4, group))
+        return w4, {"fake_quant_bits": 4, "fake_quant_group": group}
+    cached = Path.home() / ".cache/edgellm/bench-prune/models/sparsegpt-2of4"
+    if (cached / "config.json").exists():
+        return load(cached), {"keep_sparsity": True}
+    from edgellm.prune import PruneConfig, prune
+    pruned = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
+    prune(pruned, PruneConfig(method="sparsegpt", sparsity=0.5, pattern="2:4", calib_samples=32))
+    return pruned, {"keep_sparsity": True}
+
+
+REC_LABEL = {"w4": "W4 g{g} symmetric RTN", "2:4": "SparseGPT 2:4"}
+
+
+def phase_recovery(a) -> dict:
     t0 = time.time()
     teacher = load("smollm2-135m")
     threads = pick_threads(teacher.model, 256)
-    w4 = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
-    with torch.no_grad():
-        for lin in block_linears(w4.model):
-            lin.weight.copy_(fake_quantize(lin.weight, 4, a.rec_group))
-    prev = (json.loads(RESULT.read_text()).get("raw", {}).get("lm", {}) if RESULT.exists() else {})
-    same = prev.get("eval_tokens") == a.eval_tokens and "teacher" in prev.get("eval", {})
-    ev = {"teacher": prev["eval"]["teacher"] if same else test_nll(teacher, a.eval_tokens),   # same model, same tokens
-          "w4_before": test_nll(w4, a.eval_tokens)}
+    student, extra = compressed_copy(teacher, a.rec_kind, a.rec_group)
+    prev = (json.loads(RESULT.read_text()).get("raw", {}) if RESULT.exists() else {})
+    prev_teacher = next((v["eval"]["teacher"] for v in prev.values() if isinstance(v, dict)
+                         and v.get("eval_tokens") == a.eval_tokens and "teacher" in v.get("eval", {})), None)
+    ev = {"teacher": prev_teacher or test_nll(teacher, a.eval_tokens),   # same model, same tokens: reuse
+          "before": test_nll(student, a.eval_tokens)}
     cfg = DistillConfig(alpha=0.0, temperature=1.0, steps=a.rec_steps, lr=a.rec_lr, batch_size=a.batch_size,
-                        seq_len=a.seq_len, warmup=max(1, a.rec_steps // 10), eval_every=max(1, a.rec_steps // 2),
-                        val_tokens=1024, fake_quant_bits=4, fake_quant_group=a.rec_group, seed=0)
-    r = distill(teacher, w4, data_file(WIKI_VALID), cfg, out=WORK / "recovery-w4", force=True)
-    ev["w4_after"] = test_nll(r.student, a.eval_tokens)
-    loss0 = ev["w4_before"]["mean_nll"] - ev["teacher"]["mean_nll"]
-    loss1 = ev["w4_after"]["mean_nll"] - ev["teacher"]["mean_nll"]
-    return {"threads": threads, "eval": ev, "run": {**run_summary(r), "png": copy_png(r.plot, "distill-recovery-w4.png")},
+                        seq_len=a.seq_len, warmup=max(1, a.rec_steps // 10), eval_every=max(1, a.rec_steps // 4),
+                        val_tokens=1024, seed=0, **extra)
+    r = distill(teacher, student, data_file(WIKI_VALID), cfg, out=WORK / f"recovery-{a.rec_kind.replace(':', 'of')}",
+                force=True)
+    ev["after"] = test_nll(r.student, a.eval_tokens)
+    loss0 = ev["before"]["mean_nll"] - ev["teacher"]["mean_nll"]
+    loss1 = ev["after"]["mean_nll"] - ev["teacher"]["mean_nll"]
+    png = f"distill-recovery-{a.rec_kind.replace(':', 'of')}.png"
+    return {"threads": threads, "kind": a.rec_kind, "eval": ev, "run": {**run_summary(r), "png": copy_png(r.plot, png)},
             "group_size": a.rec_group, "nll_loss_before": loss0, "nll_loss_after": loss1,
             "recovered_fraction": 1 - loss1 / loss0 if loss0 > 0 else None, "wall_seconds": time.time() - t0,
             "eval_tokens": a.eval_tokens}
@@ -191,8 +226,7 @@ def tables(raw: dict) -> tuple[list, list]:
         out.append({"title": "LM: SmolLM2-135M → 15-layer student, distilled on wiki.valid.tokens",
                     "columns": ["model", "test mean NLL", "ppl", "gap to teacher", "gap shrink", "steps", "tokens seen",
                                 "train s", "curves"], "rows": rows,
-                    "notes": [f"wikitext-2 test, ctx {ev['teacher']['ctx']}, first {ev['teacher']['tokens']} tokens "
-                              f"(not 20,480: the shared 2-core CPU made four full evaluations too slow)",
+                    "notes": [f"wikitext-2 test, ctx {ev['teacher']['ctx']}, {ev['teacher']['tokens']} predicted tokens",
                               f"kept layers {lm['kept_layers']}; threads {lm['threads']['chosen']} (faster of 1/2, measured)",
                               f"target gap shrink ≥ 50%: KD {100 * lm['gap_shrink_kd']:.1f}% → "
                               f"{'met' if lm['gap_shrink_kd'] >= 0.5 else 'NOT met'}",
@@ -224,20 +258,26 @@ def tables(raw: dict) -> tuple[list, list]:
                               f"{len(tp['examples_per_s']['teacher'])} rounds, median ratio (min-max)",
                               f"target ≥ 97% retention at ≥ 1.8×: {'met' if ok else 'NOT met'}",
                               f"phase wall time {c['wall_seconds']:.0f} s"]})
-    rec = raw.get("recovery")
-    if rec:
+    for key in ("recovery", "recovery-2:4"):
+        rec = raw.get(key)
+        if not rec:
+            continue
         ev, run = rec["eval"], rec["run"]
+        before, after = ev.get("before", ev.get("w4_before")), ev.get("after", ev.get("w4_after"))
+        label = REC_LABEL[rec.get("kind", "w4")].format(g=rec["group_size"])
         rows = [{"model": "teacher SmolLM2-135M fp32", "test mean NLL": r4(ev["teacher"]["mean_nll"]), "ppl": r4(ev["teacher"]["perplexity"])},
-                {"model": f"W4 g{rec['group_size']} symmetric RTN, before", "test mean NLL": r4(ev["w4_before"]["mean_nll"]),
-                 "ppl": r4(ev["w4_before"]["perplexity"]), "NLL loss": r4(rec["nll_loss_before"])},
-                {"model": "W4 after KD recovery (STE fake-quant)", "test mean NLL": r4(ev["w4_after"]["mean_nll"]),
-                 "ppl": r4(ev["w4_after"]["perplexity"]), "NLL loss": r4(rec["nll_loss_after"]),
+                {"model": f"{label}, before", "test mean NLL": r4(before["mean_nll"]),
+                 "ppl": r4(before["perplexity"]), "NLL loss": r4(rec["nll_loss_before"])},
+                {"model": f"{label}, after KD recovery", "test mean NLL": r4(after["mean_nll"]),
+                 "ppl": r4(after["perplexity"]), "NLL loss": r4(rec["nll_loss_after"]),
                  "recovered": None if rec["recovered_fraction"] is None else f"{100 * rec['recovered_fraction']:.1f}%",
                  "steps": run["steps"], "tokens seen": run["tokens_seen"], "train s": run["train_seconds"], "curves": run["png"]}]
         plots.append(run["png"])
-        out.append({"title": "Recovery: W4 SmolLM2-135M, KD from the fp32 original",
+        how = ("straight-through fake-quant, weights stay on the 4-bit grid" if rec.get("kind", "w4") == "w4"
+               else "pruned weights held at zero, so the 2:4 pattern is kept")
+        out.append({"title": f"Recovery: {label} SmolLM2-135M, KD from the fp32 original",
                     "columns": ["model", "test mean NLL", "ppl", "NLL loss", "recovered", "steps", "tokens seen", "train s", "curves"],
-                    "rows": rows, "notes": [f"wikitext-2 test, ctx 512, first {ev['teacher']['tokens']} tokens; "
+                    "rows": rows, "notes": [f"wikitext-2 test, ctx 512, {ev['teacher']['tokens']} predicted tokens; {how}; "
                                             f"phase wall time {rec['wall_seconds']:.0f} s"]})
     return out, [p for p in plots if p]
 
@@ -245,8 +285,9 @@ def tables(raw: dict) -> tuple[list, list]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=["lm", "cls", "recovery", "render"], required=True)
-    ap.add_argument("--eval-tokens", type=int, default=5120)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--eval-tokens", type=int, default=20480)
+    ap.add_argument("--steps", type=int, default=0, help="LM steps per run; 0 = as many as fit --run-minutes")
+    ap.add_argument("--run-minutes", type=float, default=12.0, help="LM: training minutes per run (KD and α=1)")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--alpha", type=float, default=0.2)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -262,16 +303,18 @@ def main() -> None:
     ap.add_argument("--rec-steps", type=int, default=12)
     ap.add_argument("--rec-lr", type=float, default=5e-5)
     ap.add_argument("--rec-group", type=int, default=128)
+    ap.add_argument("--rec-kind", choices=sorted(REC_LABEL), default="w4", help="recover a W4 RTN or a SparseGPT 2:4 model")
     a = ap.parse_args()
     torch.manual_seed(0)
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
     raw = result.get("raw", {})
     if a.phase != "render":
-        raw[a.phase] = {**{"lm": phase_lm, "cls": phase_cls, "recovery": phase_recovery}[a.phase](a),
+        key = a.phase if a.phase != "recovery" or a.rec_kind == "w4" else f"recovery-{a.rec_kind}"
+        raw[key] = {**{"lm": phase_lm, "cls": phase_cls, "recovery": phase_recovery}[a.phase](a),
                         "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/distill.py " + " ".join(sys.argv[1:])}
     tabs, plots = tables(raw)
     result = {"title": "Distillation: LM KD, classifier KD, recovery",
-              "command": "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery") if k in raw),
+              "command": "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery", "recovery-2:4") if k in raw),
               "description": "L = α·CE + (1−α)·T²·KL(teacher‖student) (docs/distillation.md). Gap = student's minus "
                              "teacher's wikitext-2 test mean NLL. Training data: wiki.valid.tokens (LM), sst-2/train.tsv "
                              "(classifier). On the shared 2-core CPU every heavy phase ran under the heavy lock.",
