@@ -157,7 +157,7 @@ def phase_cls(a) -> dict:
 
 
 def compressed_copy(teacher: Loaded, kind: str, group: int) -> tuple[Loaded, dict]:
-    """The model to recover: W4 RTN (symmetric, *group*) or SparseGPT 2:4 (reused from bench/prune.py's cache)."""
+    """The model to recover: W4 RTN (symmetric, *group*), SparseGPT 2:4 or 50% (reused from bench/prune.py's cache)."""
     from edgellm.distill.fakequant import block_linears, fake_quantize
 
     if kind == "w4":
@@ -166,16 +166,17 @@ def compressed_copy(teacher: Loaded, kind: str, group: int) -> tuple[Loaded, dic
             for lin in block_linears(w4.model):
                 lin.weight.copy_(fake_quantize(lin.weight, 4, group))
         return w4, {"fake_quant_bits": 4, "fake_quant_group": group}
-    cached = Path.home() / ".cache/edgellm/bench-prune/models/sparsegpt-2of4"
+    pattern = "2:4" if kind == "2:4" else None
+    cached = Path.home() / f".cache/edgellm/bench-prune/models/sparsegpt-{'2of4' if pattern else '50'}"
     if (cached / "config.json").exists():
         return load(cached), {"keep_sparsity": True}
     from edgellm.prune import PruneConfig, prune
     pruned = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
-    prune(pruned, PruneConfig(method="sparsegpt", sparsity=0.5, pattern="2:4", calib_samples=32))
+    prune(pruned, PruneConfig(method="sparsegpt", sparsity=0.5, pattern=pattern, calib_samples=32))
     return pruned, {"keep_sparsity": True}
 
 
-REC_LABEL = {"w4": "W4 g{g} symmetric RTN", "2:4": "SparseGPT 2:4"}
+REC_LABEL = {"w4": "W4 g{g} symmetric RTN", "2:4": "SparseGPT 2:4", "50%": "SparseGPT 50% unstructured"}
 
 
 def phase_recovery(a) -> dict:
@@ -191,12 +192,12 @@ def phase_recovery(a) -> dict:
     cfg = DistillConfig(alpha=0.0, temperature=1.0, steps=a.rec_steps, lr=a.rec_lr, batch_size=a.batch_size,
                         seq_len=a.seq_len, warmup=max(1, a.rec_steps // 10), eval_every=max(1, a.rec_steps // 4),
                         val_tokens=1024, seed=0, **extra)
-    r = distill(teacher, student, data_file(WIKI_VALID), cfg, out=WORK / f"recovery-{a.rec_kind.replace(':', 'of')}",
+    r = distill(teacher, student, data_file(WIKI_VALID), cfg, out=WORK / f"recovery-{a.rec_kind.replace(':', 'of').replace('%', 'pct')}",
                 force=True)
     ev["after"] = test_nll(r.student, a.eval_tokens)
     loss0 = ev["before"]["mean_nll"] - ev["teacher"]["mean_nll"]
     loss1 = ev["after"]["mean_nll"] - ev["teacher"]["mean_nll"]
-    png = f"distill-recovery-{a.rec_kind.replace(':', 'of')}.png"
+    png = f"distill-recovery-{a.rec_kind.replace(':', 'of').replace('%', 'pct')}.png"
     return {"threads": threads, "kind": a.rec_kind, "eval": ev, "run": {**run_summary(r), "png": copy_png(r.plot, png)},
             "group_size": a.rec_group, "nll_loss_before": loss0, "nll_loss_after": loss1,
             "recovered_fraction": 1 - loss1 / loss0 if loss0 > 0 else None, "wall_seconds": time.time() - t0,
@@ -258,7 +259,7 @@ def tables(raw: dict) -> tuple[list, list]:
                               f"{len(tp['examples_per_s']['teacher'])} rounds, median ratio (min-max)",
                               f"target ≥ 97% retention at ≥ 1.8×: {'met' if ok else 'NOT met'}",
                               f"phase wall time {c['wall_seconds']:.0f} s"]})
-    for key in ("recovery", "recovery-2:4"):
+    for key in ("recovery", "recovery-2:4", "recovery-50%"):
         rec = raw.get(key)
         if not rec:
             continue
@@ -274,7 +275,7 @@ def tables(raw: dict) -> tuple[list, list]:
                  "steps": run["steps"], "tokens seen": run["tokens_seen"], "train s": run["train_seconds"], "curves": run["png"]}]
         plots.append(run["png"])
         how = ("straight-through fake-quant, weights stay on the 4-bit grid" if rec.get("kind", "w4") == "w4"
-               else "pruned weights held at zero, so the 2:4 pattern is kept")
+               else "pruned weights held at zero, so the sparsity pattern is kept")
         out.append({"title": f"Recovery: {label} SmolLM2-135M, KD from the fp32 original",
                     "columns": ["model", "test mean NLL", "ppl", "NLL loss", "recovered", "steps", "tokens seen", "train s", "curves"],
                     "rows": rows, "notes": [f"wikitext-2 test, ctx 512, {ev['teacher']['tokens']} predicted tokens; {how}; "
@@ -314,7 +315,7 @@ def main() -> None:
                         "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/distill.py " + " ".join(sys.argv[1:])}
     tabs, plots = tables(raw)
     result = {"title": "Distillation: LM KD, classifier KD, recovery",
-              "command": "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery", "recovery-2:4") if k in raw),
+              "command": "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery", "recovery-2:4", "recovery-50%") if k in raw),
               "description": "L = α·CE + (1−α)·T²·KL(teacher‖student) (docs/distillation.md). Gap = student's minus "
                              "teacher's wikitext-2 test mean NLL. Training data: wiki.valid.tokens (LM), sst-2/train.tsv "
                              "(classifier). On the shared 2-core CPU every heavy phase ran under the heavy lock.",
