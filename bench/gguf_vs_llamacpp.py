@@ -58,7 +58,11 @@ def main() -> None:
     ap.add_argument("--work", default=str(cache_dir() / "bench" / "gguf_vs_llamacpp"))
     ap.add_argument("--model", default="smollm2-135m", help="fp32 source (a tiny folder for a dry run)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_vs_llamacpp.json"))
+    ap.add_argument("--speed-only", action="store_true",
+                    help="re-measure only the two Q4_0 files (--q4-repeats alternating rounds) on top of --out")
     args = ap.parse_args()
+    if args.speed_only:
+        return speed_only(args, ap)
     torch.set_num_threads(args.threads)
     t_start = time.time()
     work = Path(args.work)
@@ -136,9 +140,17 @@ def main() -> None:
 
     # speed: each file once; then the two plain Q4_0 files alternately, --q4-repeats more times
     speed: dict[str, list] = {label: [] for label in files}
-    order = list(files)
-    q4_pair = ["Q4_0 llama.cpp", next((k for k in files if k.startswith("Q4_0 edgellm")), None)]
-    order += [x for x in q4_pair if x] * args.q4_repeats
+    run_speed(files, speed, list(files), args, timings)
+    finish(args, files, speed, timings, t_start)
+
+
+def q4_pair(files: dict) -> list:
+    return ["Q4_0 llama.cpp", next((k for k in files if k.startswith("Q4_0 edgellm")), None)]
+
+
+def run_speed(files: dict, speed: dict, order: list, args, timings: dict) -> None:
+    """Bench *order*'s files, then the two Q4_0 files alternately ``--q4-repeats`` times (appending to *speed*)."""
+    order = order + [x for x in q4_pair(files) if x] * args.q4_repeats
     for label in order:
         t = time.time()
         b = bench(str(files[label]["path"]), threads=args.threads, runs=args.runs, machine=False)
@@ -147,6 +159,27 @@ def main() -> None:
         timings[f"bench {label}"] += time.time() - t
         log(f"bench {label}: decode {b['speed']['decode_tok_s']['median']:.1f} tok/s, "
             f"prefill {b['speed']['prefill_tok_s']['median']:.1f} tok/s")
+
+
+def speed_only(args, parser) -> None:
+    """Re-measure only the two Q4_0 files (alternating, ``--q4-repeats`` rounds) on top of a saved result."""
+    import shlex
+
+    prev = json.loads(Path(args.out).read_text())
+    first = prev["command"].split(";")[0].split("gguf_vs_llamacpp.py", 1)[1]
+    settings = vars(parser.parse_args(shlex.split(first)))      # the settings the saved files were made with
+    for k in ("calib_samples", "imatrix_samples", "calib_len", "ctx", "max_tokens"):
+        setattr(args, k, settings[k])
+    files = {label: dict(f) for label, f in prev["raw"].items()}
+    speed = {label: [{"speed": s} for s in runs] for label, runs in prev["speed_raw"].items()}
+    timings = dict(prev.get("timings_s", {}))
+    t_start = time.time() - prev.get("wall_seconds", 0.0)
+    run_speed(files, speed, [], args, timings)
+    args.command = prev["command"] + f"; .venv/bin/python bench/gguf_vs_llamacpp.py --speed-only --q4-repeats {args.q4_repeats}"
+    finish(args, files, speed, timings, t_start)
+
+
+def finish(args, files: dict, speed: dict, timings: dict, t_start: float) -> None:
     machine = machine_info(bandwidth=True)
 
     base = files["F32 (edgellm export)"]["ppl"]["perplexity"]
@@ -166,7 +199,7 @@ def main() -> None:
         })
     by = {r["file"]: r for r in rows}
     notes, target = [], {}
-    ours = q4_pair[1]
+    ours = q4_pair(files)[1]
     if ours and "Q4_0 llama.cpp" in by:
         a, b = by["Q4_0 llama.cpp"], by[ours]
         pa = [r["speed"]["decode_tok_s"]["median"] for r in speed["Q4_0 llama.cpp"]]
@@ -204,7 +237,7 @@ def main() -> None:
     ]
     result = {
         "title": "GGUF: llama.cpp's quantizer vs edgellm GPTQ/AWQ in the same block types (SmolLM2-135M)",
-        "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/gguf_vs_llamacpp.py " + " ".join(sys.argv[1:]),
+        "command": getattr(args, "command", None) or ".venv/bin/python bench/gguf_vs_llamacpp.py " + " ".join(sys.argv[1:]),
         "description": "One run from the same fp32 SmolLM2: llama.cpp's llama_model_quantize (with and without an "
                        "importance matrix) against edgellm's calibrated quantizers whose integer codes and fp16 scales "
                        "are written straight into Q4_0/Q8_0 blocks. All files run in llama.cpp.",
