@@ -104,17 +104,27 @@ def step_structured_ppl(S, args, name):
         S.put(f"ppl:{name}", {"ppl": ppl(load(S.d[f"s:{name}"]["folder"]), args), "tokens": args.max_tokens})
 
 
-def step_speed(S, args, key, names):
-    """Bench fp32 and each model in turn, *rounds* times (alternating, so drift hits all alike)."""
+def step_speed(S, args, key, names, gguf: bool = False):
+    """Bench fp32 and each model in turn, *rounds* times (alternating, so drift hits all alike).
+
+    *gguf*: the same models exported to GGUF F32 (the same numbers), run by llama.cpp."""
     if S.done(key):
         return
     specs = {"fp32": MODEL, **{n: S.d[f"s:{n}"]["folder"] if f"s:{n}" in S.d else S.d[n]["folder"] for n in names}}
+    if gguf:
+        from edgellm.export import export
+
+        for name, spec in list(specs.items()):
+            out = WORK / "gguf" / f"{name}-f32.gguf"
+            if not out.exists():
+                export(spec, "gguf", out, gguf_type="f32", force=True, verify=False)
+            specs[name] = str(out)
     rounds = []
     for _ in range(args.rounds):
         row = {}
         for name, spec in specs.items():
-            b = bench(spec, threads=args.threads, runs=args.runs, machine=False, prompt_len=args.tokens,
-                      new_tokens=args.tokens)
+            b = bench(spec, runtime="llama.cpp" if gguf else "auto", threads=args.threads, runs=args.runs,
+                      machine=False, prompt_len=args.tokens, new_tokens=args.tokens)
             row[name] = {"decode": b["speed"]["decode_tok_s"], "prefill": b["speed"]["prefill_tok_s"],
                          "ttft_ms": b["speed"]["ttft_ms"], "peak_rss": b["peak_rss_bytes"],
                          "weight_bytes": b["speed"]["weight_bytes"]}
@@ -169,7 +179,8 @@ def run_all(S, args):
              lambda: step_sweep(S, args),
              lambda: step_structured_ppl(S, args, "depth25"),
              lambda: step_structured_ppl(S, args, "width25"),
-             lambda: step_speed(S, args, "speed:sparse", ["u:sparsegpt:2:4"])]
+             lambda: step_speed(S, args, "speed:sparse", ["u:sparsegpt:2:4"]),
+             lambda: step_speed(S, args, "speed:gguf", ["depth25", "width25"], gguf=True)]
     for fn in steps:
         fn()
 
