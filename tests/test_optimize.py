@@ -88,7 +88,7 @@ def test_resume_reuses_the_cache(tiny_run, tiny_llama, text_file):
     assert [(x["label"], x["quality_loss"], x["decode_tok_s"]) for x in a["rows"]] == \
            [(x["label"], x["quality_loss"], x["decode_tok_s"]) for x in b["rows"]]
     # the first run's measurements calibrate the second run's predictions (never a row's own measurement)
-    assert (base / "cache" / "host-calibration.json").is_file()
+    assert (base / "cache" / "host-calibration-text-generation.json").is_file()
     first = [c["calibration"] for c in a["host_checks"]]
     second = [c["calibration"] for c in b["host_checks"]]
     assert len(first) >= 2 and first[0] == "none" and "none" not in second

@@ -91,6 +91,16 @@ def test_two_parameter_decode_fit_separates_overhead_from_streaming():
     assert 1.0 / p.decode_tok_s == pytest.approx(2 * overhead + slope * 55e6 / 10e9)
 
 
+def test_prefill_only_samples_leave_decode_uncalibrated():
+    host = dev("host", bw=20.0, fp32=50.0, measured=True)
+    cal = Calibration()
+    cal.add("torch", STATS, host, decode_tok_s=None, prefill_tok_s=400.0, prompt_len=128, peak_rss_bytes=None,
+            context=256, label="classifier")
+    p = predict(STATS, host, "torch", cal)
+    assert p.calibrated and p.decode_fit == "none"                   # prefill calibrated, decode still the bound
+    assert p.decode_tok_s == pytest.approx(predict(STATS, host, "torch").decode_tok_s)
+
+
 def test_fit_decode_stays_physical():
     assert fit_decode([]) == (0.0, 1.0, "none")
     o, s, how = fit_decode([(0.01, 0.02), (0.02, 0.05)])             # would need a negative overhead

@@ -78,6 +78,7 @@ class Prediction:
     calibration: str                # which measurement calibrated it ("torch|fp32", "torch|*", "none")
     predicted: bool = True
     bound: str = "memory"           # what limits decode: "memory" or "compute"
+    decode_fit: str = "none"        # how decode was calibrated ("fit of N", "1 point, bandwidth prior", "none")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +254,7 @@ def predict(stats: ModelStats, device: DeviceProfile, runtime: str, calibration:
         peak_ram_bytes=stats.memory_bytes + stats.kv_bytes_per_token * context + eff.overhead_bytes
         + (eff.harness_bytes if device.measured else 0),
         prefill_tok_s=prompt_len / prefill_s, ttft_ms=prefill_s * 1e3, decode_tok_s=1.0 / decode_s,
-        calibrated=eff.source != "none", calibration=eff.source, bound=roof["bound"],
+        calibrated=eff.source != "none", calibration=eff.source, bound=roof["bound"], decode_fit=eff.decode_fit,
     )
 
 

@@ -130,7 +130,7 @@ def write_report(result: dict, path: Path) -> Path:
     if checks:
         parts.append("<h2>Cost model on this host: prediction (before measuring) vs measurement</h2>")
         parts.append("<p>'before': predicted just before the measurement, from this host's other measurements (this run's "
-                     "so far and earlier runs', kept in the cache's host-calibration.json) "
+                     "so far and earlier runs', kept in the cache's host-calibration-&lt;task&gt;.json) "
                      "(bandwidth efficiency 1 and no overhead when none existed for the runtime: an optimistic bound). "
                      "Decode is t = overhead per token + roofline / bandwidth efficiency, fitted per runtime. "
                      "'leave-one-out': calibrated on every other measurement.</p>")

@@ -79,7 +79,7 @@ class Search:
         # host measurements of earlier runs calibrate this one; a candidate is never calibrated on itself
         self.host_id = {"cpu": self.host.details.get("cpu_model"), "threads": config.threads,
                         "torch": self.host.details.get("torch")}
-        self.calibration_path = self.cache.root / "host-calibration.json"
+        self.calibration_path = self.cache.root / f"host-calibration-{config.task}.json"
         self.calibration = Calibration.load(self.calibration_path, self.host_id)
         self.budget = Budget(config.budget_minutes)
         self.rows: list[Row] = []
@@ -456,7 +456,9 @@ class Search:
             row.examples_per_s = m["examples_per_s"]
         row.status = "measured"
         row.host_check = {
-            "calibration": before.calibration, "calibrated": before.calibrated,
+            # an LM's decode is calibrated only by decode measurements (prefill/RAM samples do not count)
+            "calibration": before.calibration if self._decode_known(before) else "none",
+            "calibrated": before.calibrated and self._decode_known(before), "decode_fit": before.decode_fit,
             "decode_predicted": before.decode_tok_s if self.lm else None, "decode_measured": dec,
             "decode_error": prediction_error(before.decode_tok_s, dec) if self.lm else None,
             "prefill_predicted": before.prefill_tok_s, "prefill_measured": pre,
@@ -464,6 +466,9 @@ class Search:
             "ram_predicted": before.peak_ram_bytes, "ram_measured": m.get("peak_rss_bytes"),
             "ram_error": prediction_error(before.peak_ram_bytes, m["peak_rss_bytes"]) if m.get("peak_rss_bytes") else None,
         }
+
+    def _decode_known(self, p) -> bool:
+        return p.decode_fit != "none" if self.lm else p.calibrated
 
     def _speed(self, row: Row) -> dict:
         from .speed import bench_subprocess, classifier_speed, speed_in_process
@@ -489,7 +494,8 @@ class Search:
                 loo = predict(self.stats[id(row)], self.host, row.runtime, self.calibration.without(row.label),
                               self.cfg.prompt_len, self.cfg.new_tokens)
                 hc = row.host_check
-                hc["loo_calibration"] = loo.calibration
+                hc["loo_calibration"] = loo.calibration if self._decode_known(loo) else "none"
+                hc["loo_decode_fit"] = loo.decode_fit
                 if self.lm:
                     hc["decode_loo_predicted"] = loo.decode_tok_s
                     hc["decode_loo_error"] = prediction_error(loo.decode_tok_s, hc["decode_measured"])
