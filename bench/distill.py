@@ -192,13 +192,13 @@ def phase_recovery(a) -> dict:
     cfg = DistillConfig(alpha=0.0, temperature=1.0, steps=a.rec_steps, lr=a.rec_lr, batch_size=a.batch_size,
                         seq_len=a.seq_len, warmup=max(1, a.rec_steps // 10), eval_every=max(1, a.rec_steps // 4),
                         val_tokens=1024, seed=0, **extra)
-    r = distill(teacher, student, data_file(WIKI_VALID), cfg, out=WORK / f"recovery-{a.rec_kind.replace(':', 'of').replace('%', 'pct')}",
-                force=True)
+    slug = a.rec_kind.replace(":", "of").replace("%", "pct")
+    r = distill(teacher, student, data_file(WIKI_VALID), cfg, out=WORK / f"recovery-{slug}", force=True)
     ev["after"] = test_nll(r.student, a.eval_tokens)
     loss0 = ev["before"]["mean_nll"] - ev["teacher"]["mean_nll"]
     loss1 = ev["after"]["mean_nll"] - ev["teacher"]["mean_nll"]
-    png = f"distill-recovery-{a.rec_kind.replace(':', 'of').replace('%', 'pct')}.png"
-    return {"threads": threads, "kind": a.rec_kind, "eval": ev, "run": {**run_summary(r), "png": copy_png(r.plot, png)},
+    return {"threads": threads, "kind": a.rec_kind, "eval": ev,
+            "run": {**run_summary(r), "png": copy_png(r.plot, f"distill-recovery-{slug}.png")},
             "group_size": a.rec_group, "nll_loss_before": loss0, "nll_loss_after": loss1,
             "recovered_fraction": 1 - loss1 / loss0 if loss0 > 0 else None, "wall_seconds": time.time() - t0,
             "eval_tokens": a.eval_tokens}

@@ -206,8 +206,7 @@ class Calibration:
             return cls()
         if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("host") != host:
             return cls()
-        return cls(samples={k: [dict(r, prior=True) for r in v] for k, v in d.get("samples", {}).items()
-                            if isinstance(v, list)})
+        return cls(samples={k: list(v) for k, v in d.get("samples", {}).items() if isinstance(v, list)})
 
 
 FORMAT = "edgellm-calibration/1"
