@@ -4,8 +4,9 @@ bench/runtime_speed.py, and the calibrated predictions for the built-in device p
 For each measured (runtime, bit width) row, the cost model is calibrated on every *other* row (leave-one-out)
 and predicts the row's decode tok/s from its bytes per token; the error is (predicted − measured) / measured.
 Two models side by side:
-  two-parameter  t = per-token overhead + roofline / bandwidth efficiency, fitted per runtime (the cost model);
-  one-factor     t = roofline / efficiency, efficiency = geometric mean of the runtime's other rows (the old model).
+  cost model     t = per-token overhead (per runtime) + roofline / bandwidth efficiency (one for the machine,
+                 fitted across all runtimes' rows: ``fit_decode_pooled``);
+  one-factor     t = roofline / efficiency, efficiency = geometric mean of the runtime's other rows (the first model).
 Reads bench/results/runtime_speed.json (run that first); the host's fp32 matmul throughput is measured here
 (seconds), its bandwidth is the median of the bandwidths measured beside the speed rows.
 Writes bench/results/costmodel.json:
@@ -81,7 +82,7 @@ def main() -> None:
             old_errors.append(abs(old))
         table.append({"runtime": runtime, "bits": key.split("|")[1], "MB/token": round(stats[key].weight_bytes_per_token / 1e6, 1),
                       "decode measured": round(meas, 2),
-                      "two-parameter LOO": round(p.decode_tok_s, 2) if p.calibrated else None,
+                      "cost model LOO": round(p.decode_tok_s, 2) if p.calibrated else None,
                       "error": pct(err) if err is not None else "no other row",
                       "fit (other rows)": eff.decode_fit,
                       "one-factor LOO": round(one, 2) if one else None, "one-factor error": pct(old) if old is not None else None})
@@ -90,7 +91,7 @@ def main() -> None:
     for runtime in runtimes:
         eff = cal.factors(runtime, "*")
         fits.append({"runtime": runtime, "rows": sum(1 for k in rows if k.startswith(runtime + "|")), "fit": eff.decode_fit,
-                     "overhead ms/token": round(1e3 * eff.decode_overhead_s, 2), "bandwidth efficiency": round(eff.decode, 3)})
+                     "overhead ms/token": round(1e3 * eff.decode_overhead_s, 2), "bandwidth efficiency (shared)": round(eff.decode, 3)})
     devices = []
     for name, prof in builtin_profiles().items():
         row = {"device (PREDICTED)": name, "GB/s": prof.mem_bandwidth_GBps}
@@ -102,16 +103,17 @@ def main() -> None:
     worst = max(errors) if errors else None
     notes = [f"host: {measured_host.description}; bandwidth {bw:.1f} GB/s (median beside the speed rows), fp32 "
              f"{measured_host.fp32_gflops:.0f} GFLOP/s measured now; {a.threads} threads",
-             f"target: host decode predictions within 25%: worst two-parameter leave-one-out error "
+             f"target: host decode predictions within 25%: worst cost-model leave-one-out error "
              f"{100 * worst:.1f}% over {len(errors)} rows → {'met' if worst is not None and worst <= 0.25 else 'NOT met'}"
              if worst is not None else "no row had another row of its runtime to calibrate on",
              f"worst one-factor (old model) leave-one-out error {100 * max(old_errors):.1f}%" if old_errors else ""]
     result = {
         "title": "Cost model: decode prediction vs measurement on this host (leave-one-out)",
         "command": "python bench/costmodel.py  (after bench/runtime_speed.py)",
-        "description": "Each runtime_speed row predicted by the cost model calibrated on the other rows of its runtime. "
-                       "Two-parameter: t = overhead + roofline / bandwidth efficiency (fitted); one-factor: t = "
-                       "roofline / efficiency. Device rows are predictions from the full host calibration.",
+        "description": "Each runtime_speed row predicted by the cost model calibrated on all the other rows. "
+                       "Cost model: t = overhead (per runtime) + roofline / bandwidth efficiency (one for the machine, "
+                       "fitted across runtimes); one-factor (the first model): t = roofline / efficiency per runtime. "
+                       "Device rows are predictions from the full host calibration.",
         "machine": speed.get("machine"),
         "tables": [{"title": "leave-one-out decode predictions on this host", "columns": list(table[0]), "rows": table,
                     "notes": [n for n in notes if n]},

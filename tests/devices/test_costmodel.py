@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgellm.devices.costmodel import Calibration, ModelStats, fit_decode, predict, prediction_error, roofline
+from edgellm.devices.costmodel import (Calibration, ModelStats, fit_decode, fit_decode_pooled, predict, prediction_error,
+                                      roofline)
 from edgellm.devices.profiles import DeviceProfile
 
 
@@ -106,7 +107,8 @@ def test_fit_decode_stays_physical():
     o, s, how = fit_decode([(0.01, 0.02), (0.02, 0.05)])             # would need a negative overhead
     assert o == 0.0 and s > 0 and "no overhead" in how
     o, s, how = fit_decode([(0.01, 0.05), (0.02, 0.04)])             # more bytes, faster: not physical
-    assert s == 1.0 and o == pytest.approx(0.03) and "prior" in how
+    assert s == 1.0 and "prior" in how                              # overhead: the relative-error-weighted mean of t - r
+    assert o == pytest.approx((0.04 / 0.05 ** 2 + 0.02 / 0.04 ** 2) / (1 / 0.05 ** 2 + 1 / 0.04 ** 2))
     assert fit_decode([(0.02, 0.01)]) == (0.0, 0.5, "1 point(s), faster than the roofline")
 
 
@@ -149,3 +151,34 @@ def test_quantized_estimate_follows_the_bits(tiny_llama):
     assert w4.kind == "w4" and w8.kind == "w8"
     q4 = estimate_stats(m.model, Recipe("w4", {"quantize": QuantConfig(bits=4, group_size=32)}), "llama.cpp")
     assert q4.kv_bytes_per_token == fp.kv_bytes_per_token // 2          # f16 KV cache in llama.cpp
+
+
+def test_pooled_fit_shares_the_stream_and_keeps_each_runtime_overhead():
+    """Two runtimes, one stream speed: a runtime measured at one size borrows the slope the other shows."""
+    slope, over = 1.3, {"a": 0.050, "b": 0.008}
+    sizes = {"a": (0.030, 0.012, 0.010), "b": (0.008,)}
+    fit = fit_decode_pooled({g: [(r, over[g] + slope * r) for r in rs] for g, rs in sizes.items()})
+    for g in over:
+        assert fit[g][0] == pytest.approx(over[g]) and fit[g][1] == pytest.approx(slope)
+    assert fit["b"][2] == "fit of 1 + slope shared with 1 runtime" and fit["a"][2] == "fit of 3"
+    alone = fit_decode([(0.008, over["b"] + slope * 0.008)])          # b by itself falls back on the prior
+    assert alone[1] == 1.0 and "prior" in alone[2]
+
+
+def test_calibration_predicts_an_unmeasured_size_from_the_shared_slope():
+    host = dev("host", bw=20.0, fp32=1e6, measured=True)
+    slope, over = 1.25, {"torch": 0.040, "llama.cpp": 0.006}
+
+    def sized(nbytes, kind):
+        return ModelStats(**{**STATS.to_dict(), "weight_bytes_per_token": nbytes, "kind": kind})
+
+    def tok_s(rt, s):
+        return 1.0 / (over[rt] + slope * s.weight_bytes_per_token / 20e9)
+
+    cal = Calibration()
+    for rt, nbytes, kind in (("torch", 500_000_000, "fp32"), ("torch", 150_000_000, "w8"), ("llama.cpp", 90_000_000, "q4_0")):
+        s = sized(nbytes, kind)
+        cal.add(rt, s, host, tok_s(rt, s), None, 128, None, 256, label=f"{rt}-{kind}")
+    f32 = sized(500_000_000, "fp32")                                  # llama.cpp fp32 was never measured
+    p = predict(f32, host, "llama.cpp", cal)
+    assert p.decode_tok_s == pytest.approx(tok_s("llama.cpp", f32)) and "shared" in p.decode_fit

@@ -6,11 +6,14 @@ prefill is compute-bound (``prompt × flops_per_token / throughput``). These roo
 perfect runtime would reach. Real runtimes are slower, differently per runtime, so the model is
 *calibrated by measurement on the host*:
 
-- **decode** has two parameters per runtime, ``t = overhead + roofline / efficiency``: a fixed
-  per-token cost (Python and sampling, non-matmul ops, dequantization set-up; it does not shrink
-  with the weights) plus the weight stream at a fraction of the bandwidth. With two or more
-  measurements of different sizes on one runtime both are fitted (least squares); with one, the
-  stream is assumed to run at the measured bandwidth (efficiency 1) and the rest is overhead. A
+- **decode** is ``t = overhead + roofline / efficiency``: a fixed per-token cost per runtime
+  (Python and sampling, non-matmul ops, dequantization set-up; it does not shrink with the
+  weights) plus the weight stream at a fraction of the bandwidth. The stream's efficiency is the
+  machine's, so it is fitted once across all runtimes (``fit_decode_pooled``) from the runtimes
+  measured at two or more sizes; each runtime's overhead is the rest. Without two sizes anywhere,
+  the stream is assumed to run at the measured bandwidth (efficiency 1). Per-runtime slopes were
+  tried first: a runtime measured at 8 and 4 bits only (times that barely move with bytes, the
+  kernels being dequantization-bound) then extrapolated its fp32 row 31-38% off. A
   single multiplicative efficiency cannot do this: it predicted llama.cpp Q8_0 from F16 at +46%,
   because halving the bytes does not halve a time that is half overhead. On another device the
   overhead is scaled by the ratio of fp32 throughputs (it is compute), the stream by bandwidth.
@@ -97,33 +100,67 @@ class Efficiency:
 
 
 def fit_decode(points: list[tuple[float, float]]) -> tuple[float, float, str]:
-    """Fit ``t = overhead + slope · roofline`` to (roofline s, measured s) pairs; returns (overhead, slope, how).
+    """Fit ``t = overhead + slope · roofline`` to one runtime's (roofline s, measured s) pairs.
 
-    Two or more distinct rooflines: least squares, kept physical (overhead ≥ 0, slope > 0). One:
-    slope 1 (the weights stream at the measured bandwidth), overhead = the rest.
+    The single-runtime case of ``fit_decode_pooled``; returns (overhead, slope, how).
 
     >>> fit_decode([(0.01, 0.03), (0.02, 0.04)])
     (0.02, 1.0, 'fit of 2')
     >>> fit_decode([(0.01, 0.03)])
     (0.02, 1.0, '1 point, bandwidth prior')
     """
-    pts = [(r, t) for r, t in points if r and t and r > 0 and t > 0]
-    if not pts:
-        return 0.0, 1.0, "none"
-    n = len(pts)
-    mr, mt = sum(r for r, _ in pts) / n, sum(t for _, t in pts) / n
-    var = sum((r - mr) ** 2 for r, _ in pts)
-    if n >= 2 and var > 1e-9 * mr * mr:
-        slope = sum((r - mr) * (t - mt) for r, t in pts) / var
-        overhead = mt - slope * mr
-        if slope > 0 and overhead >= 0:
-            return round(overhead, 9), round(slope, 9), f"fit of {n}"
-        if slope > 0:                                    # negative overhead: a line through the origin
-            return 0.0, round(sum(r * t for r, t in pts) / sum(r * r for r, _ in pts), 9), f"fit of {n}, no overhead"
-    overhead = mt - mr                                   # one size (or a non-physical fit): bandwidth prior
-    if overhead >= 0:
-        return round(overhead, 9), 1.0, "1 point, bandwidth prior" if n == 1 else f"{n} points, bandwidth prior"
-    return 0.0, round(mt / mr, 9), f"{n} point(s), faster than the roofline"
+    return fit_decode_pooled({"": points}).get("", (0.0, 1.0, "none"))
+
+
+def fit_decode_pooled(groups: dict[str, list[tuple[float, float]]]) -> dict[str, tuple[float, float, str]]:
+    """Fit ``t = overhead[runtime] + slope · roofline`` to every runtime's (roofline s, measured s) pairs at once.
+
+    The weight stream is the machine's (memory reads run at one speed whichever runtime issues
+    them), so *slope* is shared; the fixed per-token cost is the runtime's own. Least squares on
+    relative error (weights 1/t²), the slope from the spread of sizes within each runtime. This lets
+    a runtime measured at quantized sizes only, whose times barely move with bytes, still predict
+    its fp32 row from the slope the other runtimes show. Kept physical: a runtime whose overhead
+    would be negative gets a line through the origin; without two sizes anywhere the slope is 1
+    (the measured bandwidth, the prior) and the rest is overhead. Returns {runtime: (overhead, slope, how)}.
+
+    >>> fit = fit_decode_pooled({"a": [(0.01, 0.03), (0.02, 0.04)], "b": [(0.01, 0.02)]})
+    >>> fit["b"]
+    (0.01, 1.0, 'fit of 1 + slope shared with 1 runtime')
+    """
+    pts = {g: [(r, t) for r, t in ps if r and t and r > 0 and t > 0] for g, ps in groups.items()}
+    pts = {g: ps for g, ps in pts.items() if ps}
+    num = den = 0.0
+    means, spread = {}, set()
+    for g, ps in pts.items():
+        w = [1.0 / (t * t) for _, t in ps]
+        W = sum(w)
+        rb, tb = sum(wi * r for wi, (r, _) in zip(w, ps)) / W, sum(wi * t for wi, (_, t) in zip(w, ps)) / W
+        means[g] = (rb, tb)
+        d = sum(wi * (r - rb) ** 2 for wi, (r, _) in zip(w, ps))
+        if d > 1e-9 * rb * rb * W:
+            spread.add(g)
+            num += sum(wi * (t - tb) * (r - rb) for wi, (r, t) in zip(w, ps))
+            den += d
+    fitted = bool(spread) and num > 0
+    slope = num / den if fitted else 1.0
+    out = {}
+    for g, ps in pts.items():
+        rb, tb = means[g]
+        n = len(ps)
+        overhead = tb - slope * rb
+        if fitted:
+            others = len(spread - {g})
+            how = f"fit of {n}" + (f" + slope shared with {others} runtime{'s' if others > 1 else ''}" if others else "")
+        else:
+            how = "1 point, bandwidth prior" if n == 1 else f"{n} points, bandwidth prior"
+        if overhead >= 0:
+            out[g] = (round(overhead, 9), round(slope, 9), how)
+        elif fitted:                                     # negative overhead: this runtime's line through the origin
+            out[g] = (0.0, round(sum(r * t / (t * t) for r, t in ps) / sum(r * r / (t * t) for r, t in ps), 9),
+                      f"fit of {n}, no overhead")
+        else:
+            out[g] = (0.0, round(tb / rb, 9), f"{n} point(s), faster than the roofline")
+    return out
 
 
 @dataclass
@@ -168,8 +205,10 @@ class Calibration:
         everything = [r for k, v in self.samples.items() if k.startswith(f"{runtime}|") for r in v]
         for key, rows in ((f"{runtime}|{kind}", self.samples.get(f"{runtime}|{kind}")), (f"{runtime}|*", everything)):
             if rows:
-                pts = [(r.get("roof_decode_s"), r.get("decode_s")) for r in everything]
-                overhead, slope, how = fit_decode(pts)
+                groups: dict[str, list] = {}
+                for k, v in self.samples.items():
+                    groups.setdefault(k.split("|")[0], []).extend((r.get("roof_decode_s"), r.get("decode_s")) for r in v)
+                overhead, slope, how = fit_decode_pooled(groups).get(runtime, (0.0, 1.0, "none"))
                 return Efficiency(decode=1.0 / slope, prefill=_gmean(r["prefill"] for r in rows) or 1.0,
                                   overhead_bytes=int(_mean(r["overhead_bytes"] for r in rows) or 0), source=key,
                                   harness_bytes=int(_mean(r.get("harness_bytes") for r in rows) or 0),

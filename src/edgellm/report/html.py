@@ -132,7 +132,8 @@ def write_report(result: dict, path: Path) -> Path:
         parts.append("<p>'before': predicted just before the measurement, from this host's other measurements (this run's "
                      "so far and earlier runs', kept in the cache's host-calibration-&lt;task&gt;.json) "
                      "(bandwidth efficiency 1 and no overhead when none existed for the runtime: an optimistic bound). "
-                     "Decode is t = overhead per token + roofline / bandwidth efficiency, fitted per runtime. "
+                     "Decode is t = overhead per token (per runtime) + roofline / bandwidth efficiency "
+                     "(one for the machine, fitted across runtimes). "
                      "'leave-one-out': calibrated on every other measurement.</p>")
         parts.append(_table([{"candidate": k["label"], "calibrated by": k["calibration"],
                               "decode meas": _num(k.get("decode_measured")), "decode pred": _num(k.get("decode_predicted")),
