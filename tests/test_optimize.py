@@ -174,15 +174,26 @@ def test_model_selection_judges_every_model_against_the_first(tiny_run, tiny_lla
 
 def test_classification_scores_accuracy(tiny_bert_cls, tsv_file, tmp_path):
     code, out, err = run_cli("optimize", "--task", "classification", "--model", tiny_bert_cls, "--tsv", tsv_file,
-                             "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/w8-rtn.yaml", "--screen-rows", "32",
-                             "--speed-runs", "2", "--max-quality-loss", "5%", "--cache", tmp_path / "c",
-                             "--out", tmp_path / "o", "--no-progress")
+                             "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/w8-rtn.yaml", ROOT / "recipes/w8a8.yaml",
+                             "--screen-rows", "32", "--speed-runs", "2", "--max-quality-loss", "5%",
+                             "--cache", tmp_path / "c", "--out", tmp_path / "o", "--no-progress")
     assert code == 0, err
     r = json.loads((tmp_path / "o" / "results.json").read_text())
-    rows = {x["recipe"]: x for x in r["rows"]}
-    assert set(rows) == {"fp32", "w8-rtn"} and all(x["runtime"] == "torch" for x in r["rows"])
-    fp, w8 = rows["fp32"], rows["w8-rtn"]
+    rows = {(x["recipe"], x["runtime"]): x for x in r["rows"]}
+    assert set(rows) == {(n, rt) for n in ("fp32", "w8-rtn", "w8a8") for rt in ("torch", "onnxruntime")}
+    fp, w8 = rows[("fp32", "torch")], rows[("w8-rtn", "torch")]
     assert fp["quality"]["n_rows"] == 64 and 0 <= fp["quality"]["accuracy"] <= 1
     assert w8["quality_loss"] == pytest.approx(1 - w8["quality"]["accuracy"] / fp["quality"]["accuracy"], abs=1e-9)
     assert fp["examples_per_s"] > 0 and w8["size_bytes"] < fp["size_bytes"]
+    # ONNX Runtime: weight-only w8 has no ORT form; fp32 and w8a8 (dynamic int8) are exported and scored there
+    assert rows[("w8-rtn", "onnxruntime")]["status"] == "dropped"
+    assert "no ONNX Runtime" in rows[("w8-rtn", "onnxruntime")]["reason"]
+    ofp, oq = rows[("fp32", "onnxruntime")], rows[("w8a8", "onnxruntime")]
+    assert ofp["kind"] == "fp32" and oq["kind"] == "int8"
+    assert ofp["quality"]["protocol"] == "full" and ofp["quality"]["n_rows"] == 64
+    # the same fp32 weights: at most one near-tie flips
+    assert abs(ofp["quality"]["accuracy"] - fp["quality"]["accuracy"]) <= 1 / 64 + 1e-9
+    assert oq["quality"]["protocol"] == "full" and oq["quality"]["n_rows"] == 64
+    assert ofp["artifact"].endswith(".onnx") and oq["size_bytes"] < ofp["size_bytes"]
+    assert ofp["status"] == "measured" and ofp["examples_per_s"] > 0
     assert "accuracy" in out and "examples/s" in out and r["export"]["verification"]["passed"]

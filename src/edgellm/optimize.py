@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import EdgeLLMError
 
 TASKS = ("text-generation", "classification")
-SEARCH_RUNTIMES = {"text-generation": ("torch", "llama.cpp"), "classification": ("torch",)}
+SEARCH_RUNTIMES = {"text-generation": ("torch", "llama.cpp"), "classification": ("torch", "onnxruntime")}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="host", help="host, a built-in profile (edgellm device) or a profile YAML")
     p.add_argument("--task", default="text-generation", choices=["text-generation", "classification"])
     p.add_argument("--recipes", nargs="+", default=None, metavar="YAML", help="recipe files (default: the built-in search space)")
-    p.add_argument("--runtimes", nargs="+", default=None, help="restrict the runtimes tried (torch, llama.cpp)")
+    p.add_argument("--runtimes", nargs="+", default=None, help="restrict the runtimes tried (torch, llama.cpp; classifiers: torch, onnxruntime)")
     p.add_argument("--max-quality-loss", default=None, help="e.g. 10%% (perplexity increase / relative accuracy drop)")
     p.add_argument("--min-decode-tok-s", type=float, default=None, help="minimum decode tok/s (examples/s for classifiers)")
     p.add_argument("--max-ram", default=None, help="peak RAM limit, e.g. 1GiB (default: the device's)")

@@ -137,6 +137,14 @@ def export_chosen(search, row, dest: Path) -> dict:
         write_manifest(dest)
         tol = "f16" if row.kind in ("f16", "f32") else "int8-act"
         check = verify_artifact(str(target), source, "llama.cpp", tol, threads=threads, **vkw)
+    elif row.runtime == "onnxruntime":
+        from ..export.onnx import verify_classifier
+
+        shutil.copytree(row.artifact, dest)
+        target = dest
+        # dynamic int8 is made from the base's fp32 graph, so that is what it is checked against
+        ref = base.loaded if row.kind == "int8" else source
+        check = verify_classifier(dest, ref, row.kind, threads=threads)
     else:
         if recipe.is_identity:
             save(base.loaded, dest)

@@ -24,7 +24,8 @@ from ..errors import EdgeLLMError
 from ..optimize import SEARCH_RUNTIMES, Budget, OptimizeConfig, Row
 from .pareto import Constraints, shortfalls
 from .search import (ResultCache, build_candidate, cls_quality, correct_flags, default_recipes, export_gguf_candidate,
-                     gguf_type_for, lm_quality, model_fingerprint, recipe_hash, window_nlls)
+                     export_onnx_candidate, gguf_type_for, lm_quality, model_fingerprint, onnx_variant_for, recipe_hash,
+                     window_nlls)
 
 
 @dataclass
@@ -196,6 +197,8 @@ class Search:
                     try:
                         if rt == "llama.cpp":
                             row.kind = gguf_type_for(recipe)
+                        elif rt == "onnxruntime":
+                            row.kind = onnx_variant_for(recipe)
                         est = estimate_stats(base.model, recipe, rt)
                     except EdgeLLMError as e:
                         row.status, row.reason = "dropped", str(e)
@@ -327,6 +330,8 @@ class Search:
             try:
                 if row.runtime == "torch":
                     res = self._torch_quality(row.model, recipe, Path(row.artifact), full=True)
+                elif row.runtime == "onnxruntime":
+                    res = self._onnx_quality(row, recipe)
                 else:
                     res = self._llamacpp_quality(row, recipe)
             except Exception as e:  # noqa: BLE001 — recorded in the report, the search goes on
@@ -366,6 +371,28 @@ class Search:
             e[key] = res["nlls"]
             self.save(row)
         return lm_quality(None, base.data, base.reference, None, base.screen, done=e[key], full=True)
+
+    def _onnx_quality(self, row: Row, recipe) -> dict:
+        """A classifier on ONNX Runtime: export (fp32 of the built model, or dynamic int8 of the base), then accuracy."""
+        from ..runtimes import open_runtime
+
+        base, e = self.bases[row.model], self.entry(row)
+        o = e.setdefault("onnx", {})
+        path = Path(self.cache.folder(*self.key(row))) / f"model-{row.kind}.onnx"
+        if not o.get("path") or not path.exists():
+            self.step(f"export {recipe.name} to ONNX ({row.kind})")
+            src = row.model if recipe.is_identity or row.kind == "int8" else row.artifact
+            o.update(export_onnx_candidate(src, row.kind, path, self.cfg.threads))
+            self.save(row)
+        row.build = dict(row.build, onnx=o)
+        row.artifact = str(path)
+        if len(e.get("onnx_flags", [])) < len(base.data):
+            self.step(f"full {recipe.name} (onnxruntime)")
+            rt = open_runtime(str(path), runtime="onnxruntime", threads=self.cfg.threads)
+            res = cls_quality(rt, base.data, base.reference, None, base.screen, done=e.get("onnx_flags"), full=True)
+            e["onnx_flags"] = res["flags"]
+            self.save(row)
+        return cls_quality(None, base.data, base.reference, None, base.screen, done=e["onnx_flags"], full=True)
 
     # -- speed --------------------------------------------------------------------------------------
     def _measure(self) -> None:
@@ -411,13 +438,13 @@ class Search:
 
             rt = TorchRuntime(loaded, device="cpu", threads=self.cfg.threads)
             return stats_from_model(loaded.model, row.kind, rt.weight_bytes(), model_bytes(loaded.model), rt.file_bytes())
-        rt = open_runtime(row.artifact, runtime="llama.cpp", threads=self.cfg.threads)
+        rt = open_runtime(row.artifact, runtime=row.runtime, threads=self.cfg.threads)
         try:
             wb, fb = rt.weight_bytes(), rt.file_bytes()
         finally:
             if hasattr(rt, "close"):
                 rt.close()
-        return stats_from_model(loaded.model, row.kind, wb, fb, fb, kv_elem_bytes=2)
+        return stats_from_model(loaded.model, row.kind, wb, fb, fb, kv_elem_bytes=2 if row.runtime == "llama.cpp" else 4)
 
     def _measure_row(self, row: Row) -> None:
         e = self.entry(row)
@@ -476,9 +503,15 @@ class Search:
         identity = self._recipe(row.recipe).is_identity
         if not self.lm:
             from ..models import load
+            from ..runtimes import open_runtime
+            from ..runtimes.torch import TorchRuntime
 
-            loaded = self.bases[row.model].loaded if identity else load(row.artifact, task="classification")
-            return classifier_speed(loaded, self.bases[row.model].data[:32], self.cfg)
+            if row.runtime == "onnxruntime":
+                rt = open_runtime(row.artifact, runtime="onnxruntime", threads=self.cfg.threads)
+            else:
+                loaded = self.bases[row.model].loaded if identity else load(row.artifact, task="classification")
+                rt = TorchRuntime(loaded, device="cpu", threads=self.cfg.threads)
+            return classifier_speed(rt, self.bases[row.model].data[:32], self.cfg)
         if self.cfg.speed_in_process:
             return speed_in_process(self.bases[row.model].loaded if identity and row.runtime == "torch" else row.artifact,
                                     row.runtime, self.cfg)

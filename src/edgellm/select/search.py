@@ -170,6 +170,34 @@ def gguf_type_for(recipe) -> str:
                        "GGUF holds 8-bit symmetric, 4-bit symmetric or asymmetric weights in groups of 32")
 
 
+def onnx_variant_for(recipe) -> str:
+    """The ONNX Runtime form of a classifier recipe: the built model as fp32, or dynamic int8 for a w8a8 recipe.
+
+    ONNX Runtime's CPU int8 path quantizes the fp32 graph itself (int8 weights, activations quantized per
+    call), so a w8a8 recipe maps to that variant of the *base* model; its quality is measured on ONNX
+    Runtime, not borrowed from the PyTorch w8a8 build.
+    """
+    q = recipe.steps.get("quantize")
+    if q is None:
+        return "fp32"
+    if set(recipe.steps) == {"quantize"} and q.bits == 8 and q.act_bits == 8:
+        return "int8"
+    raise EdgeLLMError(f"recipe '{recipe.name}' ({q.bits}-bit weights"
+                       f"{', int8 activations' if q.act_bits else ', weight-only'}) has no ONNX Runtime classifier form",
+                       "ONNX Runtime candidates are unquantized recipes (fp32) and w8a8 alone (dynamic int8)")
+
+
+def export_onnx_candidate(src, variant: str, out: Path, threads: int) -> dict:
+    """Export a classifier (a spec or built folder) to ONNX *variant*, verified on ONNX Runtime against it."""
+    from ..export import export
+    from ..models import load
+
+    t0 = time.perf_counter()
+    r = export(load(str(src), task="classification"), "onnx", out, variant=variant, force=True, threads=threads)
+    return {"path": str(r.path), "variant": variant, "seconds": time.perf_counter() - t0,
+            "verification": _jsonable(r.verification)}
+
+
 def export_gguf_candidate(folder: Path, recipe, out: Path, threads: int, ppl_tokens: int = 1024,
                           text: str | None = None) -> dict:
     """Export a built candidate folder to GGUF, verified on llama.cpp against the exact weights."""

@@ -55,11 +55,8 @@ def speed_in_process(spec, runtime: str, cfg) -> dict:
     return {"speed": s.to_dict(), "peak_rss_bytes": None, "in_process": True}
 
 
-def classifier_speed(loaded, rows, cfg) -> dict:
-    """Examples/s of a classifier on one batch of *rows* (median of ``cfg.speed_runs`` after a warm-up)."""
-    from ..runtimes.torch import TorchRuntime
-
-    rt = TorchRuntime(loaded, device="cpu", threads=cfg.threads)
+def classifier_speed(rt, rows, cfg) -> dict:
+    """Examples/s of a classifier runtime on one batch of *rows* (median of ``cfg.speed_runs`` after a warm-up)."""
     texts = [r.text for r in rows]
     rt.classify(texts)
     times = []
