@@ -19,13 +19,13 @@ from tqdm import tqdm
 from ..devices.costmodel import Calibration, ModelStats, predict, prediction_error
 from ..devices.detect import detect_host
 from ..devices.profiles import get_profile
-from ..devices.stats import estimate_stats, recipe_kind, stats_from_model
+from ..devices.stats import estimate_stats, recipe_kind
 from ..errors import EdgeLLMError
 from ..optimize import SEARCH_RUNTIMES, Budget, OptimizeConfig, Row
+from .deploy import exact_stats, llamacpp_quality, onnx_quality, row_speed
 from .pareto import Constraints, shortfalls
-from .search import (ResultCache, build_candidate, cls_quality, correct_flags, default_recipes, export_gguf_candidate,
-                     export_onnx_candidate, gguf_type_for, lm_quality, model_fingerprint, onnx_variant_for, recipe_hash,
-                     window_nlls)
+from .search import (ResultCache, build_candidate, cls_quality, correct_flags, default_recipes, gguf_type_for, lm_quality,
+                     model_fingerprint, onnx_variant_for, recipe_hash, window_nlls)
 
 
 @dataclass
@@ -331,9 +331,9 @@ class Search:
                 if row.runtime == "torch":
                     res = self._torch_quality(row.model, recipe, Path(row.artifact), full=True)
                 elif row.runtime == "onnxruntime":
-                    res = self._onnx_quality(row, recipe)
+                    res = onnx_quality(self, row, recipe)
                 else:
-                    res = self._llamacpp_quality(row, recipe)
+                    res = llamacpp_quality(self, row, recipe)
             except Exception as e:  # noqa: BLE001 — recorded in the report, the search goes on
                 row.status, row.reason = "failed", _why(e)
                 continue
@@ -344,55 +344,6 @@ class Search:
                 row.status, row.reason = "evaluated", f"quality loss {100 * res['quality_loss']:+.2f}% is over budget"
             else:
                 row.status = "evaluated"
-
-    def _llamacpp_quality(self, row: Row, recipe) -> dict:
-        from ..runtimes import open_runtime
-
-        base, e = self.bases[row.model], self.entry(row)
-        g = e.setdefault("gguf", {})
-        path = Path(self.cache.folder(*self.key(row))) / f"model-{row.kind}.gguf"
-        if not g.get("path") or not path.exists():
-            self.step(f"export {recipe.name} to GGUF")
-            src = row.model if recipe.is_identity else row.artifact
-            g.update(export_gguf_candidate(Path(src), recipe, path, self.cfg.threads, self.cfg.verify_tokens,
-                                           self.cfg.eval_text))
-            self.save(row)
-        row.build = dict(row.build, gguf=g)
-        row.artifact = str(path)
-        key = "gguf_nlls" if self.lm else "gguf_flags"
-        if len(e.get(key, [])) < len(base.data):
-            self.step(f"full {recipe.name} (llama.cpp)")
-            rt = open_runtime(str(path), runtime="llama.cpp", threads=self.cfg.threads)
-            try:
-                res = lm_quality(rt, base.data, base.reference, None, base.screen, done=e.get(key), full=True)
-            finally:
-                if hasattr(rt, "close"):
-                    rt.close()
-            e[key] = res["nlls"]
-            self.save(row)
-        return lm_quality(None, base.data, base.reference, None, base.screen, done=e[key], full=True)
-
-    def _onnx_quality(self, row: Row, recipe) -> dict:
-        """A classifier on ONNX Runtime: export (fp32 of the built model, or dynamic int8 of the base), then accuracy."""
-        from ..runtimes import open_runtime
-
-        base, e = self.bases[row.model], self.entry(row)
-        o = e.setdefault("onnx", {})
-        path = Path(self.cache.folder(*self.key(row))) / f"model-{row.kind}.onnx"
-        if not o.get("path") or not path.exists():
-            self.step(f"export {recipe.name} to ONNX ({row.kind})")
-            src = row.model if recipe.is_identity or row.kind == "int8" else row.artifact
-            o.update(export_onnx_candidate(src, row.kind, path, self.cfg.threads))
-            self.save(row)
-        row.build = dict(row.build, onnx=o)
-        row.artifact = str(path)
-        if len(e.get("onnx_flags", [])) < len(base.data):
-            self.step(f"full {recipe.name} (onnxruntime)")
-            rt = open_runtime(str(path), runtime="onnxruntime", threads=self.cfg.threads)
-            res = cls_quality(rt, base.data, base.reference, None, base.screen, done=e.get("onnx_flags"), full=True)
-            e["onnx_flags"] = res["flags"]
-            self.save(row)
-        return cls_quality(None, base.data, base.reference, None, base.screen, done=e["onnx_flags"], full=True)
 
     # -- speed --------------------------------------------------------------------------------------
     def _measure(self) -> None:
@@ -426,29 +377,9 @@ class Search:
         v = _value(row.to_dict(), key) or 0.0
         return -v if direction == "max" else v
 
-    def _exact_stats(self, row: Row) -> ModelStats:
-        from ..models import load, model_bytes
-        from ..runtimes import open_runtime
-
-        recipe = self._recipe(row.recipe)
-        task = {"task": "classification"} if not self.lm else {}
-        loaded = self.bases[row.model].loaded if recipe.is_identity else load(self.entry(row)["build"]["path"], **task)
-        if row.runtime == "torch":
-            from ..runtimes.torch import TorchRuntime
-
-            rt = TorchRuntime(loaded, device="cpu", threads=self.cfg.threads)
-            return stats_from_model(loaded.model, row.kind, rt.weight_bytes(), model_bytes(loaded.model), rt.file_bytes())
-        rt = open_runtime(row.artifact, runtime=row.runtime, threads=self.cfg.threads)
-        try:
-            wb, fb = rt.weight_bytes(), rt.file_bytes()
-        finally:
-            if hasattr(rt, "close"):
-                rt.close()
-        return stats_from_model(loaded.model, row.kind, wb, fb, fb, kv_elem_bytes=2 if row.runtime == "llama.cpp" else 4)
-
     def _measure_row(self, row: Row) -> None:
         e = self.entry(row)
-        stats = self._exact_stats(row)
+        stats = exact_stats(self, row)
         self.stats[id(row)] = stats
         before = predict(stats, self.host, row.runtime, self.calibration.without(row.label), self.cfg.prompt_len,
                          self.cfg.new_tokens)
@@ -457,7 +388,7 @@ class Search:
                     "threads": self.cfg.threads, "in_process": self.cfg.speed_in_process}
         if e.get(speed_key, {}).get("settings") != settings:
             self.step(f"speed {row.recipe} ({row.runtime})")
-            e[speed_key] = {"settings": settings, "result": self._speed(row)}
+            e[speed_key] = {"settings": settings, "result": row_speed(self, row)}
             self.save(row)
         m = e[speed_key]["result"]
         context = self.cfg.prompt_len + self.cfg.new_tokens
@@ -496,26 +427,6 @@ class Search:
 
     def _decode_known(self, p) -> bool:
         return p.decode_fit != "none" if self.lm else p.calibrated
-
-    def _speed(self, row: Row) -> dict:
-        from .speed import bench_subprocess, classifier_speed, speed_in_process
-
-        identity = self._recipe(row.recipe).is_identity
-        if not self.lm:
-            from ..models import load
-            from ..runtimes import open_runtime
-            from ..runtimes.torch import TorchRuntime
-
-            if row.runtime == "onnxruntime":
-                rt = open_runtime(row.artifact, runtime="onnxruntime", threads=self.cfg.threads)
-            else:
-                loaded = self.bases[row.model].loaded if identity else load(row.artifact, task="classification")
-                rt = TorchRuntime(loaded, device="cpu", threads=self.cfg.threads)
-            return classifier_speed(rt, self.bases[row.model].data[:32], self.cfg)
-        if self.cfg.speed_in_process:
-            return speed_in_process(self.bases[row.model].loaded if identity and row.runtime == "torch" else row.artifact,
-                                    row.runtime, self.cfg)
-        return bench_subprocess(row.model if identity and row.runtime == "torch" else row.artifact, row.runtime, self.cfg)
 
     def _final_predictions(self) -> None:
         """Every row's device figures with the final calibration; measured host figures stay measured.
