@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_vs_llamacpp.json"))
     ap.add_argument("--speed-only", action="store_true",
                     help="re-measure only the two Q4_0 files (--q4-repeats alternating rounds) on top of --out")
+    ap.add_argument("--q4-reset", action="store_true",
+                    help="with --speed-only: drop the pair's earlier speed rounds instead of adding to them")
     args = ap.parse_args()
     if args.speed_only:
         return speed_only(args, ap)
@@ -149,8 +151,12 @@ def q4_pair(files: dict) -> list:
 
 
 def run_speed(files: dict, speed: dict, order: list, args, timings: dict) -> None:
-    """Bench *order*'s files, then the two Q4_0 files alternately ``--q4-repeats`` times (appending to *speed*)."""
-    order = order + [x for x in q4_pair(files) if x] * args.q4_repeats
+    """Bench *order*'s files, then the two Q4_0 files alternately ``--q4-repeats`` times (appending to *speed*).
+
+    The pair's order flips every round (A B, B A, ...): on this machine the file measured first in a round
+    ran faster, and a fixed order had put llama.cpp's file first in all six rounds of an earlier run."""
+    pair = [x for x in q4_pair(files) if x]
+    order = order + [x for i in range(args.q4_repeats) for x in (pair if i % 2 == 0 else pair[::-1])]
     for label in order:
         t = time.time()
         b = bench(str(files[label]["path"]), threads=args.threads, runs=args.runs, machine=False)
@@ -172,10 +178,16 @@ def speed_only(args, parser) -> None:
         setattr(args, k, settings[k])
     files = {label: dict(f) for label, f in prev["raw"].items()}
     speed = {label: [{"speed": s} for s in runs] for label, runs in prev["speed_raw"].items()}
+    if args.q4_reset:                                              # forget the pair's earlier rounds
+        for label in q4_pair(files):
+            if label:
+                speed[label] = []
     timings = dict(prev.get("timings_s", {}))
     t_start = time.time() - prev.get("wall_seconds", 0.0)
     run_speed(files, speed, [], args, timings)
-    args.command = prev["command"] + f"; .venv/bin/python bench/gguf_vs_llamacpp.py --speed-only --q4-repeats {args.q4_repeats}"
+    base = prev["command"].split(";")[0] if args.q4_reset else prev["command"]
+    args.command = base + (f"; .venv/bin/python bench/gguf_vs_llamacpp.py --speed-only --q4-repeats {args.q4_repeats}"
+                           + (" --q4-reset" if args.q4_reset else ""))
     finish(args, files, speed, timings, t_start)
 
 
