@@ -153,8 +153,8 @@ def q4_pair(files: dict) -> list:
 def run_speed(files: dict, speed: dict, order: list, args, timings: dict) -> None:
     """Bench *order*'s files, then the two Q4_0 files alternately ``--q4-repeats`` times (appending to *speed*).
 
-    The pair's order flips every round (A B, B A, ...): on this machine the file measured first in a round
-    ran faster, and a fixed order had put llama.cpp's file first in all six rounds of an earlier run."""
+    The pair's order flips every round (A B, B A, ...): an earlier run with llama.cpp's file first in all six
+    rounds measured ours 8% slower; flipping the order, the same two files measured 5% faster."""
     pair = [x for x in q4_pair(files) if x]
     order = order + [x for i in range(args.q4_repeats) for x in (pair if i % 2 == 0 else pair[::-1])]
     for label in order:
@@ -239,7 +239,7 @@ def finish(args, files: dict, speed: dict, timings: dict, t_start: float) -> Non
         "(edgellm.api.evaluate on the .gguf); tokenization by the GGUF's embedded tokenizer, checked equal to the "
         "source tokenizer at export.",
         "Speed: edgellm.bench in a fresh subprocess, 2 threads, greedy 128 new tokens after a 128-token prompt, "
-        "median of 5 runs after 1 warm-up; Q4_0 rows are the median over their alternating repeats.",
+        "median of 5 runs after 1 warm-up; Q4_0 rows are the median over their alternating repeats, the pair's order flipped every round (A B, B A, ...).",
         "Source: SmolLM2-135M-Instruct as shipped (a Q4_1 GGUF, dequantized to fp32): its linear weights already lie "
         "on a 4-bit asymmetric g32 grid, which favours Q4_1 and makes Q8_0 nearly lossless.",
         f"edgellm GPTQ/AWQ calibration: {args.calib_samples}×{args.calib_len} wiki.valid tokens, symmetric, group 32; "
