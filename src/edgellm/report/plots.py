@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MARKERS = {"torch": "o", "llama.cpp": "s", "onnxruntime": "^", "executorch": "D"}   # one marker per runtime
+
 
 def _matplotlib():
     try:
@@ -33,21 +35,23 @@ def pareto_plots(rows: list[dict], folder: Path, lm: bool = True, predicted: boo
     pts = [r for r in rows if r.get("quality_loss") is not None and r.get("size_bytes") and r.get(speed)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
     tag = " (predicted)" if predicted else ""
+    several = len({r.get("model") for r in pts}) > 1              # model selection: say which model each point is
     for r in pts:
         size = r["size_bytes"] / 2**20
         color = "tab:green" if r.get("chosen") else ("tab:blue" if r.get("pareto") else "tab:gray")
-        marker = "*" if r.get("chosen") else ("s" if r["runtime"] == "llama.cpp" else "o")
+        marker = "*" if r.get("chosen") else MARKERS.get(r["runtime"], "o")
         ms = 16 if r.get("chosen") else 8
         hollow = not r.get("measured") and not predicted
         kw = dict(marker=marker, markersize=ms, color=color, markerfacecolor="none" if hollow else color, linestyle="")
         ax1.plot(size, r[speed], **kw)
         ax2.plot(size, 100 * r["quality_loss"], **kw)
-        short = f"{r['recipe']} ({r['runtime']})"
+        short = (f"{Path(r['model']).name} · " if several else "") + f"{r['recipe']} ({r['runtime']})"
         ax1.annotate(short, (size, r[speed]), fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax2.annotate(short, (size, 100 * r["quality_loss"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax1.set_xlabel("size on disk (MiB)")
     ax1.set_ylabel(("decode tok/s" if lm else "examples/s") + tag)
-    ax1.set_title("speed vs size (o torch, s llama.cpp, * chosen; blue = Pareto)")
+    shown = [rt for rt in MARKERS if any(r["runtime"] == rt for r in pts)] or ["torch"]
+    ax1.set_title("speed vs size (" + ", ".join(f"{MARKERS[rt]} {rt}" for rt in shown) + ", * chosen; blue = Pareto)")
     ax2.set_xlabel("size on disk (MiB)")
     ax2.set_ylabel("quality loss (%): " + ("perplexity increase" if lm else "accuracy drop"))
     ax2.set_title("quality vs size (hollow = speed predicted, not measured)")
