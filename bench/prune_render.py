@@ -16,6 +16,19 @@ def _speedups(speed: dict | None, name: str) -> float | None:
     return sum(ratios) / len(ratios) if ratios else None
 
 
+def _recovery(root, pattern: str) -> dict | None:
+    """bench/distill.py's recovery run of the SparseGPT model with *pattern* ("50%" or "2:4"), if it was run."""
+    import json
+    from pathlib import Path
+
+    path = Path(root) / "bench" / "results" / "distill.json"
+    try:
+        raw = json.loads(path.read_text()).get("raw", {})
+    except (OSError, ValueError):
+        return None
+    return raw.get(f"recovery-{pattern}")
+
+
 def render_results(d: dict, root, render, no_kernel_note: str) -> None:
     base = d.get("base")
     if not base:
@@ -39,6 +52,14 @@ def render_results(d: dict, root, render, no_kernel_note: str) -> None:
         targets.append({"setting": f"best of SparseGPT/Wanda, {label}" + (f" ({r['method']})" if r else ""),
                         "target": f"≤ +{limit}%", "measured": f"{rel(r['ppl']):+.1f}% (ppl {r['ppl']:.2f} vs {b:.2f})" if r
                         else "not measured", "met": (rel(r["ppl"]) <= limit) if r else None})
+        rec = _recovery(root, pattern)
+        if rec is not None:                  # the same pruned model after KD recovery (bench/distill.py)
+            after, teacher = rec["eval"]["after"]["perplexity"], rec["eval"]["teacher"]["perplexity"]
+            inc = 100 * (after / teacher - 1)
+            targets.append({"setting": f"SparseGPT {label} + KD recovery ({rec['run']['steps']} steps, "
+                                       f"{rec['run']['tokens_seen']:,} tokens; bench/distill.py, mask kept)",
+                            "target": f"≤ +{limit}%", "measured": f"{inc:+.1f}% (ppl {after:.2f} vs {teacher:.2f})",
+                            "met": inc <= limit})
     spg = d.get("speed:gguf")
     for name, label in (("depth25", "depth-pruned, 25% of layers removed"), ("width25", "width-pruned, 25% of MLP channels removed")):
         for where, speed in (("PyTorch eager fp32", sp), ("llama.cpp GGUF F32", spg)):

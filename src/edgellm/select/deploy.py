@@ -16,56 +16,55 @@ from ..optimize import Row
 from .search import cls_quality, export_gguf_candidate, export_onnx_candidate, lm_quality
 
 
-def llamacpp_quality(search, row: Row, recipe) -> dict:
-    """Export the built candidate to its GGUF block type (verified on llama.cpp), then the full protocol there."""
+def _exported(search, row: Row, key: str, suffix: str, what: str, make) -> Path:
+    """The row's artifact for a deployment runtime: exported once into the cache (``make(path)``), reused after."""
+    e = search.entry(row)
+    info = e.setdefault(key, {})
+    path = Path(search.cache.folder(*search.key(row))) / f"model-{row.kind}{suffix}"
+    if not info.get("path") or not path.exists():
+        search.step(what)
+        info.update(make(path))
+        search.save(row)
+    row.build = dict(row.build, **{key: info})
+    row.artifact = str(path)
+    return path
+
+
+def _scored(search, row: Row, path: Path, runtime: str, key: str, what: str) -> dict:
+    """The full protocol on *runtime* (resumed from the cached per-window/row results under *key*)."""
     from ..runtimes import open_runtime
 
     base, e = search.bases[row.model], search.entry(row)
-    g = e.setdefault("gguf", {})
-    path = Path(search.cache.folder(*search.key(row))) / f"model-{row.kind}.gguf"
-    if not g.get("path") or not path.exists():
-        search.step(f"export {recipe.name} to GGUF")
-        src = row.model if recipe.is_identity else row.artifact
-        g.update(export_gguf_candidate(Path(src), recipe, path, search.cfg.threads, search.cfg.verify_tokens,
-                                       search.cfg.eval_text))
-        search.save(row)
-    row.build = dict(row.build, gguf=g)
-    row.artifact = str(path)
-    key = "gguf_nlls" if search.lm else "gguf_flags"
+    score, field = (lm_quality, "nlls") if search.lm else (cls_quality, "flags")
     if len(e.get(key, [])) < len(base.data):
-        search.step(f"full {recipe.name} (llama.cpp)")
-        rt = open_runtime(str(path), runtime="llama.cpp", threads=search.cfg.threads)
+        search.step(what)
+        rt = open_runtime(str(path), runtime=runtime, threads=search.cfg.threads)
         try:
-            res = lm_quality(rt, base.data, base.reference, None, base.screen, done=e.get(key), full=True)
+            res = score(rt, base.data, base.reference, None, base.screen, done=e.get(key), full=True)
         finally:
             if hasattr(rt, "close"):
                 rt.close()
-        e[key] = res["nlls"]
+        e[key] = res[field]
         search.save(row)
-    return lm_quality(None, base.data, base.reference, None, base.screen, done=e[key], full=True)
+    return score(None, base.data, base.reference, None, base.screen, done=e[key], full=True)
+
+
+def llamacpp_quality(search, row: Row, recipe) -> dict:
+    """Export the built candidate to its GGUF block type (verified on llama.cpp), then the full protocol there."""
+    src = Path(row.model if recipe.is_identity else row.artifact)
+    path = _exported(search, row, "gguf", ".gguf", f"export {recipe.name} to GGUF",
+                     lambda out: export_gguf_candidate(src, recipe, out, search.cfg.threads, search.cfg.verify_tokens,
+                                                       search.cfg.eval_text))
+    key = "gguf_nlls" if search.lm else "gguf_flags"
+    return _scored(search, row, path, "llama.cpp", key, f"full {recipe.name} (llama.cpp)")
 
 
 def onnx_quality(search, row: Row, recipe) -> dict:
     """A classifier on ONNX Runtime: export (fp32 of the built model, or dynamic int8 of the base), then accuracy."""
-    from ..runtimes import open_runtime
-
-    base, e = search.bases[row.model], search.entry(row)
-    o = e.setdefault("onnx", {})
-    path = Path(search.cache.folder(*search.key(row))) / f"model-{row.kind}.onnx"
-    if not o.get("path") or not path.exists():
-        search.step(f"export {recipe.name} to ONNX ({row.kind})")
-        src = row.model if recipe.is_identity or row.kind == "int8" else row.artifact
-        o.update(export_onnx_candidate(src, row.kind, path, search.cfg.threads))
-        search.save(row)
-    row.build = dict(row.build, onnx=o)
-    row.artifact = str(path)
-    if len(e.get("onnx_flags", [])) < len(base.data):
-        search.step(f"full {recipe.name} (onnxruntime)")
-        rt = open_runtime(str(path), runtime="onnxruntime", threads=search.cfg.threads)
-        res = cls_quality(rt, base.data, base.reference, None, base.screen, done=e.get("onnx_flags"), full=True)
-        e["onnx_flags"] = res["flags"]
-        search.save(row)
-    return cls_quality(None, base.data, base.reference, None, base.screen, done=e["onnx_flags"], full=True)
+    src = row.model if recipe.is_identity or row.kind == "int8" else row.artifact
+    path = _exported(search, row, "onnx", ".onnx", f"export {recipe.name} to ONNX ({row.kind})",
+                     lambda out: export_onnx_candidate(src, row.kind, out, search.cfg.threads))
+    return _scored(search, row, path, "onnxruntime", "onnx_flags", f"full {recipe.name} (onnxruntime)")
 
 
 def exact_stats(search, row: Row) -> ModelStats:
