@@ -156,7 +156,7 @@ def fit_decode_pooled(groups: dict[str, list[tuple[float, float]]]) -> dict[str,
         if overhead >= 0:
             out[g] = (round(overhead, 9), round(slope, 9), how)
         elif fitted:                                     # negative overhead: this runtime's line through the origin
-            out[g] = (0.0, round(sum(r * t / (t * t) for r, t in ps) / sum(r * r / (t * t) for r, t in ps), 9),
+            out[g] = (0.0, round(sum(r / t for r, t in ps) / sum((r / t) ** 2 for r, t in ps), 9),
                       f"fit of {n}, no overhead")
         else:
             out[g] = (0.0, round(tb / rb, 9), f"{n} point(s), faster than the roofline")
