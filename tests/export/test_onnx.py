@@ -94,3 +94,19 @@ def test_invalid_config():
         OnnxExportConfig(variant="int3")
     with pytest.raises(EdgeLLMError):
         OnnxExportConfig(variant="int4", block_size=24)
+
+
+def test_classifier_encoder_is_fused_and_source_untouched(tiny_bert_cls, tmp_path):
+    import onnx
+
+    m = load(tiny_bert_cls)
+    impl = m.model.config._attn_implementation
+    ops = {}
+    for variant, fuse in (("fp32", True), ("int8", True), ("int8", False)):
+        r = export(m, "onnx", tmp_path / f"{variant}-{fuse}.onnx", variant=variant, fuse=fuse)
+        assert r.verification["passed"]
+        ops[variant, fuse] = {n.op_type for n in onnx.load(str(r.path / "model.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops["fp32", True]
+    assert "QAttention" in ops["int8", True] and "Softmax" not in ops["int8", True]
+    assert "Softmax" in ops["int8", False] and not {"Attention", "QAttention"} & ops["int8", False]
+    assert m.model.config._attn_implementation == impl                  # traced eager, then restored

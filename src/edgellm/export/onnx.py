@@ -7,7 +7,9 @@ runtime needs: task, IO names, cache shapes, weight bytes read per token, how it
 
 Causal LMs are exported with flat KV-cache inputs and outputs (``past.{i}.key`` … →
 ``present.{i}.key`` …, shape [batch, kv_heads, positions, head_dim]) plus ``attention_mask`` and
-``position_ids``, so one graph serves prefill (empty past) and token-by-token decode. Variants:
+``position_ids``, so one graph serves prefill (empty past) and token-by-token decode. BERT-family
+classifiers are traced with eager attention and fused into onnxruntime's encoder ops
+(``onnx_fuse``: ``Attention``, ``SkipLayerNormalization`` …; ``fuse=False`` keeps plain ONNX). Variants:
 
 * ``fp32``: the traced graph as is;
 * ``int8``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized
@@ -26,6 +28,7 @@ runtime (the graph supports it, ``OnnxRuntime.generate`` does not use it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,7 @@ class OnnxExportConfig:
     symmetric: bool = False        # int4 only: asymmetric (scale + zero point) keeps more accuracy
     accuracy_level: int = 4        # MatMulNBits compute: 4 = int8 activations (fast on CPUs), 0 = fp32
     opset: int = 17
+    fuse: bool = True              # classifiers: fuse encoder blocks for onnxruntime (``onnx_fuse``)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -188,15 +192,20 @@ class _Classifier(torch.nn.Module):
         return self.model(**dict(zip(self.names, inputs))).logits
 
 
-def _export_classifier(model, tokenizer, path: Path, opset: int) -> dict:
+def _export_classifier(model, tokenizer, path: Path, opset: int, fuse: bool = True) -> dict:
+    """Trace the classifier (eager attention when fusing, see ``onnx_fuse``), then fuse encoder blocks."""
+    from .onnx_fuse import FUSABLE, eager_attention, fuse_encoder
+
     enc = tokenizer(["a short example", "and a second, longer example sentence"], padding=True, return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
     dyn = {n: {0: "batch", 1: "seq"} for n in names}
     dyn["logits"] = {0: "batch"}
-    _trace(_Classifier(model, names).eval(), tuple(enc[n] for n in names), path, names, ["logits"], dyn, opset)
+    fuse = fuse and model.config.model_type in FUSABLE
+    with eager_attention(model) if fuse else contextlib.nullcontext():
+        _trace(_Classifier(model, names).eval(), tuple(enc[n] for n in names), path, names, ["logits"], dyn, opset)
     labels = {str(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
     return {"task": "classification", "inputs": names, "outputs": ["logits"], "num_labels": model.config.num_labels,
-            "id2label": labels}
+            "id2label": labels, "fused": fuse_encoder(path, model.config) if fuse else {}}
 
 
 def _trace(module, args, path, input_names, output_names, dynamic_axes, opset):
@@ -219,8 +228,11 @@ def quantize_graph(src: Path, dst: Path, cfg: OnnxExportConfig) -> None:
     if cfg.variant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                         per_channel=False, extra_options={"MatMulConstBOnly": True})
+        # fused encoders also quantize Attention (→ QAttention) and EmbedLayerNormalization; the contrib
+        # ops have no ONNX shape inference, hence the default type for the tensors they produce
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul", "Gemm", "Attention", "EmbedLayerNormalization"],
+                         weight_type=QuantType.QInt8, per_channel=False,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
     elif cfg.variant == "int4":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -359,7 +371,7 @@ def export_onnx_report(model, out, *, variant: str = "fp32", force: bool = False
         if task == "causal-lm":
             info = _export_causal_lm(net, fp32, cfg.opset)
         else:
-            info = _export_classifier(net, loaded.tokenizer, fp32, cfg.opset)
+            info = _export_classifier(net, loaded.tokenizer, fp32, cfg.opset, cfg.fuse)
         if cfg.variant != "fp32":
             quantize_graph(fp32, tmp / GRAPH, cfg)
             fp32.unlink()
