@@ -4,7 +4,7 @@ bench/runtime_speed.py, and the calibrated predictions for the built-in device p
 For each measured (runtime, bit width) row, the cost model is calibrated on every *other* row (leave-one-out)
 and predicts the row's decode tok/s from its bytes per token; the error is (predicted − measured) / measured.
 Two models side by side:
-  cost model     t = per-token overhead (per runtime) + roofline / bandwidth efficiency (one for the machine,
+  cost model     t = layers × per-token overhead (per runtime) + roofline / bandwidth efficiency (one for the machine,
                  fitted across all runtimes' rows: ``fit_decode_pooled``);
   one-factor     t = roofline / efficiency, efficiency = geometric mean of the runtime's other rows (the first model).
 Reads bench/results/runtime_speed.json (run that first); the host's fp32 matmul throughput is measured here
@@ -34,6 +34,98 @@ def pct(x: float) -> str:
     return f"{100 * x:+.1f}%"
 
 
+HELDOUT_ROWS = (("torch", "fp32"), ("llama.cpp", "f32"), ("llama.cpp", "q8_0"), ("llama.cpp", "q4_0"),
+                ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+
+
+def heldout_artifact(name: str, folder, runtime: str, kind: str, work: Path) -> str:
+    """What ``bench`` opens for one held-out row: the model folder (torch) or its GGUF/ONNX export."""
+    from edgellm.export import export
+
+    if runtime == "torch":
+        return str(folder)
+    if runtime == "llama.cpp":
+        out = work / f"{name}-{kind}.gguf"
+        if not out.exists():
+            export(str(folder), "gguf", out, verify=False, gguf_type=kind)
+        return str(out)
+    out = work / f"{name}-{kind}.onnx"
+    if not out.exists():
+        export(str(folder), "onnx", out, verify=False, variant=kind)
+    return str(out)
+
+
+def heldout(a, host) -> dict | None:
+    """Calibrate on SmolLM2 and predict *other* models, the way ``optimize`` uses the cost model.
+
+    In one session, alternating model by model: SmolLM2 itself and bench/prune.py's depth- and width-pruned
+    students, each on torch fp32, llama.cpp F32/Q8_0/Q4_0 and ONNX Runtime fp32/int8. The cost model is
+    calibrated on SmolLM2's rows only and predicts the pruned models' rows (different layer counts, widths
+    and bytes) before comparing them with their measurement.
+    """
+    from edgellm.bench import bench
+    from edgellm.devices.costmodel import Calibration, predict, prediction_error
+    from edgellm.devices.stats import stats_from_model
+    from edgellm.models import cache_dir, load
+
+    models = {"smollm2-135m": "smollm2-135m"}
+    for name in ("depth25", "width25"):
+        folder = cache_dir() / "bench-prune" / "models" / name
+        if (folder / "config.json").exists():
+            models[name] = folder
+    if len(models) < 2:
+        print("held-out models: run bench/prune.py first (no pruned models in its cache)")
+        return None
+    work = cache_dir() / "bench" / "costmodel-heldout"
+    work.mkdir(parents=True, exist_ok=True)
+    rows_path = work / "rows.json"
+    stored = json.loads(rows_path.read_text()) if rows_path.exists() and not a.fresh else {}
+    for runtime, kind in HELDOUT_ROWS:                      # row by row, every model in turn: drift hits all alike
+        for name, folder in models.items():
+            key = f"{name}|{runtime}|{kind}"
+            if key in stored:
+                continue
+            spec = heldout_artifact(name, folder, runtime, kind, work)
+            stored[key] = bench(spec, runtime=runtime, threads=a.threads, runs=a.runs)
+            rows_path.write_text(json.dumps(stored, indent=1, default=str))
+            print(key, round(stored[key]["speed"]["decode_tok_s"]["median"], 2), flush=True)
+    nets = {name: load(str(folder)).model for name, folder in models.items()}
+    beside = [b["machine"]["measured_bandwidth_GBps"] for b in stored.values() if (b.get("machine") or {}).get("measured_bandwidth_GBps")]
+    if beside:                                  # the bandwidth of this session, measured beside these rows
+        host = dataclasses.replace(host, mem_bandwidth_GBps=statistics.median(beside))
+    stats, cal = {}, Calibration()
+    for key, b in stored.items():
+        name, runtime, kind = key.split("|")
+        s = b["speed"]
+        stats[key] = stats_from_model(nets[name], kind, s["weight_bytes"], s["weight_bytes"], b["file_bytes"],
+                                      kv_elem_bytes=KV_ELEM.get(runtime, 4))
+        if name == "smollm2-135m":
+            cal.add(runtime, stats[key], host, s["decode_tok_s"]["median"], s["prefill_tok_s"]["median"], 128, None,
+                    256, label=key)
+    table, errors = [], []
+    for key, b in stored.items():
+        name, runtime, kind = key.split("|")
+        if name == "smollm2-135m":
+            continue
+        meas = b["speed"]["decode_tok_s"]["median"]
+        p = predict(stats[key], host, runtime, cal, 128, 128)
+        err = prediction_error(p.decode_tok_s, meas)
+        errors.append(abs(err))
+        base = stored[f"smollm2-135m|{runtime}|{kind}"]["speed"]["decode_tok_s"]["median"]
+        table.append({"model": name, "runtime": runtime, "kind": kind, "layers": stats[key].n_layers,
+                      "MB/token": round(stats[key].weight_bytes_per_token / 1e6, 1),
+                      "decode measured": round(meas, 2), "predicted": round(p.decode_tok_s, 2), "error": pct(err),
+                      "× SmolLM2 measured": round(meas / base, 2), "× predicted": round(p.decode_tok_s / base, 2)})
+    worst = max(errors)
+    return {"title": "held-out models: calibrated on SmolLM2, predicting the pruned students (same session)",
+            "columns": list(table[0]), "rows": table,
+            "notes": [f"cost model calibrated on SmolLM2's {len(HELDOUT_ROWS)} rows measured in the same run; worst "
+                      f"error on {len(errors)} held-out rows {100 * worst:.1f}% → "
+                      f"{'within' if worst <= 0.25 else 'NOT within'} 25%",
+                      "× columns: speed-up over SmolLM2 on the same runtime and kind, measured and predicted"],
+            "raw": {"rows": stored, "errors": errors, "calibration": cal.to_dict()}}
+
+
 def main() -> None:
     from edgellm.devices.costmodel import Calibration, predict, prediction_error, roofline
     from edgellm.devices.detect import detect_host
@@ -45,6 +137,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed", default=str(ROOT / "bench" / "results" / "runtime_speed.json"))
+    ap.add_argument("--heldout", action="store_true", help="also measure and predict the pruned models (about 20 min)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--fresh", action="store_true", help="re-measure the held-out rows")
     a = ap.parse_args()
     t0 = time.time()
     speed = json.loads(Path(a.speed).read_text())
@@ -91,7 +186,7 @@ def main() -> None:
     for runtime in runtimes:
         eff = cal.factors(runtime, "*")
         fits.append({"runtime": runtime, "rows": sum(1 for k in rows if k.startswith(runtime + "|")), "fit": eff.decode_fit,
-                     "overhead ms/token": round(1e3 * eff.decode_overhead_s, 2), "bandwidth efficiency (shared)": round(eff.decode, 3)})
+                     "overhead ms/token/layer": round(1e3 * eff.decode_overhead_layer_s, 3), "bandwidth efficiency (shared)": round(eff.decode, 3)})
     devices = []
     for name, prof in builtin_profiles().items():
         row = {"device (PREDICTED)": name, "GB/s": prof.mem_bandwidth_GBps}
@@ -109,9 +204,9 @@ def main() -> None:
              f"worst one-factor (old model) leave-one-out error {100 * max(old_errors):.1f}%" if old_errors else ""]
     result = {
         "title": "Cost model: decode prediction vs measurement on this host (leave-one-out)",
-        "command": "python bench/costmodel.py  (after bench/runtime_speed.py)",
+        "command": "python bench/costmodel.py [--heldout]  (after bench/runtime_speed.py and bench/prune.py)",
         "description": "Each runtime_speed row predicted by the cost model calibrated on all the other rows. "
-                       "Cost model: t = overhead (per runtime) + roofline / bandwidth efficiency (one for the machine, "
+                       "Cost model: t = layers × overhead (per runtime) + roofline / bandwidth efficiency (one for the machine, "
                        "fitted across runtimes); one-factor (the first model): t = roofline / efficiency per runtime. "
                        "Device rows are predictions from the full host calibration.",
         "machine": speed.get("machine"),
@@ -127,6 +222,15 @@ def main() -> None:
                 "calibration": cal.to_dict()},
         "wall_seconds": time.time() - t0,
     }
+    old = ROOT / "bench" / "results" / "costmodel.json"
+    held = heldout(a, host) if a.heldout else next(
+        (t for t in (json.loads(old.read_text())["tables"] if old.exists() else []) if t["title"].startswith("held-out")), None)
+    if held:
+        result["tables"].insert(1, {k: v for k, v in held.items() if k != "raw"})
+        if "raw" in held:
+            result["raw"]["heldout"] = held["raw"]
+        elif "heldout" in json.loads(old.read_text()).get("raw", {}):
+            result["raw"]["heldout"] = json.loads(old.read_text())["raw"]["heldout"]
     write_json(ROOT / "bench" / "results" / "costmodel.json", result)
     render()
     for t in result["tables"][:2]:

@@ -80,7 +80,8 @@ def test_two_parameter_decode_fit_separates_overhead_from_streaming():
         cal.add("llama.cpp", s, host, measured(s), None, 128, None, 256, label=kind)
     eff = cal.factors("llama.cpp", "w4")
     assert eff.decode_fit == "fit of 2" and eff.source == "llama.cpp|*"
-    assert eff.decode_overhead_s == pytest.approx(overhead) and eff.decode == pytest.approx(1 / slope)
+    assert eff.decode_overhead_layer_s * STATS.n_layers == pytest.approx(overhead)
+    assert eff.decode == pytest.approx(1 / slope)
     w4 = sized(55_000_000, "w4")                                      # a third size is predicted exactly
     assert predict(w4, host, "llama.cpp", cal).decode_tok_s == pytest.approx(measured(w4))
     one = cal.without("fp32").factors("llama.cpp", "w8")              # one point: bandwidth prior, rest is overhead
@@ -182,3 +183,23 @@ def test_calibration_predicts_an_unmeasured_size_from_the_shared_slope():
     f32 = sized(500_000_000, "fp32")                                  # llama.cpp fp32 was never measured
     p = predict(f32, host, "llama.cpp", cal)
     assert p.decode_tok_s == pytest.approx(tok_s("llama.cpp", f32)) and "shared" in p.decode_fit
+
+
+def test_decode_overhead_counts_per_layer():
+    """A depth-pruned child is predicted from its parent's calibration with its own, smaller overhead."""
+    host = dev("host", bw=20.0, fp32=1e6, measured=True)
+    per_layer, slope = 0.002, 1.25                                    # 2 ms per layer per token + 80% of the bandwidth
+
+    def model(layers, nbytes, kind):
+        return ModelStats(**{**STATS.to_dict(), "n_layers": layers, "weight_bytes_per_token": nbytes, "kind": kind})
+
+    def measured(s):
+        return 1.0 / (per_layer * s.n_layers + slope * s.weight_bytes_per_token / 20e9)
+
+    cal = Calibration()
+    for nbytes, kind in ((400_000_000, "fp32"), (100_000_000, "w8")):
+        s = model(8, nbytes, kind)
+        cal.add("llama.cpp", s, host, measured(s), None, 128, None, 256, label=kind)
+    child = model(6, 300_000_000, "fp32")                             # 2 of 8 layers removed
+    assert predict(child, host, "llama.cpp", cal).decode_tok_s == pytest.approx(measured(child))
+    assert cal.factors("llama.cpp", "fp32").decode_overhead_layer_s == pytest.approx(per_layer)

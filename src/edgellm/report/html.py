@@ -132,7 +132,7 @@ def write_report(result: dict, path: Path) -> Path:
         parts.append("<p>'before': predicted just before the measurement, from this host's other measurements (this run's "
                      "so far and earlier runs', kept in the cache's host-calibration-&lt;task&gt;.json) "
                      "(bandwidth efficiency 1 and no overhead when none existed for the runtime: an optimistic bound). "
-                     "Decode is t = overhead per token (per runtime) + roofline / bandwidth efficiency "
+                     "Decode is t = layers × overhead per token (per runtime) + roofline / bandwidth efficiency "
                      "(one for the machine, fitted across runtimes). "
                      "'leave-one-out': calibrated on every other measurement.</p>")
         parts.append(_table([{"candidate": k["label"], "calibrated by": k["calibration"],
@@ -145,7 +145,7 @@ def write_report(result: dict, path: Path) -> Path:
                              for k in checks]))
     parts.append("<h2>Calibrated efficiency factors</h2>" + _table(
         [{"runtime|kind": k, "source": v["source"], "n": v["n"], "decode fit": v.get("decode_fit"),
-          "decode overhead ms/token": _num(1e3 * v.get("decode_overhead_s", 0.0), 2),
+          "decode overhead ms/token/layer": _num(1e3 * v.get("decode_overhead_layer_s", 0.0), 3),
           "decode bandwidth eff": _num(v["decode"], 3), "prefill eff": _num(v["prefill"], 3),
           "RAM overhead": human_bytes(v["overhead_bytes"])}
          for k, v in (result.get("calibration") or {}).items()]))
