@@ -156,8 +156,9 @@ def phase_cls(a) -> dict:
             "wall_seconds": time.time() - t0}
 
 
-def compressed_copy(teacher: Loaded, kind: str, group: int) -> tuple[Loaded, dict]:
-    """The model to recover: W4 RTN (symmetric, *group*), SparseGPT 2:4 or 50% (reused from bench/prune.py's cache)."""
+def compressed_copy(teacher: Loaded, kind: str, group: int, source: str | None = None) -> tuple[Loaded, dict]:
+    """The model to recover: W4 RTN (symmetric, *group*), SparseGPT 2:4 or 50% (reused from bench/prune.py's
+    cache, or the sparse folder *source*)."""
     from edgellm.distill.fakequant import block_linears, fake_quantize
 
     if kind == "w4":
@@ -167,6 +168,8 @@ def compressed_copy(teacher: Loaded, kind: str, group: int) -> tuple[Loaded, dic
                 lin.weight.copy_(fake_quantize(lin.weight, 4, group))
         return w4, {"fake_quant_bits": 4, "fake_quant_group": group}
     pattern = "2:4" if kind == "2:4" else None
+    if source:
+        return load(source), {"keep_sparsity": True, "source": source}
     cached = Path.home() / f".cache/edgellm/bench-prune/models/sparsegpt-{'2of4' if pattern else '50'}"
     if (cached / "config.json").exists():
         return load(cached), {"keep_sparsity": True}
@@ -183,7 +186,8 @@ def phase_recovery(a) -> dict:
     t0 = time.time()
     teacher = load("smollm2-135m")
     threads = pick_threads(teacher.model, 256)
-    student, extra = compressed_copy(teacher, a.rec_kind, a.rec_group)
+    student, extra = compressed_copy(teacher, a.rec_kind, a.rec_group, a.rec_source)
+    source = extra.pop("source", None)
     prev = (json.loads(RESULT.read_text()).get("raw", {}) if RESULT.exists() else {})
     prev_teacher = next((v["eval"]["teacher"] for v in prev.values() if isinstance(v, dict)
                          and v.get("eval_tokens") == a.eval_tokens and "teacher" in v.get("eval", {})), None)
@@ -199,7 +203,7 @@ def phase_recovery(a) -> dict:
     loss1 = ev["after"]["mean_nll"] - ev["teacher"]["mean_nll"]
     return {"threads": threads, "kind": a.rec_kind, "eval": ev,
             "run": {**run_summary(r), "png": copy_png(r.plot, f"distill-recovery-{slug}.png")},
-            "group_size": a.rec_group, "nll_loss_before": loss0, "nll_loss_after": loss1,
+            "group_size": a.rec_group, "source": source, "nll_loss_before": loss0, "nll_loss_after": loss1,
             "recovered_fraction": 1 - loss1 / loss0 if loss0 > 0 else None, "wall_seconds": time.time() - t0,
             "eval_tokens": a.eval_tokens}
 
@@ -266,6 +270,8 @@ def tables(raw: dict) -> tuple[list, list]:
         ev, run = rec["eval"], rec["run"]
         before, after = ev.get("before", ev.get("w4_before")), ev.get("after", ev.get("w4_after"))
         label = REC_LABEL[rec.get("kind", "w4")].format(g=rec["group_size"])
+        if rec.get("source"):
+            label += f" ({Path(rec['source']).name})"
         rows = [{"model": "teacher SmolLM2-135M fp32", "test mean NLL": r4(ev["teacher"]["mean_nll"]), "ppl": r4(ev["teacher"]["perplexity"])},
                 {"model": f"{label}, before", "test mean NLL": r4(before["mean_nll"]),
                  "ppl": r4(before["perplexity"]), "NLL loss": r4(rec["nll_loss_before"])},
@@ -304,6 +310,7 @@ def main() -> None:
     ap.add_argument("--rec-steps", type=int, default=12)
     ap.add_argument("--rec-lr", type=float, default=5e-5)
     ap.add_argument("--rec-group", type=int, default=128)
+    ap.add_argument("--rec-source", default=None, help="sparse model folder to recover (default: bench/prune.py's SparseGPT)")
     ap.add_argument("--rec-kind", choices=sorted(REC_LABEL), default="w4", help="recover a W4 RTN or a SparseGPT 2:4 model")
     a = ap.parse_args()
     torch.manual_seed(0)

@@ -3,6 +3,8 @@ show as "not measured"."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgellm.fileio import write_json
 
 SETTINGS = [("sparsegpt", "50%"), ("wanda", "50%"), ("magnitude", "50%"), ("sparsegpt", "2:4"), ("wanda", "2:4"),
@@ -19,7 +21,6 @@ def _speedups(speed: dict | None, name: str) -> float | None:
 def _recovery(root, pattern: str) -> dict | None:
     """bench/distill.py's recovery run of the SparseGPT model with *pattern* ("50%" or "2:4"), if it was run."""
     import json
-    from pathlib import Path
 
     path = Path(root) / "bench" / "results" / "distill.json"
     try:
@@ -56,7 +57,10 @@ def render_results(d: dict, root, render, no_kernel_note: str) -> None:
         if rec is not None:                  # the same pruned model after KD recovery (bench/distill.py)
             after, teacher = rec["eval"]["after"]["perplexity"], rec["eval"]["teacher"]["perplexity"]
             inc = 100 * (after / teacher - 1)
-            targets.append({"setting": f"SparseGPT {label} + KD recovery ({rec['run']['steps']} steps, "
+            before = rec["eval"]["before"]["perplexity"]
+            src = Path(rec["source"]).name if rec.get("source") else "bench/prune.py's model"
+            targets.append({"setting": f"SparseGPT {label} (one-shot {100 * (before / teacher - 1):+.1f}%: {src}) "
+                                       f"+ KD recovery ({rec['run']['steps']} steps, "
                                        f"{rec['run']['tokens_seen']:,} tokens; bench/distill.py, mask kept)",
                             "target": f"≤ +{limit}%", "measured": f"{inc:+.1f}% (ppl {after:.2f} vs {teacher:.2f})",
                             "met": inc <= limit})
