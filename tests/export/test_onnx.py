@@ -110,3 +110,20 @@ def test_classifier_encoder_is_fused_and_source_untouched(tiny_bert_cls, tmp_pat
     assert "QAttention" in ops["int8", True] and "Softmax" not in ops["int8", True]
     assert "Softmax" in ops["int8", False] and not {"Attention", "QAttention"} & ops["int8", False]
     assert m.model.config._attn_implementation == impl                  # traced eager, then restored
+
+
+def test_roberta_classifier_is_fused_and_verified(tiny_bert_cls, tmp_path):
+    import onnx
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_cls)                  # any tokenizer: ids are all that matter
+    cfg = RobertaConfig(vocab_size=len(tok) + 2, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=130, num_labels=2,
+                        pad_token_id=tok.pad_token_id, type_vocab_size=1)
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(cfg).eval().save_pretrained(tmp_path / "roberta")
+    tok.save_pretrained(tmp_path / "roberta")
+    m = load(tmp_path / "roberta", task="classification")
+    r = export(m, "onnx", tmp_path / "r-int8.onnx", variant="int8")
+    assert r.verification["passed"]
+    assert "QAttention" in {n.op_type for n in onnx.load(str(r.path / "model.onnx")).graph.node}
