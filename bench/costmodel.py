@@ -223,14 +223,14 @@ def main() -> None:
         "wall_seconds": time.time() - t0,
     }
     old = ROOT / "bench" / "results" / "costmodel.json"
-    held = heldout(a, host) if a.heldout else next(
-        (t for t in (json.loads(old.read_text())["tables"] if old.exists() else []) if t["title"].startswith("held-out")), None)
+    prev = json.loads(old.read_text()) if old.exists() else {}
+    held = heldout(a, host) if a.heldout else next(                 # without --heldout: keep the last measured one
+        (dict(t, raw=prev.get("raw", {}).get("heldout")) for t in prev.get("tables", []) if t["title"].startswith("held-out")),
+        None)
     if held:
         result["tables"].insert(1, {k: v for k, v in held.items() if k != "raw"})
-        if "raw" in held:
+        if held.get("raw"):
             result["raw"]["heldout"] = held["raw"]
-        elif "heldout" in json.loads(old.read_text()).get("raw", {}):
-            result["raw"]["heldout"] = json.loads(old.read_text())["raw"]["heldout"]
     write_json(ROOT / "bench" / "results" / "costmodel.json", result)
     render()
     for t in result["tables"][:2]:
