@@ -10,6 +10,10 @@ class Recorder:
     def __init__(self):
         self.seen = {}
         self.blocks = []
+        self.current = None
+
+    def start_block(self, index):
+        self.current = index
 
     def new_stats(self, name, linear):
         rec = self
@@ -21,7 +25,7 @@ class Recorder:
             def add(self, x):
                 self.rows.append(x.clone())
         acc = Acc()
-        rec.seen.setdefault(len(rec.blocks), {})[name] = acc
+        rec.seen.setdefault(rec.current, {})[name] = acc
         return acc
 
     def apply_block(self, index, block, stats, inputs):
@@ -81,3 +85,44 @@ def test_hessian_stats_equals_batch_formula():
     for chunk in x.split(9):
         n.add(chunk)
     torch.testing.assert_close(n.l2.double(), x.norm(dim=0), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_stages_follow_the_dataflow(tiny_llama):
+    from edgellm.calibrate import linear_stages
+
+    m = load(tiny_llama).model
+    _, blocks = find_blocks(m)
+    inputs = capture_block_inputs(m, torch.randint(3, 300, (1, 12)), blocks)
+    stages = linear_stages(blocks[0], find_linears(blocks[0]), inputs)
+    assert [sorted(s) for s in stages] == [["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"],
+                                           ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+class ZeroV(Recorder):
+    """Zeroes v_proj when it is applied; records what the later linears saw."""
+
+    sequential = True
+
+    def apply_block(self, index, block, stats, inputs):
+        super().apply_block(index, block, stats, inputs)
+        if "self_attn.v_proj" in stats:
+            block.self_attn.v_proj.weight.zero_()
+
+
+def test_sequential_runner_calibrates_each_stage_on_the_changed_block(tiny_llama):
+    calib = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(1))
+    for sequential in (True, False):
+        m = load(tiny_llama).model
+        rec = ZeroV()
+        rec.sequential = sequential
+        calls = []
+        h = m.model.layers[0].mlp.down_proj.register_forward_hook(lambda *a: calls.append(1))
+        with torch.no_grad():
+            run_blockwise(m, calib, rec, progress=False)
+        h.remove()
+        o_in = torch.cat(rec.seen[0]["self_attn.o_proj"].rows)
+        # v = 0 makes attention's output 0: o_proj sees zeros only if it is observed after v_proj changed
+        assert (o_in.abs().max() == 0) == sequential
+        assert rec.blocks == ([0] * 4 + [1] * 4 + [2] * 4 if sequential else [0, 1, 2])
+        # sequential: the probe, the down stage and the outputs pass reach down_proj; the earlier stages stop short
+        assert len(calls) == (1 + 2 + 2 if sequential else 2 + 2)

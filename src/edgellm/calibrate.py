@@ -11,9 +11,15 @@ How it works (the GPTQ recipe, generalised):
    rescale); then run the block again to produce the next block's inputs, so later blocks
    calibrate on the already-compressed model's activations.
 
+A method with ``sequential = True`` gets "true sequential" calibration inside each block too:
+the block's linears are split into stages by the input they read (q/k/v, then o, then gate/up,
+then down for a Llama block; found by running the block once, no names assumed), and each
+stage is observed and changed before the next one is observed, so o_proj calibrates on the
+already-pruned q/k/v's outputs. A stage's pass stops right after its last linear.
+
 Peak memory is the model plus one batch of block activations. Model families differ only
-by data: ``BLOCK_PATHS`` says where the blocks are. Deliberately left out: per-linear
-"true sequential" re-runs inside a block, and offloading the block inputs to disk.
+by data: ``BLOCK_PATHS`` says where the blocks are. Deliberately left out: offloading the
+block inputs to disk.
 """
 
 from __future__ import annotations
@@ -66,7 +72,10 @@ class BlockMethod(Protocol):
     """What a calibrated method plugs into ``run_blockwise``."""
 
     def new_stats(self, name: str, linear: nn.Linear) -> Stats | None:
-        """An accumulator for this linear's inputs, or None to leave it alone."""
+        """An accumulator for this linear's inputs, or None to leave it alone.
+
+        A method may also define ``start_block(index)``, called before the block's first ``new_stats``,
+        and ``sequential = True`` (see the module docstring)."""
 
     def apply_block(self, index: int, block: nn.Module, stats: dict[str, tuple[nn.Linear, Stats]],
                     block_inputs: "BlockInputs") -> "list[torch.Tensor] | None":
@@ -84,6 +93,14 @@ class _StopForward(Exception):
 class BlockInputs:
     hidden: list[torch.Tensor]          # per sample: [1, L, H]
     kwargs: list[dict]                  # per sample: the other keyword arguments the block gets
+
+    def feed(self, block: nn.Module) -> None:
+        """Run *block* on every sample for its hooks' sake; a hook may end a sample early (``_StopForward``)."""
+        for h, kw in zip(self.hidden, self.kwargs):
+            try:
+                block(h, **kw)
+            except _StopForward:
+                pass
 
     def run(self, block: nn.Module) -> list[torch.Tensor]:
         """Outputs of *block* for every sample (hidden states only)."""
@@ -138,23 +155,67 @@ def run_blockwise(model: nn.Module, calib: torch.Tensor, method: BlockMethod, pr
     was_training = model.training
     model.eval()
     inputs = capture_block_inputs(model, calib, blocks)
+    sequential = bool(getattr(method, "sequential", False))
     for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False)):
-        stats: dict[str, tuple[nn.Linear, Stats]] = {}
-        for name, lin in find_linears(block).items():
-            acc = method.new_stats(name, lin)
-            if acc is not None:
-                stats[name] = (lin, acc)
-        handles = [lin.register_forward_hook(_feeder(acc)) for lin, acc in stats.values()]
-        try:
-            if stats:  # nothing to observe: skip the statistics pass
-                inputs.run(block)
-        finally:
-            for h in handles:
-                h.remove()
-        outputs = method.apply_block(i, block, stats, inputs)
+        if hasattr(method, "start_block"):
+            method.start_block(i)
+        linears = find_linears(block)
+        stages = linear_stages(block, linears, inputs) if sequential else [list(linears)]
+        outputs = None
+        for stage in stages:
+            stats: dict[str, tuple[nn.Linear, Stats]] = {}
+            for name in stage:
+                acc = method.new_stats(name, linears[name])
+                if acc is not None:
+                    stats[name] = (linears[name], acc)
+            handles = [linears[n].register_forward_hook(_feeder(acc)) for n, (_, acc) in stats.items()]
+            if sequential and stats:       # nothing after this stage's last linear matters for its statistics
+                handles.append(linears[stage[-1]].register_forward_hook(_stop))
+            try:
+                if stats:  # nothing to observe: skip the statistics pass
+                    inputs.feed(block)
+            finally:
+                for h in handles:
+                    h.remove()
+            outputs = method.apply_block(i, block, stats, inputs)
         # a method that left the block unchanged may hand back the outputs it computed anyway
         inputs.hidden = outputs if outputs is not None else inputs.run(block)
     model.train(was_training)
+
+
+@torch.no_grad()
+def linear_stages(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs) -> list[list[str]]:
+    """The block's linears grouped by the input tensor they read, in the order the forward reaches them.
+
+    One forward of the first sample: linears that read the very same tensor (q/k/v; gate/up) form one
+    stage; a linear never called goes last on its own.
+    """
+    order: list[tuple[str, tuple]] = []
+    keep = []                                  # hold the inputs so no address is reused during the pass
+
+    def record(name):
+        def hook(_module, args, _output):
+            x = args[0]
+            keep.append(x)
+            order.append((name, (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape))))
+        return hook
+
+    handles = [lin.register_forward_hook(record(n)) for n, lin in linears.items()]
+    try:
+        block(inputs.hidden[0], **inputs.kwargs[0])
+    finally:
+        for h in handles:
+            h.remove()
+    stages: dict[tuple, list[str]] = {}
+    for name, key in order:
+        if name not in (n for st in stages.values() for n in st):
+            stages.setdefault(key, []).append(name)
+    seen = {n for st in stages.values() for n in st}
+    return list(stages.values()) + [[n] for n in linears if n not in seen]
+
+
+def _stop(_module, _args, _output):
+    raise _StopForward
 
 
 def _feeder(acc: Stats):

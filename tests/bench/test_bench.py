@@ -1,7 +1,9 @@
 import pytest
 
 from conftest import run_cli
-from edgellm.bench import bench, machine_info, measure_speed
+import time
+
+from edgellm.bench import bench, machine_info, measure_paired, measure_speed
 from edgellm.errors import EdgeLLMError
 from edgellm.runtimes import open_runtime
 
@@ -12,6 +14,34 @@ def test_measure_speed_fields(tiny_llama):
     assert r.runs == 5 and r.prompt_tokens == 16 and r.new_tokens == 8
     assert 0 < r.decode_tok_s.min <= r.decode_tok_s.median <= r.decode_tok_s.max
     assert r.ttft_ms.median > 0 and r.weight_bytes > 0
+
+
+class _Slowed:
+    """A runtime that sleeps *delay* seconds before every token and logs when it is called."""
+
+    def __init__(self, inner, calls, label, delay):
+        self.inner, self.calls, self.label, self.delay, self.name = inner, calls, label, delay, inner.name
+        self.vocab_size = inner.model.config.vocab_size
+
+    def generate(self, prompt, new_tokens, temperature=0.0):
+        self.calls.append(self.label)
+        for tok in self.inner.generate(prompt, new_tokens, temperature=temperature):
+            time.sleep(self.delay)
+            yield tok
+
+
+def test_measure_paired_alternates_and_finds_the_slower(tiny_llama):
+    calls = []
+    fast = _Slowed(open_runtime(tiny_llama, threads=1), calls, "fast", 0.0)
+    slow = _Slowed(open_runtime(tiny_llama, threads=1), calls, "slow", 0.005)
+    r = measure_paired({"fast": fast, "slow": slow}, rounds=4, prompt_len=8, new_tokens=6, warmup=1)
+    assert len(r["runs"]["fast"]["decode"]) == len(r["runs"]["slow"]["decode"]) == 4
+    dec = r["ratios"]["slow"]["decode"]
+    assert len(dec["per_round"]) == 4 and dec["q1"] <= dec["median"] <= dec["q3"]
+    assert dec["median"] < 0.8                      # 5 ms a token on a model that decodes in well under 1 ms
+    assert calls == ["fast", "slow"] + ["fast", "slow", "slow", "fast"] * 2   # warm-ups, then flipped rounds
+    with pytest.raises(EdgeLLMError, match="two runtimes"):
+        measure_paired({"fast": fast}, rounds=2)
 
 
 def test_speed_rejects_too_long(tiny_llama):

@@ -96,6 +96,44 @@ def measure_speed(runtime, prompt_len: int = 128, new_tokens: int = 128, runs: i
     )
 
 
+def measure_paired(runtimes: dict, rounds: int = 20, prompt_len: int = 128, new_tokens: int = 128, warmup: int = 1,
+                   seed: int = 0) -> dict:
+    """Speed of two or more runtimes loaded side by side, run by run in turn, the order flipped every round.
+
+    Each round runs every runtime once on the same prompt, so slow phases of a shared machine hit all of them
+    alike; the per-round ratio to the first runtime cancels them. Returns, per label, the per-round prefill and
+    decode tok/s, and for every label after the first the per-round ratios to the first with their median
+    and interquartile range.
+
+    >>> r = measure_paired({"a": rt_a, "b": rt_b}, rounds=20)       # doctest: +SKIP
+    >>> r["ratios"]["b"]["decode"]["median"]                          # doctest: +SKIP
+    1.004
+    """
+    if rounds < 1 or new_tokens < 2 or prompt_len < 1 or len(runtimes) < 2:
+        raise EdgeLLMError("paired speed runs need two runtimes, rounds ≥ 1, new_tokens ≥ 2, prompt_len ≥ 1",
+                           "raise the values")
+    labels = list(runtimes)
+    prompt = fixed_prompt(min(_vocab_size(rt) for rt in runtimes.values()), prompt_len, seed)
+    for label in labels:
+        for _ in range(warmup):
+            one_run(runtimes[label], prompt, new_tokens)
+    runs = {label: {"prefill": [], "decode": []} for label in labels}
+    for i in range(rounds):
+        for label in (labels if i % 2 == 0 else labels[::-1]):
+            t_first, t_decode, n = one_run(runtimes[label], prompt, new_tokens)
+            runs[label]["prefill"].append(prompt_len / t_first)
+            runs[label]["decode"].append((n - 1) / t_decode if t_decode > 0 else float("inf"))
+    ratios = {}
+    for label in labels[1:]:
+        ratios[label] = {}
+        for kind in ("prefill", "decode"):
+            r = [b / a for a, b in zip(runs[labels[0]][kind], runs[label][kind])]
+            q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+            ratios[label][kind] = {"median": statistics.median(r), "q1": q[0], "q3": q[2], "per_round": r}
+    return {"reference": labels[0], "rounds": rounds, "prompt_tokens": prompt_len, "new_tokens": new_tokens,
+            "runs": runs, "ratios": ratios}
+
+
 def _vocab_size(runtime) -> int:
     if hasattr(runtime, "vocab_size"):
         return int(runtime.vocab_size)

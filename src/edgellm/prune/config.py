@@ -73,6 +73,7 @@ class PruneConfig:
     exclude: tuple[str, ...] = ()
     blocksize: int = 128                   # SparseGPT column block (adaptive mask selection)
     damp: float = 0.01                     # SparseGPT dampening, fraction of mean diag(H)
+    sequential: bool = False               # Wanda/SparseGPT: prune a block stage by stage (q/k/v, o, gate/up, down)
 
     def __post_init__(self):
         if isinstance(self.include, str):

@@ -73,7 +73,11 @@ class CalibratedPruner:
 
     def __init__(self, cfg, block_path: str):
         self.cfg, self.path, self.block = cfg, block_path, 0
+        self.sequential = cfg.sequential      # read by run_blockwise
         self.achieved: dict[str, float] = {}
+
+    def start_block(self, index: int) -> None:
+        self.block = index
 
     def new_stats(self, name: str, linear):
         from .masks import check_nm_divides

@@ -100,5 +100,4 @@ class SparseGPTMethod(CalibratedPruner):
             lin.weight.copy_(Wp.to(lin.weight.dtype))
             self.achieved[f"{self.path}.{index}.{name}"] = 1.0 - float(keep.float().mean())
             acc.H = None  # free the Hessian now
-        self.block = index + 1
         return None

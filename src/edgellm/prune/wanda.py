@@ -45,5 +45,4 @@ class WandaMethod(CalibratedPruner):
             keep = wanda_mask(lin.weight, acc.l2, self.cfg.effective_sparsity, n, m)
             lin.weight.mul_(keep)
             self.achieved[f"{self.path}.{index}.{name}"] = 1.0 - float(keep.float().mean())
-        self.block = index + 1
         return None
