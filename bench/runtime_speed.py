@@ -109,7 +109,8 @@ def main() -> None:
         try:
             spec = artifact(runtime, bits, work, source)
             b = bench(str(spec), runtime=runtime, threads=args.threads, runs=args.runs)
-            stored[key] = {"ok": True, "bench": b, "artifact": str(spec), "seconds": time.time() - t0}
+            stored[key] = {"ok": True, "bench": b, "artifact": str(spec), "seconds": time.time() - t0,
+                           "measured_at": time.strftime("%Y-%m-%d %H:%M")}
         except EdgeLLMError as e:
             stored[key] = {"ok": False, "error": str(e), "seconds": time.time() - t0}
         rows_path.write_text(json.dumps(stored, indent=1, default=str))
@@ -150,6 +151,14 @@ def main() -> None:
                          f"{best['BW util']} of the bandwidth bound ({best['BW-bound tok/s']} tok/s for its "
                          f"{best['weights MB/token']} MB/token); "
                          + ", ".join(f"{r['runtime']} {r['decode tok/s']} ({r['BW util']})" for r in measured))
+    when: dict[str, list[str]] = {}
+    for runtime, bits in ROWS:
+        r = stored.get(f"{runtime}|{bits}")
+        if r is not None and r.get("ok"):
+            when.setdefault(r.get("measured_at", "an earlier run (no time recorded)"), []).append(f"{runtime} {bits}")
+    if len(when) > 1:       # rows re-measured with --only: say which rows come from which run
+        notes.append("rows measured at different times (re-measured with --only): "
+                     + "; ".join(f"{', '.join(v)}: {k}" for k, v in sorted(when.items())))
     missing = [f"{r['runtime']} {r['bits']}: {r['note']}" for r in rows if "note" in r]
     if missing:
         notes.append("not measured: " + "; ".join(missing))
