@@ -94,6 +94,11 @@ def test_cli_prune_unstructured_and_structured(tiny_llama, tmp_path, text_file):
                              "--calib-len", "16", "--calib", text_file, "--out", tmp_path / "b")
     assert code == 0, err
     assert "from_pretrained" in out
+    code, out, err = run_cli("prune", tiny_llama, "--method", "sparsegpt", "--sequential", "--calib-samples", "2",
+                             "--calib-len", "16", "--calib", text_file, "--out", tmp_path / "s", "--json", tmp_path / "s.json")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "s.json").read_text())
+    assert rep["config"]["sequential"] is True and rep["result"]["achieved_sparsity"] == 0.5
     code, _, err = run_cli("prune", tiny_llama, "--sparsity", "1.5", "--out", tmp_path / "c")
     assert code == 2 and "outside [0, 1)" in err and "Traceback" not in err
     code, _, err = run_cli("prune", tiny_llama, "--pattern", "4:2", "--out", tmp_path / "c")

@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="prune only matching linears")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching linears dense")
+    p.add_argument("--sequential", action="store_true",
+                   help="wanda/sparsegpt: calibrate each block stage by stage (q/k/v, then o, then gate/up, then down)")
     add_common(p, runtime=False)
     p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints: trusted sources only")
@@ -42,7 +44,7 @@ def run(args) -> int:
                       ratio=args.ratio, max_params=int(args.max_params) if args.max_params else None,
                       max_bytes=int(args.max_bytes) if args.max_bytes else None, calib=args.calib,
                       calib_samples=args.calib_samples, calib_len=args.calib_len, seed=args.seed,
-                      include=tuple(args.include), exclude=tuple(args.exclude))
+                      include=tuple(args.include), exclude=tuple(args.exclude), sequential=args.sequential)
     from ..fileio import check_writable_target
 
     check_writable_target(args.out, args.force)   # fail before the (slow) pruning, not after
