@@ -84,13 +84,13 @@ def step_unstructured(S, args, method, pattern):
                 "calib_samples": args.calib_samples})
 
 
-def step_structured(S, args, name, structure):
+def step_structured(S, args, name, structure, ratio: float = 0.25):
     key = f"s:{name}"
     if S.done(key):
         return
     m = load(MODEL)
     P = count_params(m.model)
-    cfg = PruneConfig(structure=structure, ratio=0.25, calib_samples=args.struct_calib_samples, calib_len=args.calib_len)
+    cfg = PruneConfig(structure=structure, ratio=ratio, calib_samples=args.struct_calib_samples, calib_len=args.calib_len)
     _, r = prune(m, cfg, progress=False)
     folder = save(m, WORK / "models" / name, force=True)
     d = r.to_dict()["removed"]
@@ -131,6 +131,32 @@ def step_speed(S, args, key, names, gguf: bool = False):
             print(" ", name, round(b["speed"]["decode_tok_s"]["median"], 2), flush=True)
         rounds.append(row)
     S.put(key, {"rounds": rounds, "runs": args.runs, "threads": args.threads, "machine": machine_info(bandwidth=True)})
+
+
+def step_paired(S, args, key, names, gguf: bool = False):
+    """fp32 and *names* loaded side by side in this process and run in turn (``measure_paired``), the order
+    flipped every round: each round's ratio to fp32 cancels what the shared machine was doing meanwhile.
+    Also records each model's weight bytes read per token, whose ratio bounds the decode speed-up."""
+    if S.done(key):
+        return
+    from edgellm.bench import measure_paired
+    from edgellm.runtimes import open_runtime
+
+    specs = {"fp32": MODEL, **{n: S.d[f"s:{n}"]["folder"] for n in names}}
+    if gguf:
+        from edgellm.export import export
+
+        for name, spec in list(specs.items()):
+            out = WORK / "gguf" / f"{name}-f32.gguf"
+            if not out.exists():
+                export(spec, "gguf", out, gguf_type="f32", force=True, verify=False)
+            specs[name] = str(out)
+    rts = {name: open_runtime(spec, runtime="llama.cpp" if gguf else "auto", threads=args.threads)
+           for name, spec in specs.items()}
+    r = measure_paired(rts, rounds=args.paired_rounds, prompt_len=args.tokens, new_tokens=args.tokens)
+    r["weight_bytes"] = {name: rt.weight_bytes() for name, rt in rts.items()}
+    r["runtime"] = "llama.cpp (GGUF F32)" if gguf else "torch (eager fp32)"
+    S.put(key, r)
 
 
 def step_sweep(S, args):
@@ -180,7 +206,11 @@ def run_all(S, args):
              lambda: step_structured_ppl(S, args, "depth25"),
              lambda: step_structured_ppl(S, args, "width25"),
              lambda: step_speed(S, args, "speed:sparse", ["u:sparsegpt:2:4"]),
-             lambda: step_speed(S, args, "speed:gguf", ["depth25", "width25"], gguf=True)]
+             lambda: step_speed(S, args, "speed:gguf", ["depth25", "width25"], gguf=True),
+             lambda: step_structured(S, args, "width35", "width", 0.35),
+             lambda: step_structured_ppl(S, args, "width35"),
+             lambda: step_paired(S, args, "paired:torch", ["depth25", "width25", "width35"]),
+             lambda: step_paired(S, args, "paired:gguf", ["depth25", "width25", "width35"], gguf=True)]
     for fn in steps:
         fn()
 
@@ -195,6 +225,7 @@ if __name__ == "__main__":
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--paired-rounds", type=int, default=12, help="rounds of the in-process paired speed check")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=20480)
     ap.add_argument("--sweep-tokens", type=int, default=8192, help="tokens per sweep point (plot; fewer, to fit the shared machine)")
