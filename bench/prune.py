@@ -104,12 +104,8 @@ def step_structured_ppl(S, args, name):
         S.put(f"ppl:{name}", {"ppl": ppl(load(S.d[f"s:{name}"]["folder"]), args), "tokens": args.max_tokens})
 
 
-def step_speed(S, args, key, names, gguf: bool = False):
-    """Bench fp32 and each model in turn, *rounds* times (alternating, so drift hits all alike).
-
-    *gguf*: the same models exported to GGUF F32 (the same numbers), run by llama.cpp."""
-    if S.done(key):
-        return
+def model_specs(S, names, gguf: bool) -> dict:
+    """fp32 and the saved models *names*, as folders; with *gguf*, as GGUF F32 files (exported once, cached)."""
     specs = {"fp32": MODEL, **{n: S.d[f"s:{n}"]["folder"] if f"s:{n}" in S.d else S.d[n]["folder"] for n in names}}
     if gguf:
         from edgellm.export import export
@@ -119,6 +115,16 @@ def step_speed(S, args, key, names, gguf: bool = False):
             if not out.exists():
                 export(spec, "gguf", out, gguf_type="f32", force=True, verify=False)
             specs[name] = str(out)
+    return specs
+
+
+def step_speed(S, args, key, names, gguf: bool = False):
+    """Bench fp32 and each model in turn, *rounds* times (alternating, so drift hits all alike).
+
+    *gguf*: the same models exported to GGUF F32 (the same numbers), run by llama.cpp."""
+    if S.done(key):
+        return
+    specs = model_specs(S, names, gguf)
     rounds = []
     for _ in range(args.rounds):
         row = {}
@@ -142,15 +148,7 @@ def step_paired(S, args, key, names, gguf: bool = False):
     from edgellm.bench import measure_paired
     from edgellm.runtimes import open_runtime
 
-    specs = {"fp32": MODEL, **{n: S.d[f"s:{n}"]["folder"] for n in names}}
-    if gguf:
-        from edgellm.export import export
-
-        for name, spec in list(specs.items()):
-            out = WORK / "gguf" / f"{name}-f32.gguf"
-            if not out.exists():
-                export(spec, "gguf", out, gguf_type="f32", force=True, verify=False)
-            specs[name] = str(out)
+    specs = model_specs(S, names, gguf)
     rts = {name: open_runtime(spec, runtime="llama.cpp" if gguf else "auto", threads=args.threads)
            for name, spec in specs.items()}
     r = measure_paired(rts, rounds=args.paired_rounds, prompt_len=args.tokens, new_tokens=args.tokens)
