@@ -40,9 +40,10 @@ from .gguf_blocks import QTYPES, BlockCodes, GridMismatch, from_quantized, pack,
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}          # llama_ftype
-ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}          # HF model_type -> GGUF arch
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}   # HF model_type -> GGUF arch
 PERMUTE_QK = {"llama"}
-SUPPORTED_TEXT = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (model_type llama, mistral, qwen2)"
+SUPPORTED_TEXT = ("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM "
+                  "(model_type llama, mistral, qwen2, qwen3)")
 
 
 @dataclass(frozen=True)
