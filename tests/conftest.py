@@ -56,6 +56,31 @@ def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
     return path
 
 
+def make_tiny_decoder(path: Path, family: str, seed: int = 0) -> Path:
+    """A tiny random Qwen2 (Q/K/V biases, tied), Mistral (untied head) or Qwen3 (Q/K RMSNorm, head_dim 32 ≠
+    hidden / heads, tied) causal LM with a byte-level BPE tokenizer, saved to *path*."""
+    import transformers
+
+    tok = _byte_bpe(synthetic_text().splitlines())
+    cls = {"qwen2": "Qwen2", "mistral": "Mistral", "qwen3": "Qwen3"}[family]
+    extra = {"head_dim": 32} if family == "qwen3" else {}
+    cfg = getattr(transformers, f"{cls}Config")(
+        vocab_size=len(tok), hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=family != "mistral", **extra)
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 or name.endswith("bias"):
+                p.normal_(0, 0.08)
+            elif name.endswith(("q_norm.weight", "k_norm.weight")):
+                p.uniform_(0.5, 1.5)          # not all ones, so a norm dropped or misplaced would show
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def make_tiny_bert(path: Path, classification: bool = False, seed: int = 0) -> Path:
     from tokenizers.implementations import BertWordPieceTokenizer
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast

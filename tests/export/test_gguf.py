@@ -119,28 +119,10 @@ def test_tiny_export_reproduces_logits_in_llamacpp(tiny, text_file, tmp_path, gg
 def test_other_families_export_and_reproduce(family, tmp_path):
     """Qwen2 (Q/K/V biases, no rotary permutation, tied), Mistral (GGUF arch llama, untied head) and Qwen3
     (per-head RMSNorm on Q and K, head_dim wider than hidden / heads)."""
-    import transformers
+    from conftest import make_tiny_decoder
 
-    from conftest import _byte_bpe, synthetic_text
-
-    tok = _byte_bpe(synthetic_text().splitlines())
-    cls = {"qwen2": "Qwen2", "mistral": "Mistral", "qwen3": "Qwen3"}[family]
-    extra = {"head_dim": 32} if family == "qwen3" else {}
-    cfg = getattr(transformers, f"{cls}Config")(
-        vocab_size=len(tok), hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, tie_word_embeddings=family != "mistral", **extra)
-    torch.manual_seed(0)
-    model = getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 or name.endswith("bias"):
-                p.normal_(0, 0.08)
-            elif name.endswith(("q_norm.weight", "k_norm.weight")):
-                p.uniform_(0.5, 1.5)          # not all ones, so a norm dropped or misplaced would show
-    model.save_pretrained(tmp_path / family)
-    tok.save_pretrained(tmp_path / family)
-    r = export(load(tmp_path / family), "gguf", tmp_path / f"{family}.gguf", gguf_type="f32", threads=2, ppl_tokens=512)
+    src = make_tiny_decoder(tmp_path / family, family)
+    r = export(load(src), "gguf", tmp_path / f"{family}.gguf", gguf_type="f32", threads=2, ppl_tokens=512)
     assert r.verification["passed"] and r.verification["ppl"]["kl"] < 1e-5
     assert r.details["architecture"] == {"qwen2": "qwen2", "mistral": "llama", "qwen3": "qwen3"}[family]
 

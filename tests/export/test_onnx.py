@@ -47,6 +47,18 @@ def test_quantized_variants_are_verified_against_the_same_weights(tiny_llama, tm
     assert ("MatMulNBits" if variant == "int4" else "DynamicQuantizeMatMul") in ops or "MatMulInteger" in ops
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_other_causal_families_export_and_decode(family, tmp_path):
+    from conftest import make_tiny_decoder
+
+    src = make_tiny_decoder(tmp_path / family, family)
+    r = export(src, "onnx", tmp_path / f"{family}.onnx", variant="fp32", threads=2, ppl_tokens=512)
+    assert r.verification["passed"] and r.verification["prompts"]["max_abs_rel"] < 1e-4
+    ref, rt = open_runtime(load(src)), open_runtime(r.path, threads=2)
+    ids = torch.arange(5, 40)
+    assert list(rt.generate(ids, 8)) == list(ref.generate(ids, 8))       # through past/present
+
+
 def test_fake_quantized_reference_int4_is_on_a_16_level_grid(tiny_llama):
     ref = fake_quantized(load(tiny_llama), OnnxExportConfig(variant="int4", block_size=32))
     W = ref.model.model.layers[0].mlp.up_proj.weight                     # [192, 96]: 3 blocks per row

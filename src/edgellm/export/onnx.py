@@ -41,7 +41,7 @@ from ..fileio import atomic_dir, write_json, write_manifest
 VARIANTS = ("fp32", "int8", "int4")
 # model_type values exported and tested; other families may work but are refused rather than guessed
 SUPPORTED = {
-    "causal-lm": ("llama", "qwen2"),
+    "causal-lm": ("llama", "qwen2", "qwen3"),
     "classification": ("bert", "roberta"),
 }
 SIDECAR = "edgellm.json"
