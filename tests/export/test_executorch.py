@@ -42,6 +42,18 @@ def test_fp32_program_matches_torch_with_static_cache(llama1, pte_fp32):
     assert info["format"] == "edgellm-executorch/1" and 0 < rt.weight_bytes() < rt.file_bytes()
 
 
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_other_families_lower_and_decode(family, tmp_path):
+    """Qwen2 (Q/K/V biases) and Qwen3 (Q/K RMSNorm per head, head_dim ≠ hidden / heads) through the static cache."""
+    from conftest import make_tiny_decoder
+
+    src = make_tiny_decoder(tmp_path / family, family)
+    r = export(src, "executorch", tmp_path / f"{family}.pte", variant="fp32", max_len=64, threads=2, ppl_tokens=256)
+    assert r.verification["passed"] and r.verification["prompts"]["max_abs_rel"] < 1e-4
+    ids = torch.arange(5, 30)
+    assert list(open_runtime(r.path).generate(ids, 8)) == list(open_runtime(load(src)).generate(ids, 8))
+
+
 def test_int4_program_is_verified_against_the_same_weights(llama1, tmp_path, pte_fp32):
     r = export(llama1, "executorch", tmp_path / "lm4.pte", variant="int4", max_len=96, threads=2, ppl_tokens=1024)
     v = r.verification

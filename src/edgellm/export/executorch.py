@@ -34,7 +34,7 @@ from ..fileio import atomic_dir, write_json, write_manifest
 from .onnx import cache_shape, check_supported, plain_model
 
 VARIANTS = ("fp32", "int8", "int4")
-SUPPORTED = {"causal-lm": ("llama", "qwen2", "mistral")}
+SUPPORTED = {"causal-lm": ("llama", "qwen2", "qwen3", "mistral")}
 PROGRAM = "model.pte"
 SIDECAR = "edgellm.json"
 
@@ -96,6 +96,8 @@ class StaticCacheLM(torch.nn.Module):
             x = layer.input_layernorm(h)
             q = attn.q_proj(x).view(1, T, self.kv * self.rep, self.hd)          # [1, T, H, hd]
             k = attn.k_proj(x).view(1, T, self.kv, self.hd)
+            if getattr(attn, "q_norm", None) is not None:                       # Qwen3: RMSNorm per head, before rotary
+                q, k = attn.q_norm(q), attn.k_norm(k)
             v = attn.v_proj(x).view(1, T, self.kv, self.hd).transpose(1, 2)     # [1, kv, T, hd]
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
