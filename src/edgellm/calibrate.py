@@ -190,14 +190,16 @@ def linear_stages(block: nn.Module, linears: dict[str, nn.Linear], inputs: Block
     One forward of the first sample: linears that read the very same tensor (q/k/v; gate/up) form one
     stage; a linear never called goes last on its own.
     """
-    order: list[tuple[str, tuple]] = []
+    stages: dict[tuple, list[str]] = {}        # input tensor -> the linears that read it, in call order
+    seen: set[str] = set()
     keep = []                                  # hold the inputs so no address is reused during the pass
 
     def record(name):
         def hook(_module, args, _output):
-            x = args[0]
-            keep.append(x)
-            order.append((name, (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape))))
+            if name not in seen:
+                seen.add(name)
+                keep.append(args[0])
+                stages.setdefault(tensor_key(args[0]), []).append(name)
         return hook
 
     handles = [lin.register_forward_hook(record(n)) for n, lin in linears.items()]
@@ -206,12 +208,12 @@ def linear_stages(block: nn.Module, linears: dict[str, nn.Linear], inputs: Block
     finally:
         for h in handles:
             h.remove()
-    stages: dict[tuple, list[str]] = {}
-    for name, key in order:
-        if name not in (n for st in stages.values() for n in st):
-            stages.setdefault(key, []).append(name)
-    seen = {n for st in stages.values() for n in st}
     return list(stages.values()) + [[n] for n in linears if n not in seen]
+
+
+def tensor_key(x: torch.Tensor) -> tuple:
+    """Identity of a tensor's data (storage, offset, shape, strides): equal keys mean the very same values."""
+    return x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride())
 
 
 def _stop(_module, _args, _output):
@@ -331,7 +333,7 @@ class SharedInputs:
         def add(self, x: torch.Tensor) -> None:
             if self.alias is not None:
                 return
-            key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()))
+            key = tensor_key(x)
             if self._stats is None:
                 other = self.owner.latest.get(key)
                 if other is not None and other is not self:
