@@ -1,6 +1,6 @@
 """Classifier path: MiniLM-L6 fine-tuned on SST-2, exported to ONNX int8, against PyTorch fp32.
 
-1. Fine-tune ``minilm-l6`` with a fresh 2-label head on SST-2 train (``edgellm.distill.finetune``,
+1. Fine-tune ``minilm-l6`` with a fresh 2-label head on SST-2 train (``edgellm.distillation.finetune``,
    labels only; ``--steps`` × ``--batch`` sentences), unless the folder already exists.
 2. Export it to ONNX fp32 and int8 (encoder fused for onnxruntime, dynamic int8, verified on fixed
    sentences), and int8 without the fusion for comparison.
@@ -110,11 +110,11 @@ GEMM_TITLE = "the int8 ceiling: one FFN GEMM in onnxruntime, fp32 vs its int8 ke
 def main() -> None:
     import torch
 
-    from edgellm.bench import machine_info
+    from edgellm.measure import machine_info
     from edgellm.data import SST2, data_file, read_tsv
-    from edgellm.distill import DistillConfig, finetune
-    from edgellm.evaluate import accuracy
-    from edgellm.export import export
+    from edgellm.distillation import DistillConfig, finetune
+    from edgellm.evaluation import accuracy
+    from edgellm.exporters import export
     from edgellm.fileio import write_json
     from edgellm.models import cache_dir, load
     from edgellm.runtimes import open_runtime
@@ -183,7 +183,7 @@ def main() -> None:
         "title": "Classifier: MiniLM-L6 SST-2, ONNX Runtime int8 vs PyTorch fp32",
         "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/classifier_onnx.py --threads 2",
         "description": (f"all-MiniLM-L6-v2 with a fresh 2-label head fine-tuned on SST-2 train ({args.steps} steps × "
-                        f"{args.batch} sentences, lr {args.lr}, max 64 tokens; edgellm.distill.finetune), exported "
+                        f"{args.batch} sentences, lr {args.lr}, max 64 tokens; edgellm.distillation.finetune), exported "
                         "with `edgellm export --format onnx --variant int8` (encoder fused into onnxruntime's Attention, "
                         "SkipLayerNormalization and BiasGelu ops, then dynamic int8: QAttention and MatMulInteger; "
                         "verified); `unfused` is the plain traced graph with dynamic int8 MatMuls. Accuracy "

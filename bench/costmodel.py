@@ -40,7 +40,7 @@ HELDOUT_ROWS = (("torch", "fp32"), ("llama.cpp", "f32"), ("llama.cpp", "q8_0"), 
 
 def heldout_artifact(name: str, folder, runtime: str, kind: str, work: Path) -> str:
     """What ``bench`` opens for one held-out row: the model folder (torch) or its GGUF/ONNX export."""
-    from edgellm.export import export
+    from edgellm.exporters import export
 
     if runtime == "torch":
         return str(folder)
@@ -63,7 +63,7 @@ def heldout(a, host) -> dict | None:
     calibrated on SmolLM2's rows only and predicts the pruned models' rows (different layer counts, widths
     and bytes) before comparing them with their measurement.
     """
-    from edgellm.bench import bench
+    from edgellm.measure import bench
     from edgellm.devices.costmodel import Calibration, predict, prediction_error
     from edgellm.devices.stats import stats_from_model
     from edgellm.models import cache_dir, load

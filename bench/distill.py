@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render import ROOT, render  # noqa: E402
 
 from edgellm.api import evaluate  # noqa: E402
-from edgellm.bench import machine_info  # noqa: E402
+from edgellm.measure import machine_info  # noqa: E402
 from edgellm.data import SST2, WIKI_VALID, data_file, read_tsv  # noqa: E402
-from edgellm.distill import DistillConfig, distill, finetune, student_from_teacher  # noqa: E402
+from edgellm.distillation import DistillConfig, distill, finetune, student_from_teacher  # noqa: E402
 from edgellm.fileio import write_json  # noqa: E402
 from edgellm.models import Loaded, load  # noqa: E402
 
@@ -112,7 +112,7 @@ def seconds_per_step(teacher: Loaded, student: Loaded, cfg: DistillConfig, n: in
 
 def throughput(teacher: Loaded, student: Loaded, rows, rounds: int = 3) -> dict:
     """examples/s of teacher and student on the same rows, measured alternately."""
-    from edgellm.evaluate import accuracy
+    from edgellm.evaluation import accuracy
     from edgellm.runtimes.torch import TorchRuntime
 
     rts = {"teacher": TorchRuntime(teacher, device="cpu"), "student": TorchRuntime(student, device="cpu")}
@@ -128,7 +128,7 @@ def throughput(teacher: Loaded, student: Loaded, rows, rounds: int = 3) -> dict:
 
 
 def phase_cls(a) -> dict:
-    from edgellm.evaluate import accuracy
+    from edgellm.evaluation import accuracy
     from edgellm.runtimes.torch import TorchRuntime
 
     t0 = time.time()
@@ -159,7 +159,7 @@ def phase_cls(a) -> dict:
 def compressed_copy(teacher: Loaded, kind: str, group: int, source: str | None = None) -> tuple[Loaded, dict]:
     """The model to recover: W4 RTN (symmetric, *group*), SparseGPT 2:4 or 50% (reused from bench/prune.py's
     cache, or the sparse folder *source*)."""
-    from edgellm.distill.fakequant import block_linears, fake_quantize
+    from edgellm.distillation.fakequant import block_linears, fake_quantize
 
     if kind == "w4":
         w4 = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
@@ -173,7 +173,7 @@ def compressed_copy(teacher: Loaded, kind: str, group: int, source: str | None =
     cached = Path.home() / f".cache/edgellm/bench-prune/models/sparsegpt-{'2of4' if pattern else '50'}"
     if (cached / "config.json").exists():
         return load(cached), {"keep_sparsity": True}
-    from edgellm.prune import PruneConfig, prune
+    from edgellm.pruning import PruneConfig, prune
     pruned = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
     prune(pruned, PruneConfig(method="sparsegpt", sparsity=0.5, pattern=pattern, calib_samples=32))
     return pruned, {"keep_sparsity": True}

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render import ROOT, render  # noqa: E402
 
 from edgellm.api import evaluate  # noqa: E402
-from edgellm.bench import bench  # noqa: E402
+from edgellm.measure import bench  # noqa: E402
 from edgellm.fileio import write_json  # noqa: E402
 
 

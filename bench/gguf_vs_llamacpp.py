@@ -6,7 +6,7 @@ From the same fp32 SmolLM2 (``edgellm.load("smollm2-135m")``):
   (b) edgellm GPTQ (and AWQ when the quantize package has it), symmetric 4-bit g32 -> Q4_0 and
       8-bit g32 -> Q8_0, codes and scales written straight into the blocks.
 Every file: perplexity through llama.cpp on the standard protocol (wiki.test.raw, ctx 512,
-20,480 tokens), size on disk, tensor types, decode and prefill tok/s (``edgellm.bench``, 2
+20,480 tokens), size on disk, tensor types, decode and prefill tok/s (``edgellm.measure``, 2
 threads, median of 5; the two Q4_0 files are benchmarked alternately once more and the ratio is
 quoted). Writes bench/results/gguf_vs_llamacpp.json and re-renders docs/benchmarks.md.
 
@@ -29,11 +29,11 @@ from render import ROOT, render  # noqa: E402
 import torch  # noqa: E402
 
 from edgellm.api import evaluate  # noqa: E402
-from edgellm.bench import bench, machine_info  # noqa: E402
+from edgellm.measure import bench, machine_info  # noqa: E402
 from edgellm.data import WIKI_VALID, calibration_windows, data_file  # noqa: E402
 from edgellm.errors import EdgeLLMError  # noqa: E402
-from edgellm.export import export  # noqa: E402
-from edgellm.export.llamacpp_quant import importance_matrix, llama_quantize, tensor_types  # noqa: E402
+from edgellm.exporters import export  # noqa: E402
+from edgellm.exporters.llamacpp_quant import importance_matrix, llama_quantize, tensor_types  # noqa: E402
 from edgellm.fileio import write_json  # noqa: E402
 from edgellm.models import cache_dir, load  # noqa: E402
 
@@ -100,7 +100,7 @@ def main() -> None:
         timings[f"llama_model_quantize {label}"] = time.time() - t
         files[label] = {"path": path, "quantizer": "llama.cpp " + ("(imatrix)" if im else "(RTN)"), "type": qtype.upper()}
 
-    from edgellm.quantize import QuantConfig, quantize
+    from edgellm.quantization import QuantConfig, quantize
 
     for variant in [v for v in args.variants.split(",") if v]:
         method, bits = variant.split(":")[0], int(variant.split(":")[1])
@@ -178,7 +178,7 @@ def run_paired(files: dict, args, timings: dict) -> dict | None:
     pair = q4_pair(files)
     if not args.paired or not all(pair):
         return None
-    from edgellm.bench import measure_paired
+    from edgellm.measure import measure_paired
     from edgellm.runtimes import open_runtime
 
     t = time.time()
@@ -271,7 +271,7 @@ def finish(args, files: dict, speed: dict, timings: dict, t_start: float, paired
         "Perplexity: wikitext-2 test, non-overlapping windows of 512, first 20,480 tokens, through llama.cpp "
         "(edgellm.api.evaluate on the .gguf); tokenization by the GGUF's embedded tokenizer, checked equal to the "
         "source tokenizer at export.",
-        "Speed: edgellm.bench in a fresh subprocess, 2 threads, greedy 128 new tokens after a 128-token prompt, "
+        "Speed: edgellm.measure in a fresh subprocess, 2 threads, greedy 128 new tokens after a 128-token prompt, "
         "median of 5 runs after 1 warm-up; Q4_0 rows are the median over their alternating repeats, the pair's order flipped every round (A B, B A, ...).",
         "Source: SmolLM2-135M-Instruct as shipped (a Q4_1 GGUF, dequantized to fp32): its linear weights already lie "
         "on a 4-bit asymmetric g32 grid, which favours Q4_1 and makes Q8_0 nearly lossless.",

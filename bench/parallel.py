@@ -25,7 +25,7 @@ from render import ROOT, render  # noqa: E402
 
 from transformers import AutoConfig  # noqa: E402
 
-from edgellm.bench import machine_info  # noqa: E402
+from edgellm.measure import machine_info  # noqa: E402
 from edgellm.fileio import write_json  # noqa: E402
 from edgellm.parallel.launch import bench_pipeline  # noqa: E402
 from edgellm.parallel.placement import plain_folder  # noqa: E402

@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render import ROOT, render  # noqa: E402
 
 from edgellm.api import evaluate  # noqa: E402
-from edgellm.bench import bench, machine_info  # noqa: E402
+from edgellm.measure import bench, machine_info  # noqa: E402
 from edgellm.calibrate import find_blocks  # noqa: E402
 from edgellm.data import WIKI_VALID, calibration_windows  # noqa: E402
 from edgellm.fileio import dir_bytes, write_json  # noqa: E402
 from edgellm.models import cache_dir, count_params, load, save  # noqa: E402
-from edgellm.prune import PruneConfig, prune  # noqa: E402
-from edgellm.prune import structured as st  # noqa: E402
-from edgellm.prune.storage import NO_KERNEL_NOTE, save_sparse  # noqa: E402
+from edgellm.pruning import PruneConfig, prune  # noqa: E402
+from edgellm.pruning import structured as st  # noqa: E402
+from edgellm.pruning.storage import NO_KERNEL_NOTE, save_sparse  # noqa: E402
 
 MODEL = "smollm2-135m"
 WORK = cache_dir() / "bench-prune"
@@ -108,7 +108,7 @@ def model_specs(S, names, gguf: bool) -> dict:
     """fp32 and the saved models *names*, as folders; with *gguf*, as GGUF F32 files (exported once, cached)."""
     specs = {"fp32": MODEL, **{n: S.d[f"s:{n}"]["folder"] if f"s:{n}" in S.d else S.d[n]["folder"] for n in names}}
     if gguf:
-        from edgellm.export import export
+        from edgellm.exporters import export
 
         for name, spec in list(specs.items()):
             out = WORK / "gguf" / f"{name}-f32.gguf"
@@ -145,7 +145,7 @@ def step_paired(S, args, key, names, gguf: bool = False):
     Also records each model's weight bytes read per token, whose ratio bounds the decode speed-up."""
     if S.done(key):
         return
-    from edgellm.bench import measure_paired
+    from edgellm.measure import measure_paired
     from edgellm.runtimes import open_runtime
 
     specs = model_specs(S, names, gguf)

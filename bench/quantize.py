@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from render import ROOT, render  # noqa: E402
 
 import edgellm  # noqa: E402
-from edgellm.bench.latency import fixed_prompt, one_run  # noqa: E402
-from edgellm.bench.machine import machine_info  # noqa: E402
+from edgellm.measure.latency import fixed_prompt, one_run  # noqa: E402
+from edgellm.measure.machine import machine_info  # noqa: E402
 from edgellm.data import WIKI_TEST, data_file, tokenize_file  # noqa: E402
-from edgellm.evaluate.perplexity import windows  # noqa: E402
+from edgellm.evaluation.perplexity import windows  # noqa: E402
 from edgellm.fileio import write_json  # noqa: E402
-from edgellm.quantize import QuantConfig, quantize  # noqa: E402
+from edgellm.quantization import QuantConfig, quantize  # noqa: E402
 from edgellm.runtimes.torch import TorchRuntime  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "quantize.json"
@@ -283,7 +283,7 @@ def speed_table(args, rts, rounds, timing):
                      "÷ fp32 (median of per-round ratios)": round(statistics.median(ratio), 3),
                      "weight MiB read/token": round(rts[n].weight_bytes() / 2 ** 20, 1),
                      "kernel": "fp32 matmul" if n == "fp32" else
-                     next(iter({q.kernel_plan()[1] for q in edgellm.quantize.quantized_linears(rts[n].model).values()}))})
+                     next(iter({q.kernel_plan()[1] for q in edgellm.quantization.quantized_linears(rts[n].model).values()}))})
     print(rows, flush=True)
     return {"title": f"Decode speed, PyTorch eager on CPU, {args.threads} threads (alternating rounds)",
             "columns": list(rows[0]), "rows": rows,

@@ -1,12 +1,12 @@
 """Speed of every runtime on this CPU for SmolLM2-135M at fp32, 8-bit and 4-bit (DESIGN.md §4 protocol).
 
 Rows (each built from the same fp32 SmolLM2, artifacts cached in ``--work`` and reused):
-  torch      fp32 eager; 8-bit / 4-bit = ``edgellm.quantize`` RTN (8-bit per channel, 4-bit g32),
+  torch      fp32 eager; 8-bit / 4-bit = ``edgellm.quantization`` RTN (8-bit per channel, 4-bit g32),
              packed folders on edgellm's integer kernels;
-  llama.cpp  GGUF F32 / Q8_0 / Q4_0 from ``edgellm.export`` (gguf);
-  onnxruntime  fp32 / dynamic int8 / MatMulNBits int4 (g32, int8 compute) from ``edgellm.export`` (onnx);
-  executorch   fp32 / 8da8w / 8da4w (g32) .pte on XNNPACK from ``edgellm.export`` (executorch).
-Each row is ``edgellm.bench.bench`` in a fresh subprocess: greedy decode of 128 new tokens after a
+  llama.cpp  GGUF F32 / Q8_0 / Q4_0 from ``edgellm.exporters`` (gguf);
+  onnxruntime  fp32 / dynamic int8 / MatMulNBits int4 (g32, int8 compute) from ``edgellm.exporters`` (onnx);
+  executorch   fp32 / 8da8w / 8da4w (g32) .pte on XNNPACK from ``edgellm.exporters`` (executorch).
+Each row is ``edgellm.measure.bench`` in a fresh subprocess: greedy decode of 128 new tokens after a
 128-token prompt, median of 5 runs after a warm-up, ``--threads`` threads, peak RSS; bandwidth
 utilisation = decode tok/s × weight bytes read per token ÷ measured memory bandwidth. Exports
 here skip verification (speed only; every export path is verified in its own tests and by
@@ -43,7 +43,7 @@ WHAT = {
 
 def artifact(runtime: str, bits: str, work: Path, source) -> Path | str:
     """Build (or reuse) the artifact for one row; returns what ``bench`` opens."""
-    from edgellm.export import export
+    from edgellm.exporters import export
 
     if runtime == "torch":
         if bits == "fp32":
@@ -52,7 +52,7 @@ def artifact(runtime: str, bits: str, work: Path, source) -> Path | str:
         if not out.exists():
             import copy
 
-            from edgellm.quantize import QuantConfig, quantize, save_quantized
+            from edgellm.quantization import QuantConfig, quantize, save_quantized
 
             cfg = QuantConfig(method="rtn", bits=8) if bits == "8-bit" else QuantConfig(method="rtn", bits=4, group_size=32)
             m, _ = quantize(copy.deepcopy(source()), cfg, progress=False)
@@ -77,7 +77,7 @@ def artifact(runtime: str, bits: str, work: Path, source) -> Path | str:
 
 
 def main() -> None:
-    from edgellm.bench import bench, machine_info
+    from edgellm.measure import bench, machine_info
     from edgellm.errors import EdgeLLMError
     from edgellm.fileio import write_json
     from edgellm.models import cache_dir, load

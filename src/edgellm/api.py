@@ -18,7 +18,7 @@ def evaluate(model, ppl: str | None = None, ctx: int = 512, max_tokens: int | No
     >>> evaluate("smollm2-135m", ppl="wikitext-2/wiki.test.raw")["perplexity"]["perplexity"]  # doctest: +SKIP
     28.7
     """
-    from .evaluate import accuracy, evaluate_lm
+    from .evaluation import accuracy, evaluate_lm
 
     rt = _as_runtime(model, runtime, threads, device, load_kwargs)
     out: dict = {"model": _describe(model), "runtime": rt.name, "threads": getattr(rt, "threads", None)}

@@ -53,8 +53,8 @@ BUILTINS: dict[str, BuiltinModel] = {
 # edgellm's own folder formats, keyed by config.json["edgellm"]["format"]: "module:function".
 # Each loader takes (folder, config_dict, task, dtype) and returns (model, extra_meta).
 FOLDER_FORMATS: dict[str, str] = {
-    "quantized": "edgellm.quantize.storage:load_quantized_model",
-    "sparse": "edgellm.prune.storage:load_sparse_model",
+    "quantized": "edgellm.quantization.storage:load_quantized_model",
+    "sparse": "edgellm.pruning.storage:load_sparse_model",
 }
 
 

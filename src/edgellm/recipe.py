@@ -23,9 +23,9 @@ from .errors import EdgeLLMError
 
 # section -> "module:ConfigClass"; explicit, in pipeline order
 SECTIONS = {
-    "prune": "edgellm.prune.config:PruneConfig",
-    "distill": "edgellm.distill.config:DistillConfig",
-    "quantize": "edgellm.quantize.config:QuantConfig",
+    "prune": "edgellm.pruning.config:PruneConfig",
+    "distill": "edgellm.distillation.config:DistillConfig",
+    "quantize": "edgellm.quantization.config:QuantConfig",
 }
 
 
@@ -104,15 +104,15 @@ def apply_recipe(loaded, recipe: Recipe, progress: bool = True, distill_data=Non
     """Run the recipe's steps on ``loaded.model`` in place; returns each step's result record."""
     results: dict[str, Any] = {}
     if "prune" in recipe.steps:
-        from .prune import prune
+        from .pruning import prune
 
         _, results["prune"] = prune(loaded, recipe.steps["prune"], progress=progress)
     if "distill" in recipe.steps and distill_data is not None:
-        from .distill import distill
+        from .distillation import distill
 
         results["distill"] = distill(loaded, loaded, distill_data, recipe.steps["distill"])
     if "quantize" in recipe.steps:
-        from .quantize import quantize
+        from .quantization import quantize
 
         _, results["quantize"] = quantize(loaded, recipe.steps["quantize"], progress=progress)
     return results

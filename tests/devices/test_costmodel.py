@@ -121,7 +121,7 @@ def test_roofline_prefill_never_beats_reading_the_weights():
 def test_estimated_stats_match_exact_ones(tiny_llama):
     from edgellm.devices.stats import estimate_stats, stats_from_model
     from edgellm.models import load, model_bytes
-    from edgellm.prune import PruneConfig
+    from edgellm.pruning import PruneConfig
     from edgellm.recipe import Recipe
     from edgellm.runtimes.torch import TorchRuntime
 
@@ -141,7 +141,7 @@ def test_estimated_stats_match_exact_ones(tiny_llama):
 def test_quantized_estimate_follows_the_bits(tiny_llama):
     from edgellm.devices.stats import estimate_stats
     from edgellm.models import load
-    from edgellm.quantize import QuantConfig
+    from edgellm.quantization import QuantConfig
     from edgellm.recipe import Recipe
 
     m = load(str(tiny_llama))

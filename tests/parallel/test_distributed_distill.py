@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgellm.distill import DistillConfig, distill, student_from_teacher
+from edgellm.distillation import DistillConfig, distill, student_from_teacher
 from edgellm.models import load
 from edgellm.parallel.launch import free_port
 
@@ -34,7 +34,7 @@ def test_two_process_distill_matches_single_process(tiny_llama, text_file, tmp_p
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in ARGS.items()]
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-           "--main_process_port", str(free_port()), "-m", "edgellm.distill",
+           "--main_process_port", str(free_port()), "-m", "edgellm.distillation",
            "--teacher", str(tiny_llama), "--student-from", str(tiny_llama), "--keep-layers", "2",
            "--data", str(text_file), "--batch-size", "2", "--out", str(tmp_path / "two"), "--quiet", "--threads", "1",
            *flags]

@@ -11,7 +11,7 @@ pytest.importorskip("llama_cpp")
 
 from conftest import run_cli  # noqa: E402
 from edgellm.errors import EdgeLLMError  # noqa: E402
-from edgellm.export.gguf import export_gguf  # noqa: E402
+from edgellm.exporters.gguf import export_gguf  # noqa: E402
 from edgellm.models import load  # noqa: E402
 from edgellm.runtimes import open_runtime, pick_runtime  # noqa: E402
 from edgellm.runtimes.llamacpp import LlamaCppRuntime  # noqa: E402

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from edgellm.bench import measure_speed
+from edgellm.measure import measure_speed
 from edgellm.errors import EdgeLLMError
-from edgellm.export.onnx import export_onnx
+from edgellm.exporters.onnx import export_onnx
 from edgellm.runtimes import open_runtime
 from edgellm.runtimes.onnxrt import OnnxRuntime
 

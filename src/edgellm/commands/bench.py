@@ -22,7 +22,7 @@ def run(args) -> int:
         from ..parallel.launch import run_bench_cli
 
         return run_bench_cli(args)
-    from ..bench import bench
+    from ..measure import bench
     from ..report.table import format_table, human_bytes
 
     r = bench(args.model, runtime=args.runtime, threads=args.threads, prompt_len=args.prompt_len,

@@ -4,7 +4,7 @@
         --data wikitext-2/wiki.valid.tokens --out out/s15 --steps 300
     edgellm distill --teacher T --student S --data FILE --out DIR --resume DIR.run
 
-Runs under ``accelerate launch -m edgellm.distill ...`` too (each process trains a replica).
+Runs under ``accelerate launch -m edgellm.distillation ...`` too (each process trains a replica).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ SKIP = {"hidden_loss"}
 
 def add_config_flags(p, defaults=None) -> None:
     """One flag per DistillConfig field (``--grad-accum``, ``--eval-every``, ...), defaults from the dataclass."""
-    from ..distill import DistillConfig
+    from ..distillation import DistillConfig
 
     for f in dataclasses.fields(DistillConfig):
         if f.name in SKIP:
@@ -32,7 +32,7 @@ def add_config_flags(p, defaults=None) -> None:
 
 
 def config_from_args(args, **override):
-    from ..distill import DistillConfig
+    from ..distillation import DistillConfig
 
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
     kw.update(override)
@@ -63,7 +63,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from ..distill import distill, student_from_teacher
+    from ..distillation import distill, student_from_teacher
     from ..errors import EdgeLLMError
     from ..models import load
     from ..report.table import format_table

@@ -6,7 +6,7 @@ from . import emit_json, load_kwargs
 
 
 def add_arguments(p) -> None:
-    from ..export import EXPORTERS
+    from ..exporters import EXPORTERS
 
     p.add_argument("model", help="built-in name or model folder (edgellm's quantized/pruned/distilled folders too)")
     p.add_argument("--format", required=True, choices=sorted(EXPORTERS), help="artifact format")
@@ -42,7 +42,7 @@ def format_options(args) -> dict:
 
 
 def run(args) -> int:
-    from ..export import export
+    from ..exporters import export
     from ..models import load
     from ..report.table import format_table, human_bytes
 

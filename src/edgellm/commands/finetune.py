@@ -31,7 +31,7 @@ def run(args) -> int:
     import torch
 
     from ..data import resolve_data_path
-    from ..distill import finetune
+    from ..distillation import finetune
     from ..models import load
     from ..report.table import format_table
 

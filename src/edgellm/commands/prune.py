@@ -36,8 +36,8 @@ def run(args) -> int:
     import torch
 
     from ..models import load, save
-    from ..prune import PruneConfig, prune
-    from ..prune.storage import NO_KERNEL_NOTE, save_sparse
+    from ..pruning import PruneConfig, prune
+    from ..pruning.storage import NO_KERNEL_NOTE, save_sparse
     from ..report.table import format_table, human_bytes
 
     cfg = PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, structure=args.structure,

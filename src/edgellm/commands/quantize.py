@@ -55,8 +55,8 @@ def run(args) -> int:
 
     from ..fileio import check_writable_target, dir_bytes
     from ..models import load
-    from ..quantize import QuantConfig, quantize
-    from ..quantize.storage import save_quantized
+    from ..quantization import QuantConfig, quantize
+    from ..quantization.storage import save_quantized
     from ..report.table import format_table, human_bytes
 
     cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, symmetric=args.symmetric,

@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..serve.server import serve
+    from ..serving.server import serve
 
     serve(args.artifact, runtime=args.runtime, host=args.host, port=args.port, api_key=args.api_key,
           max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,

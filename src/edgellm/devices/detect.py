@@ -1,7 +1,7 @@
 """Detect the host as a ``DeviceProfile``: cores, RAM, ISA flags, GPUs, and *measured* bandwidth and matmul.
 
 Nothing about the host is assumed: bandwidth is a STREAM-like copy and compute is a timed fp32 matmul
-(``edgellm.bench.machine``), on the thread count given (default: torch's). The runtimes listed are
+(``edgellm.measure.machine``), on the thread count given (default: torch's). The runtimes listed are
 the ones whose edgellm adapter and engine are both importable here. Deliberately absent: GPU
 bandwidth/compute measurement (the host profile describes the CPU path the benchmarks use).
 """
@@ -52,7 +52,7 @@ def detect_host(threads: int | None = None, storage_path: str | None = None) -> 
     import psutil
     import torch
 
-    from ..bench.machine import machine_info, measure_matmul
+    from ..measure.machine import machine_info, measure_matmul
 
     if threads in _CACHE:
         return _CACHE[threads]

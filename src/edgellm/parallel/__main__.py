@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from ..bench.peak import peak_rss_bytes
+from ..measure.peak import peak_rss_bytes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def _prompt_ids(args, tokenizer_path) -> torch.Tensor:
     from ..errors import EdgeLLMError
 
     if getattr(args, "prompt_seeds", None):
-        from ..bench.latency import fixed_prompt
+        from ..measure.latency import fixed_prompt
         from transformers import AutoConfig
 
         vocab = AutoConfig.from_pretrained(tokenizer_path).vocab_size
@@ -165,7 +165,7 @@ def _rank0(args, engine, stage, folder, world) -> dict:
 
 
 def _bench(args, engine, stage, world) -> dict:
-    from ..bench.latency import Stat, fixed_prompt, measure_speed
+    from ..measure.latency import Stat, fixed_prompt, measure_speed
     from ..errors import EdgeLLMError
     from .pipeline import PipelineRuntime
 

@@ -1,7 +1,7 @@
 """ExecuTorch runtime: edgellm's ``.pte`` exports (XNNPACK delegate) through ``executorch.runtime``.
 
 Opens the artifact folder ``X.pte/`` (or its ``model.pte``) written by
-``edgellm.export.executorch``: checks the manifest, reads ``edgellm.json``, loads the tokenizer
+``edgellm.exporters.executorch``: checks the manifest, reads ``edgellm.json``, loads the tokenizer
 shipped with it and the program's ``forward`` method. The program keeps a static KV cache of
 ``max_positions`` slots in its mutable buffers: ``logits`` and ``generate`` start at position 0
 (overwriting any earlier sequence), prefill runs the prompt in one call, decode one token per
@@ -31,8 +31,8 @@ class ExecuTorchRuntime:
     name = "executorch"
 
     def __init__(self, folder: Path, threads: int | None = None):
-        from ..export.executorch import PROGRAM, require_executorch
-        from ..export.onnx import read_sidecar
+        from ..exporters.executorch import PROGRAM, require_executorch
+        from ..exporters.onnx import read_sidecar
         from ..fileio import dir_bytes, verify_manifest
 
         require_executorch()
@@ -65,7 +65,7 @@ class ExecuTorchRuntime:
     @classmethod
     def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
              **_ignored) -> "ExecuTorchRuntime":
-        from ..export.executorch import PROGRAM
+        from ..exporters.executorch import PROGRAM
         from .onnxrt import resolve_artifact
 
         if device not in (None, "cpu"):

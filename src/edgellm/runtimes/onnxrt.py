@@ -1,7 +1,7 @@
 """ONNX Runtime: edgellm's ONNX exports (``edgellm export --format onnx``) on the CPU execution provider.
 
 Opens the artifact folder ``X.onnx/`` (or its ``model.onnx`` file) written by
-``edgellm.export.onnx``: checks the manifest, reads ``edgellm.json`` for the IO names and cache
+``edgellm.exporters.onnx``: checks the manifest, reads ``edgellm.json`` for the IO names and cache
 shapes, loads the tokenizer shipped next to the graph. Causal LMs decode token by token,
 feeding each step's ``present.*`` tensors back as ``past.*``; classifiers get ``classify``.
 Threads are pinned with ``intra_op_num_threads`` (one inter-op thread, sequential execution).
@@ -44,7 +44,7 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, folder: Path, threads: int | None = None):
-        from ..export.onnx import GRAPH, read_sidecar, require_onnx
+        from ..exporters.onnx import GRAPH, read_sidecar, require_onnx
         from ..fileio import dir_bytes, verify_manifest
 
         require_onnx()
@@ -79,7 +79,7 @@ class OnnxRuntime:
     @classmethod
     def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
              **_ignored) -> "OnnxRuntime":
-        from ..export.onnx import GRAPH
+        from ..exporters.onnx import GRAPH
 
         if device not in (None, "cpu"):
             raise EdgeLLMError(f"the onnxruntime runtime runs on the CPU here, not '{device}'", "drop --device")

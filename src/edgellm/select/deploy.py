@@ -90,7 +90,7 @@ def exact_stats(search, row: Row) -> ModelStats:
 
 
 def row_speed(search, row: Row) -> dict:
-    """The candidate's speed on its runtime: classifiers in-process on 32 rows, LMs by ``edgellm.bench``."""
+    """The candidate's speed on its runtime: classifiers in-process on 32 rows, LMs by ``edgellm.measure``."""
     from .speed import bench_subprocess, classifier_speed, speed_in_process
 
     identity = search._recipe(row.recipe).is_identity

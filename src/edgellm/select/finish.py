@@ -119,7 +119,7 @@ def notes(search) -> list[str]:
 
 def export_chosen(search, row, dest: Path) -> dict:
     """Copy the chosen artifact into *dest* and verify it there against the model holding its weights."""
-    from ..export.verify import verify_artifact
+    from ..exporters.verify import verify_artifact
     from ..fileio import write_manifest
     from ..models import load, save
 
@@ -138,7 +138,7 @@ def export_chosen(search, row, dest: Path) -> dict:
         tol = "f16" if row.kind in ("f16", "f32") else "int8-act"
         check = verify_artifact(str(target), source, "llama.cpp", tol, threads=threads, **vkw)
     elif row.runtime == "onnxruntime":
-        from ..export.onnx import verify_classifier
+        from ..exporters.onnx import verify_classifier
 
         shutil.copytree(row.artifact, dest)
         target = dest

@@ -152,7 +152,7 @@ class Search:
 
     def _base(self, spec: str) -> None:
         from ..data import SST2, WIKI_TEST, data_file, read_tsv, tokenize_file
-        from ..evaluate.perplexity import windows
+        from ..evaluation.perplexity import windows
         from ..models import load
         from ..runtimes.torch import TorchRuntime
 

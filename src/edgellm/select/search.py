@@ -142,12 +142,12 @@ def save_model(loaded, recipe, out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     if "quantize" in recipe.steps:
-        from ..quantize import save_quantized
+        from ..quantization import save_quantized
 
         return save_quantized(loaded, out, force=True)
     prune = recipe.steps.get("prune")
     if prune is not None and getattr(prune, "structure", None) is None:
-        from ..prune.storage import save_sparse
+        from ..pruning.storage import save_sparse
 
         return save_sparse(loaded, out, force=True)
     from ..models import save
@@ -189,7 +189,7 @@ def onnx_variant_for(recipe) -> str:
 
 def export_onnx_candidate(src, variant: str, out: Path, threads: int) -> dict:
     """Export a classifier (a spec or built folder) to ONNX *variant*, verified on ONNX Runtime against it."""
-    from ..export import export
+    from ..exporters import export
     from ..models import load
 
     t0 = time.perf_counter()
@@ -202,8 +202,8 @@ def export_gguf_candidate(folder: Path, recipe, out: Path, threads: int, ppl_tok
                           text: str | None = None) -> dict:
     """Export a built candidate folder to GGUF, verified on llama.cpp against the exact weights."""
     try:
-        from ..export.gguf import export_gguf_report
-        from ..export.verify import make_verifier
+        from ..exporters.gguf import export_gguf_report
+        from ..exporters.verify import make_verifier
     except ImportError as e:
         raise EdgeLLMError("GGUF export is not available in this version", "leave llama.cpp out of --runtimes") from e
     gtype = gguf_type_for(recipe)

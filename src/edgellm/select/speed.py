@@ -1,6 +1,6 @@
 """Speed measurements for the search (DESIGN.md §4): a fresh subprocess by default, in-process on request.
 
-``bench_subprocess`` is ``edgellm.bench`` (peak RSS of a process that only loads and runs the
+``bench_subprocess`` is ``edgellm.measure`` (peak RSS of a process that only loads and runs the
 model); ``speed_in_process`` is the same ``measure_speed`` without the subprocess (faster, no
 RSS); classifiers are timed on a fixed batch of 32 rows. Deliberately absent: batching LMs.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 from functools import lru_cache
 
-# what ``edgellm.bench``'s worker imports before it loads a model, per runtime
+# what ``edgellm.measure``'s worker imports before it loads a model, per runtime
 _HARNESS = {"torch": "import edgellm.runtimes.torch, transformers", "llama.cpp": "import edgellm.runtimes.llamacpp, llama_cpp"}
 
 
@@ -25,8 +25,8 @@ def harness_rss(runtime: str) -> int:
     The cost model removes it from measured peak RSS, so the calibrated runtime overhead carries to a
     device that runs the runtime natively (no Python, no torch).
     """
-    code = ("import json, edgellm.bench.latency, edgellm.runtimes; " + _HARNESS.get(runtime, "pass") +
-            "; from edgellm.bench.peak import peak_rss_bytes; print(json.dumps(peak_rss_bytes()))")
+    code = ("import json, edgellm.measure.latency, edgellm.runtimes; " + _HARNESS.get(runtime, "pass") +
+            "; from edgellm.measure.peak import peak_rss_bytes; print(json.dumps(peak_rss_bytes()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return 0
@@ -34,8 +34,8 @@ def harness_rss(runtime: str) -> int:
 
 
 def bench_subprocess(spec, runtime: str, cfg) -> dict:
-    """``edgellm.bench`` of *spec* on *runtime* with the search's protocol settings."""
-    from ..bench import bench
+    """``edgellm.measure`` of *spec* on *runtime* with the search's protocol settings."""
+    from ..measure import bench
 
     return bench(str(spec), runtime=runtime, threads=cfg.threads, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
                  runs=cfg.speed_runs, warmup=1, machine=False)
@@ -43,7 +43,7 @@ def bench_subprocess(spec, runtime: str, cfg) -> dict:
 
 def speed_in_process(spec, runtime: str, cfg) -> dict:
     """``measure_speed`` here rather than in a fresh subprocess: no peak RSS (RAM stays predicted)."""
-    from ..bench import measure_speed
+    from ..measure import measure_speed
     from ..runtimes import open_runtime
 
     rt = open_runtime(spec, runtime=runtime, threads=cfg.threads, **({"device": "cpu"} if runtime == "torch" else {}))

@@ -1,8 +1,0 @@
-"""``python -m edgellm.distill ...`` (also ``accelerate launch -m edgellm.distill ...``): the distill CLI."""
-
-import sys
-
-from ..cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(["distill", *sys.argv[1:]]))

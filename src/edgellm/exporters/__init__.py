@@ -1,0 +1,91 @@
+"""``export(model, format, out)``: write a model as an artifact for an on-device runtime, then verify it.
+
+Formats (explicit dispatch below): ``gguf`` → llama.cpp. Each exporter writes into a temporary
+path next to *out* and calls the verifier (``export.verify``) on it with the runtime that will
+run it; only a verified artifact is renamed into place. Deliberately absent: conversion between
+artifact formats (always export from the model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import EdgeLLMError
+
+# format -> (exporter "module:function", runtime that runs the artifact, "module:function" naming the
+# default tolerance from the exporter's options). An exporter is called as
+# ``fn(loaded, out, force=..., verify=verifier_or_None, **options)`` and returns a Path or (Path, report).
+EXPORTERS = {
+    "gguf": ("edgellm.exporters.gguf:export_gguf_report", "llama.cpp", "edgellm.exporters.gguf:verify_tolerance"),
+    "onnx": ("edgellm.exporters.onnx:export_onnx_report", "onnxruntime", "edgellm.exporters.onnx:verify_tolerance"),
+    "executorch": ("edgellm.exporters.executorch:export_executorch_report", "executorch",
+                   "edgellm.exporters.executorch:verify_tolerance"),
+}
+RUNTIME_EXTRAS = {"llama.cpp": ("llama_cpp", "llamacpp"), "onnxruntime": ("onnxruntime", "onnx"),
+                  "executorch": ("executorch", "executorch")}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    runtime: str
+    file_bytes: int
+    seconds: float
+    verification: dict | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _resolve(ref: str):
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def require_runtime(runtime: str) -> None:
+    """Raise an EdgeLLMError naming the extra when the runtime's package is not installed."""
+    module, extra = RUNTIME_EXTRAS.get(runtime, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        raise EdgeLLMError(f"verifying this export needs the '{runtime}' runtime, which is not installed",
+                           f"pip install 'edgellm[{extra}]' (or pass --no-verify to skip verification)")
+
+
+def export(model, format: str, out, *, force: bool = False, verify: bool = True, tolerance=None,
+           threads: int | None = None, ppl_tokens: int = 4096, **options) -> ExportResult:
+    """Export *model* (a spec or ``Loaded``) to *format* at *out*; verified on its runtime unless ``verify=False``.
+
+    >>> r = export("smollm2-135m", "gguf", "out/smollm2-q8_0.gguf", gguf_type="q8_0")   # doctest: +SKIP
+    >>> r.verification["ppl"]["relative_diff"] < 0.02                                    # doctest: +SKIP
+    True
+    """
+    from ..models import Loaded, load
+    from .verify import make_verifier
+
+    if format not in EXPORTERS:
+        raise EdgeLLMError(f"unknown export format '{format}'", f"use one of: {', '.join(EXPORTERS)}")
+    fn_ref, runtime, tol_ref = EXPORTERS[format]
+    t0 = time.perf_counter()
+    verifier = None
+    if verify:
+        require_runtime(runtime)
+        tol = tolerance if tolerance is not None else _resolve(tol_ref)(**options)
+        verifier = make_verifier(runtime, tol, threads=threads, ppl_tokens=ppl_tokens)
+    loaded = model if isinstance(model, Loaded) else load(model)
+    out_obj = _resolve(fn_ref)(loaded, out, force=force, verify=verifier, **options)
+    path, report = out_obj if isinstance(out_obj, tuple) else (out_obj, None)
+    details = report.to_dict() if hasattr(report, "to_dict") else (report or {})
+    verification = details.pop("verification", None) if isinstance(details, dict) else None
+    from ..fileio import dir_bytes
+
+    return ExportResult(path=Path(path), format=format, runtime=runtime, file_bytes=dir_bytes(path),
+                        seconds=time.perf_counter() - t0, verification=verification, details=details)
+
+
+__all__ = ["EXPORTERS", "ExportResult", "export"]

@@ -1,0 +1,222 @@
+"""Export to ExecuTorch: a ``.pte`` program lowered to the XNNPACK delegate, with a static KV cache.
+
+The artifact is a folder whose name ends in ``.pte`` holding ``model.pte``, the tokenizer,
+``edgellm.json`` (cache length, vocabulary, weight bytes read per token, how it was made) and
+``manifest.json``. The program has one method, ``forward(input_ids [1, T], input_pos [T]) ->
+logits [1, T, vocab]``, with T dynamic from 1 to ``max_len``: prefill and decode share it.
+
+The KV cache is a set of mutable buffers ``[1, kv_heads, max_len, head_dim]`` per layer, written
+at ``input_pos`` with ``index_copy_`` (ExecuTorch keeps mutated buffers in the program's state,
+as its own llama export does); attention reads the whole buffer under a mask ``j ≤ pos``, so a
+new prompt at position 0 simply overwrites the old one. Grouped-query attention folds the query
+heads of one KV head into the sequence axis instead of copying the cache per head.
+
+``StaticCacheLM`` reuses the Hugging Face model's own modules (embeddings, rotary embedding,
+projections, norms, MLPs) and only rewrites the attention glue around the cache, so it holds for
+the Llama family (llama, qwen2, mistral without sliding window). Variants (torchao, as
+ExecuTorch's llama export does): ``fp32``; ``int8`` = 8-bit per-channel weights with dynamic
+8-bit activations (8da8w); ``int4`` = 4-bit weights in groups of ``group_size`` with dynamic
+8-bit activations (8da4w). The embedding table stays fp32.
+Deliberately left out: sequence classifiers, batch > 1, sliding-window caches, and writing
+edgellm's own quantized codes (packed models are dequantized, then re-quantized by torchao).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import EdgeLLMError
+from ..fileio import atomic_dir, write_json, write_manifest
+from .onnx import cache_shape, check_supported, plain_model
+
+VARIANTS = ("fp32", "int8", "int4")
+SUPPORTED = {"causal-lm": ("llama", "qwen2", "qwen3", "mistral")}
+PROGRAM = "model.pte"
+SIDECAR = "edgellm.json"
+
+
+@dataclass(frozen=True)
+class ExecuTorchExportConfig:
+    """*variant* fp32 | int8 (8da8w) | int4 (8da4w); *group_size* for int4; *max_len* = KV-cache positions.
+
+    >>> ExecuTorchExportConfig(variant="int4", group_size=32, max_len=512).max_len
+    512
+    """
+
+    variant: str = "fp32"
+    group_size: int = 32
+    max_len: int = 512
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise EdgeLLMError(f"unknown ExecuTorch variant '{self.variant}'", f"use one of: {', '.join(VARIANTS)}")
+        if self.group_size < 16 or self.group_size & (self.group_size - 1):
+            raise EdgeLLMError(f"int4 group size must be a power of two ≥ 16 (got {self.group_size})", "use 32 or 64")
+        if not 8 <= self.max_len <= 32768:
+            raise EdgeLLMError(f"max_len must be between 8 and 32768 (got {self.max_len})", "use e.g. 512 or 1024")
+
+
+def require_executorch():
+    """Import ExecuTorch, or raise an error naming the extra."""
+    try:
+        import executorch  # noqa: F401
+        from executorch.runtime import Runtime  # noqa: F401
+    except ImportError as e:
+        raise EdgeLLMError(f"ExecuTorch export and runtime need '{e.name}', which is not installed",
+                           "pip install 'edgellm[executorch]'") from e
+
+
+class StaticCacheLM(torch.nn.Module):
+    """``forward(input_ids [1, T], input_pos [T]) -> logits [1, T, V]`` over a Llama-family model."""
+
+    def __init__(self, model, max_len: int):
+        super().__init__()
+        self.model = model
+        self.n_layers, self.kv, self.hd = cache_shape(model.config)
+        self.rep = model.config.num_attention_heads // self.kv
+        self.max_len = max_len
+        for i in range(self.n_layers):
+            self.register_buffer(f"k_cache_{i}", torch.zeros(1, self.kv, max_len, self.hd), persistent=False)
+            self.register_buffer(f"v_cache_{i}", torch.zeros(1, self.kv, max_len, self.hd), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        base, T = self.model.model, input_ids.shape[1]
+        h = base.embed_tokens(input_ids)                                       # [1, T, hidden]
+        cos, sin = base.rotary_emb(h, input_pos.view(1, -1))
+        mask = torch.arange(self.max_len).view(1, -1) <= input_pos.view(-1, 1)  # [T, max_len]
+        mask = mask.repeat(self.rep, 1)                                        # [rep*T, max_len]
+        for i, layer in enumerate(base.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(1, T, self.kv * self.rep, self.hd)          # [1, T, H, hd]
+            k = attn.k_proj(x).view(1, T, self.kv, self.hd)
+            if getattr(attn, "q_norm", None) is not None:                       # Qwen3: RMSNorm per head, before rotary
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            v = attn.v_proj(x).view(1, T, self.kv, self.hd).transpose(1, 2)     # [1, kv, T, hd]
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+            k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
+            v_cache.index_copy_(2, input_pos, v)
+            # the query heads of one kv head side by side on the sequence axis: [1, kv, rep*T, hd]
+            q = q.view(1, T, self.kv, self.rep, self.hd).permute(0, 2, 3, 1, 4).reshape(1, self.kv, self.rep * T, self.hd)
+            o = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
+            o = o.view(1, self.kv, self.rep, T, self.hd).permute(0, 3, 1, 2, 4).reshape(1, T, -1)
+            h = h + attn.o_proj(o)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.model.lm_head(base.norm(h))
+
+
+def quantize_linears(model, cfg: ExecuTorchExportConfig) -> None:
+    """8da8w / 8da4w on every nn.Linear whose input size the group divides (torchao, in place)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    gs = 0 if cfg.variant == "int8" else cfg.group_size
+
+    def wanted(m, fqn):
+        return isinstance(m, torch.nn.Linear) and (gs == 0 or m.weight.shape[1] % gs == 0)
+
+    qcfg = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8 if cfg.variant == "int8" else torch.int4,
+                                                 weight_granularity=PerAxis(0) if gs == 0 else PerGroup(gs))
+    with torch.no_grad():
+        quantize_(model, qcfg, filter_fn=wanted)
+
+
+def lower(module: StaticCacheLM, vocab_size: int) -> bytes:
+    """torch.export with a dynamic sequence length, XNNPACK partitioning, ExecuTorch program bytes."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    T = min(8, module.max_len)
+    ids = torch.randint(0, vocab_size, (1, T))
+    seq = torch.export.Dim("seq", min=1, max=module.max_len)
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # "mutation on a buffer": the cache's initial state is meaningless
+        try:
+            ep = torch.export.export(module, (ids, torch.arange(T)), dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+            program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+        except Exception as e:  # noqa: BLE001 - export/lowering raise many types; surface one line
+            raise EdgeLLMError(f"ExecuTorch export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                               "report it with the model's config") from e
+    return program.buffer
+
+
+def verify_tolerance(variant: str = "fp32", **_) -> str:
+    """The named verification tolerance (``export.verify.TOLERANCES``) for an ExecuTorch *variant*.
+
+    fp32 must match PyTorch as fp32 does; int8/int4 are compared with the same torchao-quantized
+    model run eagerly in PyTorch (identical weights, dynamic 8-bit activations in both).
+    """
+    return "f32" if variant == "fp32" else "int8-act"
+
+
+def export_executorch(model, out, *, variant: str = "fp32", force: bool = False, group_size: int = 32,
+                      max_len: int = 512, verify=None, **_ignored) -> Path:
+    """Export *model* (a spec or ``Loaded``) to the ExecuTorch artifact folder *out*.
+
+    *verify* is ``export.verify``'s verifier, ``verify(artifact, reference, source=None)``; it runs
+    on the temporary folder before it is moved into place, so a failure leaves nothing behind.
+
+    >>> export_executorch("smollm2-135m", "out/smollm2-int4.pte", variant="int4")   # doctest: +SKIP
+    PosixPath('out/smollm2-int4.pte')
+    """
+    return export_executorch_report(model, out, variant=variant, force=force, group_size=group_size,
+                                    max_len=max_len, verify=verify)[0]
+
+
+def export_executorch_report(model, out, *, variant: str = "fp32", force: bool = False, group_size: int = 32,
+                             max_len: int = 512, verify=None, **_ignored) -> tuple[Path, dict]:
+    """``export_executorch`` returning ``(path, report)``, as ``edgellm.exporters.export`` dispatches it."""
+    import copy
+
+    from ..models import Loaded, load
+
+    cfg = ExecuTorchExportConfig(variant=variant, group_size=group_size, max_len=max_len)
+    require_executorch()
+    loaded = model if isinstance(model, Loaded) else load(model)
+    check_supported(loaded.model, "ExecuTorch", SUPPORTED)
+    c = loaded.model.config
+    if getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True):
+        raise EdgeLLMError("ExecuTorch export does not support sliding-window attention", "use a model without it")
+    if loaded.tokenizer is None:
+        raise EdgeLLMError("the model has no tokenizer to ship with the program", "export a folder with a tokenizer")
+    net = copy.deepcopy(plain_model(loaded.model)).float().eval().requires_grad_(False)  # never touch the input
+    if cfg.variant != "fp32":
+        quantize_linears(net, cfg)
+    program = lower(StaticCacheLM(net, cfg.max_len).eval(), c.vocab_size)
+    emb = net.get_input_embeddings().weight
+    out = Path(out)
+    report: dict = {"variant": cfg.variant}
+    with atomic_dir(out, force=force) as tmp:
+        (tmp / PROGRAM).write_bytes(program)
+        loaded.tokenizer.save_pretrained(tmp)
+        n_layers, kv, hd = cache_shape(c)
+        info = {
+            "format": "edgellm-executorch/1", "task": "causal-lm", "variant": cfg.variant,
+            "config": {"variant": cfg.variant, "group_size": cfg.group_size, "max_len": cfg.max_len},
+            "architecture": type(net).__name__, "model_type": c.model_type, "vocab_size": c.vocab_size,
+            "max_positions": cfg.max_len, "num_layers": n_layers, "num_kv_heads": kv, "head_dim": hd,
+            "eos_token_id": getattr(c, "eos_token_id", None),
+            # the program stores the fp32 embedding table for the gather, besides the (packed) lm_head
+            "weight_bytes": len(program) - emb.numel() * 4,
+            "source": loaded.meta.name, "source_edgellm": loaded.meta.edgellm or {},
+        }
+        write_json(tmp / SIDECAR, info)
+        if verify is not None:
+            if cfg.variant == "fp32":
+                report["verification"] = verify(tmp, loaded)
+            else:
+                report["verification"] = verify(tmp, Loaded(net, loaded.tokenizer, loaded.meta), source=loaded)
+            info["verification"] = report["verification"]
+            write_json(tmp / SIDECAR, info)
+        report["weight_bytes"] = info["weight_bytes"]
+        write_manifest(tmp)
+    return out, report

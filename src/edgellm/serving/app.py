@@ -1,0 +1,389 @@
+"""The OpenAI-compatible HTTP API (FastAPI): chat and text completions, models, health.
+
+``create_app(engine, config)`` builds the app around one ``Engine``. Each request is checked before it
+touches the model (API key → 401, body → 400, model name → 404, prompt length / ``max_tokens`` /
+context → 400, JSON schema → 400), then queued (full → 429), then answered as JSON or as server-sent
+events. Every error is an OpenAI error object ``{"error": {"message", "type", "param", "code"}}``, and
+each request leaves one structured (JSON) log line. Running the app (uvicorn, logging setup, the CLI
+entry) lives in ``server.py``. Deliberately absent: embeddings, tools, logprobs, n > 1.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations, and ``Request``
+# is imported inside ``create_app`` (FastAPI is an optional dependency), so they must be evaluated eagerly.
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from ..errors import EdgeLLMError
+from .constrain import SchemaCompiler
+from .engine import Engine, Job, JobTimeout, QueueFull
+from .schemas import ChatRequest, CompletionRequest, error_body
+
+log = logging.getLogger("edgellm.serving")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and identity of one server. ``max_prompt_tokens=None`` means the model's context minus one."""
+
+    model_id: str
+    api_key: str | None = None
+    max_queue: int = 16
+    max_tokens_limit: int = 1024
+    max_prompt_tokens: int | None = None
+    timeout_s: float = 120.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self):
+        if self.max_queue < 1:
+            raise EdgeLLMError(f"max_queue={self.max_queue} must be at least 1", "pass --max-queue 1 or more")
+        if self.max_tokens_limit < 1:
+            raise EdgeLLMError(f"max_tokens_limit={self.max_tokens_limit} must be at least 1", "pass --max-tokens-limit 1 or more")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise EdgeLLMError(f"max_prompt_tokens={self.max_prompt_tokens} must be at least 1", "pass --max-prompt-tokens 1 or more")
+        if self.timeout_s <= 0:
+            raise EdgeLLMError(f"timeout_s={self.timeout_s} must be positive", "pass --timeout 60, say")
+        if not 0 <= self.port < 65536:
+            raise EdgeLLMError(f"port {self.port} is out of range", "pass --port between 1 and 65535")
+        if self.api_key is not None and not self.api_key:
+            raise EdgeLLMError("the API key is empty", "pass a non-empty --api-key or none at all")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param=None, code=None):
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, type_, param, code)
+
+
+def render_chat(tokenizer, messages: list[dict]) -> tuple[str, bool]:
+    """The prompt text for *messages*: the tokenizer's chat template, or plain ``role: content`` lines when it
+    has none. Returns (text, templated)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), True
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:", False
+
+
+def _validation_message(exc) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        if err.get("type") == "json_invalid":
+            return f"the request body is not valid JSON: {err.get('ctx', {}).get('error', err.get('msg'))}"
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "invalid request: " + "; ".join(parts)
+
+
+def create_app(engine: Engine, config: ServeConfig):
+    """The FastAPI app serving *engine*.
+
+    >>> app = create_app(Engine(rt, rt.tokenizer).start(), ServeConfig(model_id="smollm2-135m"))   # doctest: +SKIP
+    """
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse, StreamingResponse
+        from starlette.concurrency import run_in_threadpool
+        from starlette.exceptions import HTTPException
+    except ImportError as e:
+        raise EdgeLLMError("serving needs FastAPI and uvicorn", "pip install 'edgellm[serve]'") from e
+
+    tokenizer = engine.tokenizer
+    context = getattr(engine.runtime, "max_positions", None)
+    prompt_limit = config.max_prompt_tokens or ((context - 1) if context else 4096)
+    if context:
+        prompt_limit = min(prompt_limit, context - 1)
+    model_cfg = getattr(getattr(engine.runtime, "model", None), "config", None)
+    compiler = SchemaCompiler(tokenizer, vocab_rows=max(len(tokenizer), getattr(model_cfg, "vocab_size", 0) or 0),
+                              tokenizer_lock=engine.tokenizer_lock)
+    runtime_name = getattr(engine.runtime, "name", "?")
+    created = int(time.time())
+    app = FastAPI(title="edgellm", docs_url=None, redoc_url=None, openapi_url=None)
+
+    # -- errors: always the OpenAI error object ---------------------------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        request.state.error = exc.body["error"]["message"]
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc):
+        msg = _validation_message(exc)
+        ctype = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in ctype:
+            msg = f"the request body must be JSON sent with 'Content-Type: application/json' (got '{ctype}')"
+        request.state.error = msg
+        return JSONResponse(error_body(msg), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), code=code), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc):
+        log.exception("unhandled error")
+        request.state.error = repr(exc)
+        return JSONResponse(error_body(f"internal error: {exc}", "server_error"), status_code=500)
+
+    # -- shared request handling ----------------------------------------------------------------
+    def _check_model(name: str) -> None:
+        if name != config.model_id:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves '{config.model_id}'",
+                           param="model", code="model_not_found")
+
+    def _budget(req, n_prompt: int) -> int:
+        if n_prompt > prompt_limit:
+            raise APIError(400, f"the prompt is {n_prompt} tokens long; this server accepts at most {prompt_limit}",
+                           param="messages" if isinstance(req, ChatRequest) else "prompt", code="prompt_too_long")
+        asked = req.budget()
+        if asked is not None and asked > config.max_tokens_limit:
+            raise APIError(400, f"max_tokens={asked} is above this server's limit of {config.max_tokens_limit}",
+                           param="max_tokens", code="max_tokens_too_large")
+        room = (context - n_prompt) if context else config.max_tokens_limit
+        budget = asked if asked is not None else min(config.max_tokens_limit, room)
+        if budget > room:
+            raise APIError(400, f"prompt ({n_prompt} tokens) plus max_tokens ({budget}) exceeds the context "
+                           f"length of {context} tokens", param="max_tokens", code="context_length_exceeded")
+        return budget
+
+    async def _processor(req, budget: int):
+        fmt = getattr(req, "response_format", None)
+        try:
+            schema = fmt.schema_dict() if fmt is not None else None
+        except ValueError as e:
+            raise APIError(400, str(e), param="response_format") from e
+        if schema is None:
+            return None, None
+        if req.stop:
+            raise APIError(400, "stop cannot be combined with a JSON response_format (it could cut the JSON)",
+                           param="stop")
+        if not engine.supports_processor:
+            raise APIError(400, f"the {runtime_name} runtime does not support constrained output",
+                           param="response_format", code="unsupported")
+        try:
+            compiled = await run_in_threadpool(compiler.compile, schema)
+            return compiler.processor(compiled, budget), schema
+        except EdgeLLMError as e:
+            raise APIError(400, str(e), param="response_format") from e
+
+    async def _submit(request, req, prompt_ids: list[int], budget: int, processor):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(kind, payload):
+            loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+
+        job = Job(prompt_ids, budget, emit, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                  stop=req.stop, processor=processor, deadline=time.monotonic() + config.timeout_s)
+        try:
+            engine.submit(job)
+        except QueueFull as e:
+            raise APIError(429, f"the server is busy: {e}; retry later", "rate_limit_error", code="queue_full") from e
+        request.state.fields.update(prompt_tokens=len(prompt_ids), max_tokens=budget, constrained=processor is not None)
+        return job, events
+
+    def _finish(request, result) -> None:
+        request.state.fields.update(completion_tokens=result.completion_tokens, finish_reason=result.finish_reason,
+                                    queue_ms=round(1000 * result.queue_s, 1), generate_ms=round(1000 * result.generate_s, 1))
+
+    def _usage(result) -> dict:
+        return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+    def _raise_job_error(err) -> None:
+        if isinstance(err, JobTimeout):
+            raise APIError(504, f"{err} (the limit is {config.timeout_s:g} s)", "timeout_error", code="timeout")
+        raise APIError(500, f"generation failed: {err}", "server_error")
+
+    async def _collect(request, job, events):
+        """Wait for a whole answer; stop the job if the client goes away."""
+        parts, checked = [], time.monotonic()
+        while True:
+            try:
+                kind, payload = await asyncio.wait_for(events.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                kind = None
+            if time.monotonic() - checked > 0.25:      # tokens may arrive faster than that: check by the clock
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    request.state.fields["finish_reason"] = "client_disconnected"
+                    raise APIError(499, "the client disconnected", code="client_disconnected")
+            if kind is None:
+                continue
+            if kind == "text":
+                parts.append(payload)
+            elif kind == "error":
+                _raise_job_error(payload)
+            else:
+                _finish(request, payload)
+                return "".join(parts), payload
+
+    def _check_output(text: str, schema) -> None:
+        if schema is None:
+            return
+        import jsonschema
+
+        try:
+            jsonschema.validate(json.loads(text), schema)
+        except (ValueError, jsonschema.ValidationError) as e:
+            log.error(json.dumps({"event": "constraint_violation", "error": str(e)[:300], "text": text[:300]}))
+            raise APIError(500, f"constrained output failed validation: {str(e)[:200]}", "server_error") from e
+
+    def _sse(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    async def _stream(request, job, events, chunk, schema, include_usage: bool):
+        """Server-sent events; ``chunk(text=None, finish=None)`` builds one chunk object."""
+        try:
+            first = chunk(role=True)
+            if first is not None:
+                yield _sse(first)
+            parts = []
+            while True:
+                kind, payload = await events.get()
+                if kind == "text":
+                    parts.append(payload)
+                    yield _sse(chunk(text=payload))
+                elif kind == "error":
+                    try:
+                        _raise_job_error(payload)
+                    except APIError as e:
+                        request.state.error = e.body["error"]["message"]
+                        yield _sse(e.body)
+                    break
+                else:
+                    _finish(request, payload)
+                    if schema is not None:
+                        try:
+                            _check_output("".join(parts), schema)
+                        except APIError as e:
+                            yield _sse(e.body)
+                            break
+                    yield _sse(chunk(finish=payload.finish_reason))
+                    if include_usage:
+                        yield _sse({**chunk(finish="-"), "choices": [], "usage": _usage(payload)})
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()            # the client went away (or we are done): stop generating
+
+    # -- endpoints --------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": config.model_id, "runtime": runtime_name,
+                "busy": engine.busy, "waiting": engine.waiting(), "max_queue": config.max_queue}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_id, "object": "model", "created": created,
+                                            "owned_by": "edgellm"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        _check_model(req.model)
+        try:
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        except ValueError as e:
+            raise APIError(400, str(e), param="messages") from e
+        with engine.tokenizer_lock:
+            text, _ = render_chat(tokenizer, messages)
+        with engine.tokenizer_lock:
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        budget = _budget(req, len(prompt_ids))
+        processor, schema = await _processor(req, budget)
+        job, events = await _submit(request, req, prompt_ids, budget, processor)
+        rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        if req.stream:
+            def chunk(text=None, finish=None, role=False):
+                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+                return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": config.model_id,
+                        "system_fingerprint": f"edgellm-{runtime_name}",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                     "finish_reason": finish if finish not in (None, "-") else None}]}
+            return StreamingResponse(_stream(request, job, events, chunk, schema, req.include_usage()),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        out, result = await _collect(request, job, events)
+        _check_output(out, schema)
+        return {"id": rid, "object": "chat.completion", "created": now, "model": config.model_id,
+                "system_fingerprint": f"edgellm-{runtime_name}",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": None,
+                             "finish_reason": result.finish_reason}],
+                "usage": _usage(result)}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        _check_model(req.model)
+        with engine.tokenizer_lock:
+            prompt_ids = tokenizer(req.prompt)["input_ids"]
+        budget = _budget(req, len(prompt_ids))
+        processor, schema = await _processor(req, budget)
+        job, events = await _submit(request, req, prompt_ids, budget, processor)
+        rid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        prefix = req.prompt if req.echo else ""
+        if req.stream:
+            def chunk(text=None, finish=None, role=False):
+                if role:
+                    return None if not prefix else chunk(text=prefix)
+                return {"id": rid, "object": "text_completion", "created": now, "model": config.model_id,
+                        "choices": [{"index": 0, "text": text or "", "logprobs": None,
+                                     "finish_reason": finish if finish not in (None, "-") else None}]}
+            return StreamingResponse(_stream(request, job, events, chunk, schema, req.include_usage()),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        out, result = await _collect(request, job, events)
+        _check_output(out, schema)
+        return {"id": rid, "object": "text_completion", "created": now, "model": config.model_id,
+                "choices": [{"index": 0, "text": prefix + out, "logprobs": None, "finish_reason": result.finish_reason}],
+                "usage": _usage(result)}
+
+    app.state.engine, app.state.config = engine, config
+    return LogAndAuth(app, config.api_key)
+
+
+class LogAndAuth:
+    """ASGI middleware: the API-key check (401) on ``/v1/*``, and one JSON log line per request, written
+    when the response is complete (so a streamed answer logs its token counts). A plain ASGI wrapper,
+    not ``BaseHTTPMiddleware``, so client disconnects still reach the endpoints."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+        state = scope.setdefault("state", {})
+        state["fields"] = {}
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.api_key and scope["path"].startswith("/v1/") and not self._authorized(scope):
+                body = json.dumps(error_body("invalid or missing API key: send 'Authorization: Bearer <key>'",
+                                             code="invalid_api_key")).encode()
+                await send_status({"type": "http.response.start", "status": 401,
+                                   "headers": [(b"content-type", b"application/json"),
+                                               (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                state["error"] = "invalid or missing API key"
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            record = {"event": "request", "method": scope.get("method"), "path": scope["path"], "status": status[0],
+                      "ms": round(1000 * (time.perf_counter() - t0), 1), **state.get("fields", {})}
+            if state.get("error"):
+                record["error"] = state["error"]
+            log.info(json.dumps(record))
+
+    def _authorized(self, scope) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
