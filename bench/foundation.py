@@ -1,4 +1,4 @@
-"""Foundation benchmark: SmolLM2-135M fp32 in PyTorch — perplexity (DESIGN.md §4 protocol),
+"""Foundation benchmark: SmolLM2-135M fp32 in PyTorch — perplexity (docs/design.md §4 protocol),
 speed, peak RSS, bandwidth utilisation. Writes bench/results/foundation.json.
 
 Run: .venv/bin/python bench/foundation.py [--threads 2]

@@ -3,7 +3,7 @@
 Both settings use the same code (edgellm.parallel: the same per-rank slice loader and the same
 generation loop; world size 1 means no communication) and the same 2 cores in all: one process
 with 2 threads, or 2 ranks with 1 thread each. Measured: every rank's peak RSS; greedy decode at
-batch 1 (DESIGN.md §4: 128-token prompt, 128 new tokens, EOS ignored, median of --runs after a
+batch 1 (docs/design.md §4: 128-token prompt, 128 new tokens, EOS ignored, median of --runs after a
 warm-up); and generated tokens/s at batch 8 (same prompt and new-token lengths, each
 micro-batch setting measured alternately inside one process). Settings alternate across --rounds.
 Writes bench/results/parallel.json and regenerates docs/benchmarks.md.

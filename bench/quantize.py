@@ -1,4 +1,4 @@
-"""Quantization benchmark: SmolLM2-135M, wikitext-2 test, ctx 512, first 20,480 tokens (DESIGN.md §4).
+"""Quantization benchmark: SmolLM2-135M, wikitext-2 test, ctx 512, first 20,480 tokens (docs/design.md §4).
 
 For each setting: perplexity, KL(fp32 ‖ quantized) and top-1 agreement on the same windows,
 quantization wall time, bits per weight (scales and zeros included) and the kernels used. Then

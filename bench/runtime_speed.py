@@ -1,4 +1,4 @@
-"""Speed of every runtime on this CPU for SmolLM2-135M at fp32, 8-bit and 4-bit (DESIGN.md §4 protocol).
+"""Speed of every runtime on this CPU for SmolLM2-135M at fp32, 8-bit and 4-bit (docs/design.md §4 protocol).
 
 Rows (each built from the same fp32 SmolLM2, artifacts cached in ``--work`` and reused):
   torch      fp32 eager; 8-bit / 4-bit = ``edgellm.quantization`` RTN (8-bit per channel, 4-bit g32),

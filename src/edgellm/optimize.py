@@ -8,7 +8,7 @@ quality and speed can be measured). In order:
 2. **Build** each surviving (model, recipe) once, into the cache, and **screen** its quality on the
    first windows (rows) against the base model on the same tokens, rejecting early when the
    running loss is far beyond the budget.
-3. **Full protocol** (DESIGN.md §4) for the contenders, on each candidate's own runtime; a
+3. **Full protocol** (docs/design.md §4) for the contenders, on each candidate's own runtime; a
    llama.cpp candidate is first exported to GGUF and verified on llama.cpp.
 4. **Measure speed** on the host (fresh subprocess, peak RSS) for the finalists; each measurement
    is first predicted, so the report holds prediction-vs-measurement errors, then calibrates.

@@ -1,4 +1,4 @@
-"""``edgellm eval MODEL``: perplexity (DESIGN.md §4), KL/top-1 against --reference, accuracy on --tsv."""
+"""``edgellm eval MODEL``: perplexity (docs/design.md §4), KL/top-1 against --reference, accuracy on --tsv."""
 
 from __future__ import annotations
 

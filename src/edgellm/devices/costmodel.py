@@ -1,6 +1,6 @@
 """The cost model: size, peak RAM, prefill tok/s, TTFT and decode tok/s of a model on a device and runtime.
 
-Physics first (DESIGN.md §5): a decoded token reads every weight once, so decode time is
+Physics first (docs/design.md §5): a decoded token reads every weight once, so decode time is
 ``bytes_per_token / bandwidth``, unless compute is slower (``flops_per_token / throughput``);
 prefill is compute-bound (``prompt × flops_per_token / throughput``). These rooflines are what a
 perfect runtime would reach. Real runtimes are slower, differently per runtime, so the model is

@@ -1,4 +1,4 @@
-"""Perplexity by the measurement protocol of DESIGN.md §4.
+"""Perplexity by the measurement protocol of docs/design.md §4.
 
 Tokenize the whole text once; cut the first ``max_tokens`` into non-overlapping windows of
 ``ctx`` tokens (a trailing partial window is dropped unless it is the only one); score =

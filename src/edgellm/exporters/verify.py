@@ -5,7 +5,7 @@ The check, identical for every format:
 * a fixed prompt set (``PROMPTS``) through both: max |Δlogit| (also relative to the largest
   reference logit), KL(reference ‖ artifact) per token, and top-1 agreement;
 * perplexity of both on the first 4,096 tokens of wikitext-2 test (non-overlapping windows of
-  ``ctx``, DESIGN.md §4), with KL and top-1 over those tokens too;
+  ``ctx``, docs/design.md §4), with KL and top-1 over those tokens too;
 * the artifact's own tokenizer, when it has one, must tokenize a sample of that text exactly
   as the reference tokenizer does (a GGUF embeds its own vocabulary and merges).
 

@@ -1,4 +1,4 @@
-"""Speed, memory and machine measurements (DESIGN.md §4)."""
+"""Speed, memory and machine measurements (docs/design.md §4)."""
 
 from .latency import SpeedResult, Stat, measure_paired, measure_speed
 from .machine import machine_info, measure_bandwidth, measure_matmul

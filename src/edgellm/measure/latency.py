@@ -1,4 +1,4 @@
-"""Prefill, TTFT and decode speed through the Runtime interface (DESIGN.md §4).
+"""Prefill, TTFT and decode speed through the Runtime interface (docs/design.md §4).
 
 One run = generate *new_tokens* greedy tokens after a *prompt_len*-token prompt, EOS ignored.
 TTFT is the time to the first generated token (prefill + first sample); prefill tok/s is

@@ -1,4 +1,4 @@
-"""Scale beyond one device (DESIGN.md §6) with existing engines, nothing home-made.
+"""Scale beyond one device (docs/design.md §6) with existing engines, nothing home-made.
 
 * ``placement``: memory-budgeted placement with Accelerate's big-model utilities
   (``edgellm plan``, ``edgellm.load(..., max_memory=...)``);

@@ -5,7 +5,7 @@ Every rank runs this same command. Commands:
 * ``generate``: greedy ids for ``--prompt TEXT`` or ``--prompt-ids 1,2,3`` (``--batch`` copies of it),
   printed by rank 0; ``--json OUT`` writes them (and per-rank facts) as JSON;
 * ``logits``: rank 0 writes the prompt's logits to ``--out FILE.safetensors``;
-* ``bench``: decode speed at batch 1 (``measure_speed``, DESIGN.md §4) and batch throughput with
+* ``bench``: decode speed at batch 1 (``measure_speed``, docs/design.md §4) and batch throughput with
   micro-batching; rank 0 prints one JSON line with every rank's peak RSS.
 
 The world comes from torchrun's env vars (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,

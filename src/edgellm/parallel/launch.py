@@ -114,7 +114,7 @@ def bench_pipeline(spec, nproc: int, threads: int | None = None, prompt_len: int
                    decode: bool = True, timeout_s: float = 1800, connect_timeout_s: float = 60) -> dict:
     """Benchmark *spec* as an *nproc*-rank pipeline on this machine (*threads* in all, split over the ranks).
 
-    Batch 1: ``measure_speed`` through rank 0 (DESIGN.md §4). With *batch*: generated tokens per
+    Batch 1: ``measure_speed`` through rank 0 (docs/design.md §4). With *batch*: generated tokens per
     second for *batch* prompts cut into *micro_batches* (an int or a list, measured alternately).
     Every rank reports its peak RSS.
 

@@ -232,7 +232,7 @@ class PipelineEngine:
 
 
 class PipelineRuntime:
-    """The Runtime interface (DESIGN.md §1) on rank 0 of a running pipeline, so ``measure_speed``
+    """The Runtime interface (docs/design.md §1) on rank 0 of a running pipeline, so ``measure_speed``
     and ``evaluate_lm`` measure it exactly like a single-process runtime.
 
     >>> rt = PipelineRuntime(engine, meta, weight_bytes=total)    # doctest: +SKIP

@@ -1,4 +1,4 @@
-"""Runtimes: every measurement goes through one interface (DESIGN.md §1).
+"""Runtimes: every measurement goes through one interface (docs/design.md §1).
 
 ``open_runtime(spec)`` picks the runtime from the artifact (explicit ``runtime=`` wins):
 ``.gguf`` → llama.cpp when installed, ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch,

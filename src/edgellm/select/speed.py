@@ -1,4 +1,4 @@
-"""Speed measurements for the search (DESIGN.md §4): a fresh subprocess by default, in-process on request.
+"""Speed measurements for the search (docs/design.md §4): a fresh subprocess by default, in-process on request.
 
 ``bench_subprocess`` is ``edgellm.measure`` (peak RSS of a process that only loads and runs the
 model); ``speed_in_process`` is the same ``measure_speed`` without the subprocess (faster, no
