@@ -1,8 +1,8 @@
 """``export(model, format, out)``: write a model as an artifact for an on-device runtime, then verify it.
 
-Formats (explicit dispatch below): ``gguf`` → llama.cpp. Each exporter writes into a temporary
-path next to *out* and calls the verifier (``export.verify``) on it with the runtime that will
-run it; only a verified artifact is renamed into place. Deliberately absent: conversion between
+Formats (explicit dispatch below): ``gguf`` → llama.cpp, ``onnx`` → ONNX Runtime, ``executorch``
+→ ExecuTorch. Each exporter writes into a temporary path next to *out* and calls the verifier
+(``exporters.verify``) on it with the runtime that will run it; only a verified artifact is renamed into place. Deliberately absent: conversion between
 artifact formats (always export from the model).
 """
 

@@ -13,7 +13,8 @@ heads of one KV head into the sequence axis instead of copying the cache per hea
 
 ``StaticCacheLM`` reuses the Hugging Face model's own modules (embeddings, rotary embedding,
 projections, norms, MLPs) and only rewrites the attention glue around the cache, so it holds for
-the Llama family (llama, qwen2, mistral without sliding window). Variants (torchao, as
+the Llama family (llama, qwen2, mistral without sliding window) and for qwen3 (its per-head Q/K
+RMSNorm is applied before rotary). Variants (torchao, as
 ExecuTorch's llama export does): ``fp32``; ``int8`` = 8-bit per-channel weights with dynamic
 8-bit activations (8da8w); ``int4`` = 4-bit weights in groups of ``group_size`` with dynamic
 8-bit activations (8da4w). The embedding table stays fp32.

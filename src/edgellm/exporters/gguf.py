@@ -1,7 +1,8 @@
 """Export a causal LM to a GGUF file for llama.cpp, following ``convert_hf_to_gguf.py``.
 
 Supported: Llama-family models (``llama``, ``mistral``: GGUF arch ``llama``, with the Q/K row
-permutation llama.cpp's interleaved rotary expects) and ``qwen2`` (no permutation, Q/K/V biases).
+permutation llama.cpp's interleaved rotary expects), ``qwen2`` (no permutation, Q/K/V biases) and
+``qwen3`` (no permutation, per-head Q/K RMSNorm weights, head_dim not tied to hidden / heads).
 Tensor names come from ``gguf.TensorNameMap``; metadata uses the same keys as llama.cpp's
 converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
 merges, pre-tokenizer name, special ids, add-BOS/EOS flags) with the chat template.

@@ -1,1 +1,1 @@
-"""Human output: text tables (here), HTML reports and plots (added by the optimize issue)."""
+"""Human output: terminal tables (``table``), the optimize HTML report (``html``) and its Pareto plots (``plots``)."""
