@@ -18,48 +18,45 @@ stage is observed and changed before the next one is observed, so o_proj calibra
 already-pruned q/k/v's outputs. A stage's pass stops right after its last linear.
 
 Peak memory is the model plus one batch of block activations. Model families differ only
-by data: ``BLOCK_PATHS`` says where the blocks are. Deliberately left out: offloading the
-block inputs to disk.
+by data: the family registry (``families.py``) says where the blocks are (``find_blocks``,
+re-exported here), and a method reads the calibrated model's ``FamilySpec`` from
+``current_family()`` while the runner drives it. Deliberately left out: offloading the block
+inputs to disk.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .errors import EdgeLLMError
+from .families import FamilySpec, family_of, find_blocks
 
-# Where the repeated blocks live, per family (first match wins).
-BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers",
-               "bert.encoder.layer", "encoder.layer", "model.encoder.layer", "transformer.layer",
-               "distilbert.transformer.layer")
+_FAMILY: ContextVar[FamilySpec | None] = ContextVar("edgellm_calibration_family", default=None)
 
 
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(dotted path, ModuleList) of the model's repeated blocks.
+def current_family() -> FamilySpec:
+    """The ``FamilySpec`` of the model ``run_blockwise`` is calibrating (methods read family data from it).
 
-    >>> path, blocks = find_blocks(llama)      # doctest: +SKIP
-    >>> path, len(blocks)                      # doctest: +SKIP
-    ('model.layers', 30)
+    >>> current_family().awq_folds[0][0]       # inside a method's apply_block  # doctest: +SKIP
+    'input_layernorm'
     """
-    for path in BLOCK_PATHS:
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return path, obj
-    raise EdgeLLMError(f"cannot find the repeated blocks of {type(model).__name__}",
-                       "supported layouts: " + ", ".join(BLOCK_PATHS))
-
+    spec = _FAMILY.get()
+    if spec is None:
+        raise EdgeLLMError("current_family() is only defined inside run_blockwise", "call it from a BlockMethod")
+    return spec
 
 def find_linears(module: nn.Module, prefix: str = "") -> dict[str, nn.Linear]:
-    """All nn.Linear submodules by dotted name (relative to *module*)."""
+    """All nn.Linear submodules by dotted name (relative to *module*).
+
+    >>> sorted(find_linears(find_blocks(llama)[1][0]))[:2]      # doctest: +SKIP
+    ['mlp.down_proj', 'mlp.gate_proj']
+    """
     return {f"{prefix}{n}": m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
 
 
@@ -152,9 +149,17 @@ def run_blockwise(model: nn.Module, calib: torch.Tensor, method: BlockMethod, pr
         raise EdgeLLMError(f"calibration ids must be [N, L] with N ≥ 1 (got {tuple(calib.shape)})",
                            "check --calib-samples / --calib-len")
     _, blocks = find_blocks(model)
+    token = _FAMILY.set(family_of(model))
     was_training = model.training
     model.eval()
-    inputs = capture_block_inputs(model, calib, blocks)
+    try:
+        _run_blocks(blocks, capture_block_inputs(model, calib, blocks), method, progress, desc)
+    finally:
+        model.train(was_training)
+        _FAMILY.reset(token)
+
+
+def _run_blocks(blocks: nn.ModuleList, inputs: "BlockInputs", method: BlockMethod, progress: bool, desc: str) -> None:
     sequential = bool(getattr(method, "sequential", False))
     for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False)):
         if hasattr(method, "start_block"):
@@ -180,7 +185,6 @@ def run_blockwise(model: nn.Module, calib: torch.Tensor, method: BlockMethod, pr
             outputs = method.apply_block(i, block, stats, inputs)
         # a method that left the block unchanged may hand back the outputs it computed anyway
         inputs.hidden = outputs if outputs is not None else inputs.run(block)
-    model.train(was_training)
 
 
 @torch.no_grad()

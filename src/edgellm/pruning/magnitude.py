@@ -67,7 +67,9 @@ def prune_magnitude(model: nn.Module, cfg: PruneConfig) -> dict[str, float]:
 
 class CalibratedPruner:
     """Shared ``run_blockwise`` plumbing of Wanda and SparseGPT: which linears are observed (the
-    include/exclude selection, N:M divisibility) and with which statistics class (``STATS``)."""
+    include/exclude selection, N:M divisibility), with which statistics class (``STATS``), and the
+    per-block loop; a subclass supplies ``prune(linear, stats, n, m) -> keep-mask``, which sets the
+    linear's new weights in place."""
 
     STATS: type
 
@@ -88,3 +90,14 @@ class CalibratedPruner:
         if self.cfg.nm:
             check_nm_divides(linear.weight.shape, self.cfg.nm[1], full)
         return self.STATS(linear.in_features, device=linear.weight.device)
+
+    def prune(self, lin: nn.Linear, acc, n: int, m: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def apply_block(self, index, block, stats, block_inputs):
+        n, m = self.cfg.nm or (0, 0)
+        for name, (lin, acc) in stats.items():
+            keep = self.prune(lin, acc, n, m)
+            self.achieved[f"{self.path}.{index}.{name}"] = 1.0 - float(keep.float().mean())
+        return None

@@ -19,6 +19,7 @@ from torch import nn
 from ..calibrate import find_blocks, run_blockwise
 from ..data import calibration_windows
 from ..errors import EdgeLLMError
+from ..families import get_path, projection
 from ..models import Loaded, count_params, model_bytes
 from . import structured as st
 from .config import PruneConfig
@@ -131,6 +132,7 @@ def _budget_excess(module: nn.Module, cfg: PruneConfig) -> tuple[float | None, i
 
 def _structured(module: nn.Module, cfg: PruneConfig, calib, progress: bool) -> tuple[dict, list[float]]:
     mc = module.config
+    spec = st.check_supported(module)
     blocks = find_blocks(module)[1]
     L = len(blocks)
     excess, per_param = _budget_excess(module, cfg)
@@ -144,19 +146,19 @@ def _structured(module: nn.Module, cfg: PruneConfig, calib, progress: bool) -> t
                 st.remove_layers(module, drop)
             return {"layers": drop}, s.layer
         case "width":
-            mlp = blocks[0].mlp
-            per_channel = mlp.gate_proj.in_features * 3 + sum(int(b is not None) for b in (mlp.gate_proj.bias, mlp.up_proj.bias))
+            gate, up = (projection(blocks[0], spec, r) for r in ("gate", "up"))
+            per_channel = gate.in_features * 3 + sum(int(b is not None) for b in (gate.bias, up.bias))
             k = st.units_to_remove(mc.intermediate_size, cfg.ratio, excess, L * per_channel * per_param, "MLP channels")
             s = st.score_structure(module, calib, mlp=True, heads=False, progress=progress)
             removed = st.remove_channels(module, s.channels, k) if k else {}
             return {"channels_per_layer": k, "channels": removed}, s.layer
         case "heads":
             H, G = mc.num_attention_heads, mc.num_key_value_heads
-            attn = blocks[0].self_attn
-            hd, hidden = int(attn.head_dim), attn.q_proj.in_features
+            q, k_, v = (projection(blocks[0], spec, r) for r in ("q", "k", "v"))
+            hd, hidden = int(get_path(blocks[0], spec.attention).head_dim), q.in_features
             gqa = H // G > 1
             per_head = hidden * hd * (2 if gqa else 4) + hd * sum(int(p.bias is not None) for p in
-                                                                  ((attn.q_proj,) if gqa else (attn.q_proj, attn.k_proj, attn.v_proj)))
+                                                                  ((q,) if gqa else (q, k_, v)))
             k = st.units_to_remove(H, cfg.ratio, excess, L * per_head * per_param, "attention heads per layer",
                                    step=G if gqa else 1)
             s = st.score_structure(module, calib, mlp=False, heads=True, progress=progress)

@@ -91,13 +91,9 @@ class SparseGPTMethod(CalibratedPruner):
 
     STATS = HessianStats
 
-    @torch.no_grad()
-    def apply_block(self, index, block, stats, block_inputs):
-        n, m = self.cfg.nm or (0, 0)
-        for name, (lin, acc) in stats.items():
-            Wp, keep = sparsegpt_prune_weight(lin.weight, acc.H, self.cfg.effective_sparsity, n, m,
-                                              self.cfg.blocksize, self.cfg.damp)
-            lin.weight.copy_(Wp.to(lin.weight.dtype))
-            self.achieved[f"{self.path}.{index}.{name}"] = 1.0 - float(keep.float().mean())
-            acc.H = None  # free the Hessian now
-        return None
+    def prune(self, lin, acc, n, m):
+        Wp, keep = sparsegpt_prune_weight(lin.weight, acc.H, self.cfg.effective_sparsity, n, m,
+                                          self.cfg.blocksize, self.cfg.damp)
+        lin.weight.copy_(Wp.to(lin.weight.dtype))
+        acc.H = None  # free the Hessian now
+        return keep

@@ -15,7 +15,9 @@ Three kinds, each removed uniformly per layer so the config stays a standard one
   product on the ``o_proj`` input, summed over the head's channels.
 
 All scores come from one calibration pass over the dense model (``run_blockwise`` from
-``calibrate.py``). Deliberately absent: iterative re-scoring after each removal, non-uniform
+``calibrate.py``). Which families qualify (``FamilySpec.structured``) and where each block keeps
+its attention, MLP and q/k/v/o, gate/up/down projections come from the family registry
+(``families.py``); no attribute path is spelled here. Deliberately absent: iterative re-scoring after each removal, non-uniform
 per-layer widths, and any recovery training (that is distillation's job).
 """
 
@@ -28,17 +30,16 @@ from torch import nn
 
 from ..calibrate import InputNormStats, find_blocks, run_blockwise
 from ..errors import EdgeLLMError
-
-# model_type values whose blocks have the Llama layout (self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj)
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+from ..families import FamilySpec, get_path, projection, require, set_path
 
 
-def check_supported(model: nn.Module) -> None:
-    """Raise for an architecture that structured pruning does not know, listing the supported ones."""
-    mt = getattr(getattr(model, "config", None), "model_type", None)
-    if mt not in SUPPORTED:
-        raise EdgeLLMError(f"structured pruning does not support architecture '{mt}' ({type(model).__name__})",
-                           f"supported model types: {', '.join(SUPPORTED)}")
+def check_supported(model: nn.Module) -> FamilySpec:
+    """The model's family; raises for one that structured pruning does not support, listing those that are.
+
+    >>> check_supported(load("smollm2-135m").model).attention       # doctest: +SKIP
+    'self_attn'
+    """
+    return require(model, "structured", "structured pruning")
 
 
 def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
@@ -80,35 +81,36 @@ def angular_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).mean()
 
 
-def channel_scores(mlp: nn.Module, act_norm: torch.Tensor | None) -> torch.Tensor:
+def channel_scores(block: nn.Module, spec: FamilySpec, act_norm: torch.Tensor | None) -> torch.Tensor:
     """Importance of each MLP intermediate channel: ``‖X_j‖₂ · ‖W_down[:, j]‖₂`` ([intermediate]).
 
     Without activations (``act_norm=None``): ``‖W_gate[j]‖ · ‖W_up[j]‖ · ‖W_down[:, j]‖``.
     """
-    down = mlp.down_proj.weight.float().norm(dim=0)  # W_down: [hidden, intermediate]
+    w = lambda role: projection(block, spec, role).weight.float()  # noqa: E731
+    down = w("down").norm(dim=0)  # W_down: [hidden, intermediate]
     if act_norm is not None:
         return act_norm.float() * down
-    return mlp.gate_proj.weight.float().norm(dim=1) * mlp.up_proj.weight.float().norm(dim=1) * down
+    return w("gate").norm(dim=1) * w("up").norm(dim=1) * down
 
 
-def head_scores(attn: nn.Module, head_dim: int, act_norm: torch.Tensor | None) -> torch.Tensor:
-    """Importance of each query head ([num_heads]) from the ``o_proj`` columns that read it."""
-    col = attn.o_proj.weight.float().norm(dim=0)  # W_o: [hidden, heads·head_dim]
-    col = col * (act_norm.float() if act_norm is not None else attn.q_proj.weight.float().norm(dim=1))
-    return col.view(-1, head_dim).sum(1)
+def head_scores(block: nn.Module, spec: FamilySpec, act_norm: torch.Tensor | None) -> torch.Tensor:
+    """Importance of each query head ([num_heads]) from the output-projection columns that read it."""
+    col = projection(block, spec, "o").weight.float().norm(dim=0)  # W_o: [hidden, heads·head_dim]
+    col = col * (act_norm.float() if act_norm is not None else projection(block, spec, "q").weight.float().norm(dim=1))
+    return col.view(-1, _head_dim(block, spec)).sum(1)
 
 
 class StructureScores:
     """A ``run_blockwise`` method that changes nothing and records layer, channel and head scores."""
 
-    def __init__(self, mlp: bool, heads: bool):
-        self.want_mlp, self.want_heads = mlp, heads
+    def __init__(self, spec: FamilySpec, mlp: bool, heads: bool):
+        self.spec, self.want_mlp, self.want_heads = spec, mlp, heads
         self.layer: list[float] = []
         self.channels: list[torch.Tensor] = []
         self.heads: list[torch.Tensor] = []
 
     def new_stats(self, name: str, linear: nn.Linear):
-        if (self.want_mlp and name == "mlp.down_proj") or (self.want_heads and name == "self_attn.o_proj"):
+        if (self.want_mlp and name == self.spec.down) or (self.want_heads and name == self.spec.o):
             return InputNormStats(linear.in_features, device=linear.weight.device)
         return None
 
@@ -118,10 +120,9 @@ class StructureScores:
         d = torch.stack([angular_distance(h, o) for h, o in zip(block_inputs.hidden, outs)])
         self.layer.append(float(d.mean()))
         if self.want_mlp:
-            self.channels.append(channel_scores(block.mlp, stats["mlp.down_proj"][1].l2))
+            self.channels.append(channel_scores(block, self.spec, stats[self.spec.down][1].l2))
         if self.want_heads:
-            self.heads.append(head_scores(block.self_attn, _head_dim(block.self_attn),
-                                          stats["self_attn.o_proj"][1].l2))
+            self.heads.append(head_scores(block, self.spec, stats[self.spec.o][1].l2))
         return outs  # unchanged block: the runner reuses these as the next block's inputs
 
 
@@ -132,21 +133,28 @@ def score_structure(model: nn.Module, calib: torch.Tensor | None, mlp: bool = Tr
     >>> s = score_structure(model, calib_ids)                # doctest: +SKIP
     >>> sorted(range(len(s.layer)), key=s.layer.__getitem__)[:3]   # the three cheapest layers  # doctest: +SKIP
     """
-    check_supported(model)
-    scores = StructureScores(mlp, heads)
+    spec = check_supported(model)
+    scores = StructureScores(spec, mlp, heads)
     if calib is not None:
         run_blockwise(model, calib, scores, progress=progress, desc="score")
         return scores
     for block in find_blocks(model)[1]:
         if mlp:
-            scores.channels.append(channel_scores(block.mlp, None))
+            scores.channels.append(channel_scores(block, spec, None))
         if heads:
-            scores.heads.append(head_scores(block.self_attn, _head_dim(block.self_attn), None))
+            scores.heads.append(head_scores(block, spec, None))
     return scores
 
 
-def _head_dim(attn: nn.Module) -> int:
-    return int(attn.head_dim)
+def _head_dim(block: nn.Module, spec: FamilySpec) -> int:
+    return int(get_path(block, spec.attention).head_dim)
+
+
+def _slice(block: nn.Module, spec: FamilySpec, role: str, rows=None, cols=None) -> nn.Linear:
+    """Replace the block's *role* projection by its rows/columns slice; returns the new linear."""
+    new = _sliced_linear(projection(block, spec, role), rows=rows, cols=cols)
+    set_path(block, spec.role(role), new)
+    return new
 
 
 # -- how many units a ratio or budget means --------------------------------------------------------
@@ -188,17 +196,17 @@ def _sliced_linear(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch
 @torch.no_grad()
 def remove_channels(model: nn.Module, scores: list[torch.Tensor], k: int) -> dict[int, list[int]]:
     """Remove the *k* lowest-scoring MLP channels of every layer; returns layer -> removed channels."""
-    check_supported(model)
+    spec = check_supported(model)
     removed = {}
     for i, block in enumerate(find_blocks(model)[1]):
-        mlp = block.mlp
         drop = torch.topk(scores[i], k, largest=False).indices.sort().values
         keep = torch.ones(scores[i].numel(), dtype=torch.bool)
         keep[drop] = False
         idx = keep.nonzero().flatten()
-        mlp.gate_proj = _sliced_linear(mlp.gate_proj, rows=idx)
-        mlp.up_proj = _sliced_linear(mlp.up_proj, rows=idx)
-        mlp.down_proj = _sliced_linear(mlp.down_proj, cols=idx)
+        for role in ("gate", "up"):
+            _slice(block, spec, role, rows=idx)
+        _slice(block, spec, "down", cols=idx)
+        mlp = get_path(block, spec.mlp)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = idx.numel()
         removed[i] = drop.tolist()
@@ -213,14 +221,14 @@ def remove_heads(model: nn.Module, scores: list[torch.Tensor], per_group: int) -
     For multi-head attention (one query head per KV head) whole heads go, key/value included,
     and *per_group* counts heads. Returns layer -> removed query-head indices.
     """
-    check_supported(model)
+    spec = check_supported(model)
     cfg = model.config
     H, G = cfg.num_attention_heads, cfg.num_key_value_heads
     gs = H // G
     removed = {}
     for i, block in enumerate(find_blocks(model)[1]):
-        attn = block.self_attn
-        hd = _head_dim(attn)
+        attn = get_path(block, spec.attention)
+        hd = _head_dim(block, spec)
         s = scores[i]
         if gs > 1:   # drop the weakest per_group heads inside each group; keep every KV head
             drop = [g * gs + int(j) for g in range(G)
@@ -229,11 +237,11 @@ def remove_heads(model: nn.Module, scores: list[torch.Tensor], per_group: int) -
             drop = torch.topk(s, per_group, largest=False).indices.sort().values.tolist()
         keep_heads = [h for h in range(H) if h not in set(drop)]
         ch = torch.tensor([h * hd + c for h in keep_heads for c in range(hd)])
-        attn.q_proj = _sliced_linear(attn.q_proj, rows=ch)
-        attn.o_proj = _sliced_linear(attn.o_proj, cols=ch)
+        _slice(block, spec, "q", rows=ch)
+        _slice(block, spec, "o", cols=ch)
         if gs == 1:
-            attn.k_proj = _sliced_linear(attn.k_proj, rows=ch)
-            attn.v_proj = _sliced_linear(attn.v_proj, rows=ch)
+            _slice(block, spec, "k", rows=ch)
+            _slice(block, spec, "v", rows=ch)
         attn.num_key_value_groups = gs - per_group if gs > 1 else 1
         for name in ("num_heads", "num_attention_heads"):
             if hasattr(attn, name):
@@ -241,7 +249,7 @@ def remove_heads(model: nn.Module, scores: list[torch.Tensor], per_group: int) -
         if gs == 1 and hasattr(attn, "num_key_value_heads"):
             attn.num_key_value_heads = len(keep_heads)
         removed[i] = sorted(drop)
-    head_dim = _head_dim(find_blocks(model)[1][0].self_attn)
+    head_dim = _head_dim(find_blocks(model)[1][0], spec)
     cfg.head_dim = head_dim  # no longer hidden_size // num_attention_heads
     cfg.num_attention_heads = H - (per_group * G if gs > 1 else per_group)
     if gs == 1:

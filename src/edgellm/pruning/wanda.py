@@ -38,11 +38,7 @@ class WandaMethod(CalibratedPruner):
 
     STATS = InputNormStats
 
-    @torch.no_grad()
-    def apply_block(self, index, block, stats, block_inputs):
-        n, m = self.cfg.nm or (0, 0)
-        for name, (lin, acc) in stats.items():
-            keep = wanda_mask(lin.weight, acc.l2, self.cfg.effective_sparsity, n, m)
-            lin.weight.mul_(keep)
-            self.achieved[f"{self.path}.{index}.{name}"] = 1.0 - float(keep.float().mean())
-        return None
+    def prune(self, lin, acc, n, m):
+        keep = wanda_mask(lin.weight, acc.l2, self.cfg.effective_sparsity, n, m)
+        lin.weight.mul_(keep)
+        return keep

@@ -9,8 +9,9 @@ to minimise the output error ``Σ‖X (W − Ŵ)ᵀ‖²``, computed from the co
 subsample of X (``calibrate.InputSampleStats``). An optional clipping search then shrinks each
 group's range to minimise the same output error, group by group (block-diagonal covariance).
 
-Which operation produces which linears' input is model-family data (``FOLDS``), checked against
-shapes; linears with no foldable producer (e.g. BERT's post-LN q/k/v, GQA o_proj) get only the
+Which operation produces which linears' input is model-family data (``FamilySpec.awq_folds`` in
+the family registry, read through ``calibrate.current_family()``), checked against shapes;
+linears with no foldable producer (e.g. BERT's post-LN q/k/v, GQA o_proj) get only the
 clipping search. ``awq_search_scale`` and ``awq_clip`` are the math; ``AWQMethod`` the plumbing.
 Deliberately left out: searching on the block's output (we use each linear group's own output).
 """
@@ -20,17 +21,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..calibrate import InputSampleStats, SharedInputs
+from ..calibrate import InputSampleStats, SharedInputs, current_family
 from .primitives import QuantizedWeight, _group_reduce, choose_qparams, effective_group, fake_quantize, quantize_weight
-
-# (producer, consumers) inside one block, by local names; first match per consumer wins.
-FOLDS = (
-    ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),            # Llama, Mistral, Qwen2
-    ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-    ("self_attn.v_proj", ("self_attn.o_proj",)),                                                   # only without GQA
-    ("mlp.up_proj", ("mlp.down_proj",)),
-    ("attention.self.value", ("attention.output.dense",)),                                          # BERT
-)
+from .rtn import shrink_search
 
 
 def _output_error(dW: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -80,26 +73,16 @@ def awq_clip(W: torch.Tensor, X: torch.Tensor, bits: int, group_size: int | None
     shrink of 1 (no clipping) is on the grid.
     """
     W, X = W.float(), X.float()
-    out_f, k = W.shape
     if group_size == -1:
-        return torch.ones(out_f, 1)
-    g = effective_group(k, group_size)
-    starts = list(range(0, k, g))
-    blocks = [X[:, a:a + g] for a in starts]
-    Cs = [b.t() @ b / max(X.shape[0], 1) for b in blocks]
-    best_err, best = None, None
-    for i in range(steps + 1):
-        r = 1.0 - max_shrink * i / steps
-        sc, z = choose_qparams(W, bits, group_size, symmetric, shrink=r)
-        D = W - fake_quantize(W, sc, z, bits, g)
-        err = torch.stack([((D[:, a:a + g] @ C) * D[:, a:a + g]).sum(1) for a, C in zip(starts, Cs)], 1)
-        if best_err is None:
-            best_err, best = err, torch.full_like(err, r)
-        else:
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            best = torch.where(better, torch.full_like(best, r), best)
-    return best
+        return torch.ones(W.shape[0], 1)
+    g = effective_group(W.shape[1], group_size)
+    starts = list(range(0, W.shape[1], g))
+    Cs = [X[:, a:a + g].t() @ X[:, a:a + g] / max(X.shape[0], 1) for a in starts]
+
+    def group_error(D):
+        return torch.stack([((D[:, a:a + g] @ C) * D[:, a:a + g]).sum(1) for a, C in zip(starts, Cs)], 1)
+
+    return shrink_search(W, bits, group_size, symmetric, steps, max_shrink, group_error)
 
 
 def fold_scale(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor) -> None:
@@ -170,7 +153,7 @@ class AWQMethod:
         """Search and fold scales for every foldable consumer group; returns {local name: s}."""
         c = self.cfg
         applied: dict[str, torch.Tensor] = {}
-        for prod_name, cons_names in FOLDS:
+        for prod_name, cons_names in current_family().awq_folds:
             names = [n for n in cons_names if n in stats and n not in applied]
             if not names:
                 continue
@@ -205,4 +188,4 @@ class AWQMethod:
         return None
 
 
-__all__ = ["AWQMethod", "awq_search_scale", "awq_clip", "fold_scale", "FOLDS", "_group_reduce"]
+__all__ = ["AWQMethod", "awq_search_scale", "awq_clip", "fold_scale", "_group_reduce"]

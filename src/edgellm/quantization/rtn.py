@@ -14,11 +14,14 @@ from .primitives import (QuantizedWeight, _group_reduce, choose_qparams, effecti
                          quantize_weight)
 
 
-def mse_shrink(W: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, grid: int = 20,
-               max_shrink: float = 0.25, norm: float = 2.4) -> torch.Tensor:
-    """Per-group range shrink factor ``[out, n_groups]`` minimising the weight error ``Σ|w − Q(w)|^norm``.
+def shrink_search(W: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, steps: int,
+                  max_shrink: float, group_error) -> torch.Tensor:
+    """Per-group range shrink ``[out, n_groups]`` from the grid ``1 − max_shrink·i/steps`` (i = 0..steps) that
+    minimises ``group_error(D)``, the ``[out, n_groups]`` error of the quantization residual ``D = W − Q(W)``.
 
-    >>> mse_shrink(torch.randn(4, 64), 3, 32, False).shape
+    Shared by RTN's MSE clipping and AWQ's output-error clipping; a shrink of 1 (no clipping) is on the grid.
+
+    >>> shrink_search(torch.randn(4, 64), 4, 32, True, 10, 0.5, lambda D: D.pow(2).view(4, 2, 32).sum(-1)).shape
     torch.Size([4, 2])
     """
     W = W.float()
@@ -26,10 +29,10 @@ def mse_shrink(W: torch.Tensor, bits: int, group_size: int | None, symmetric: bo
         return torch.ones(W.shape[0], 1)
     g = effective_group(W.shape[1], group_size)
     best_err, best = None, None
-    for i in range(grid + 1):
-        r = 1.0 - max_shrink * i / grid
+    for i in range(steps + 1):
+        r = 1.0 - max_shrink * i / steps
         s, z = choose_qparams(W, bits, group_size, symmetric, shrink=r)
-        err = _group_reduce((fake_quantize(W, s, z, bits, g) - W).abs().pow(norm), g, lambda x, d: x.sum(d))
+        err = group_error(W - fake_quantize(W, s, z, bits, g))
         if best_err is None:
             best_err, best = err, torch.full_like(err, r)
         else:
@@ -37,6 +40,18 @@ def mse_shrink(W: torch.Tensor, bits: int, group_size: int | None, symmetric: bo
             best_err = torch.where(better, err, best_err)
             best = torch.where(better, torch.full_like(best, r), best)
     return best
+
+
+def mse_shrink(W: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, grid: int = 20,
+               max_shrink: float = 0.25, norm: float = 2.4) -> torch.Tensor:
+    """Per-group range shrink factor ``[out, n_groups]`` minimising the weight error ``Σ|w − Q(w)|^norm``.
+
+    >>> mse_shrink(torch.randn(4, 64), 3, 32, False).shape
+    torch.Size([4, 2])
+    """
+    g = effective_group(W.shape[1], group_size)
+    return shrink_search(W, bits, group_size, symmetric, grid, max_shrink,
+                         lambda D: _group_reduce(D.abs().pow(norm), g, lambda x, d: x.sum(d)))
 
 
 def rtn_quantize_weight(W: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
