@@ -10,21 +10,20 @@
    ``--rounds`` rounds; the speed-up is the median of the per-round ratios.
 5. The int8 ceiling: onnxruntime's fp32 MatMul against its int8 kernels (MatMulInteger, MatMulNBits
    8/4-bit with int8 compute) on one FFN-sized GEMM (``--gemm-only`` re-measures just this).
-Writes bench/results/classifier_onnx.json. Run under the heavy-job lock:
-    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/classifier_onnx.py --threads 2
+Writes bench/results/classifier_onnx.json. Run from the repository root, under the heavy-job lock:
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.classifier_onnx --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+from bench._common import RESULTS, invocation, repo_relative, stamp, write_result
 
 
 def throughput(rt, texts: list[str], batch: int) -> float:
@@ -91,15 +90,16 @@ GEMM_NOTES = ["at batch 32 the encoder is GEMM-bound: end to end, int8 cannot be
 
 
 def gemm_only(args) -> None:
-    """Re-measure only the GEMM table, into the saved result."""
-    from edgellm.fileio import write_json
+    """Re-measure only the GEMM table, into the saved result (the accuracy table keeps its rows and times)."""
+    from edgellm.measure import machine_info
 
-    path = ROOT / "bench" / "results" / "classifier_onnx.json"
+    path = RESULTS / "classifier_onnx.json"
     result = json.loads(path.read_text())
     rows = gemm_ceiling(Path(args.work), args.threads)
-    result["tables"][1] = {"title": GEMM_TITLE, "columns": list(rows[0]), "rows": rows, "notes": GEMM_NOTES}
-    write_json(path, result)
-    render()
+    result["tables"][1] = {"title": GEMM_TITLE, "columns": list(rows[0]), "rows": [stamp(r) for r in rows],
+                           "notes": GEMM_NOTES}
+    result["commands"] = (result.get("commands") or [result["command"]]) + [shlex.join(invocation())]
+    write_result(path, result, machine=machine_info(), command="; ".join(result["commands"]))
     for r in rows:
         print(r)
 
@@ -110,12 +110,10 @@ GEMM_TITLE = "the int8 ceiling: one FFN GEMM in onnxruntime, fp32 vs its int8 ke
 def main() -> None:
     import torch
 
-    from edgellm.measure import machine_info
     from edgellm.data import SST2, data_file, read_tsv
     from edgellm.distillation import DistillConfig, finetune
     from edgellm.evaluation import accuracy
     from edgellm.exporters import export
-    from edgellm.fileio import write_json
     from edgellm.models import cache_dir, load
     from edgellm.runtimes import open_runtime
 
@@ -181,7 +179,6 @@ def main() -> None:
                f"points (target ≥ −1)")
     result = {
         "title": "Classifier: MiniLM-L6 SST-2, ONNX Runtime int8 vs PyTorch fp32",
-        "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/classifier_onnx.py --threads 2",
         "description": (f"all-MiniLM-L6-v2 with a fresh 2-label head fine-tuned on SST-2 train ({args.steps} steps × "
                         f"{args.batch} sentences, lr {args.lr}, max 64 tokens; edgellm.distillation.finetune), exported "
                         "with `edgellm export --format onnx --variant int8` (encoder fused into onnxruntime's Attention, "
@@ -191,16 +188,16 @@ def main() -> None:
                         f"on {args.b1_sentences} dev sentences one at a time and {args.b32_sentences} in batches of 32, "
                         f"the runtimes measured alternately in {args.rounds} rounds; × torch is the median per-round "
                         "ratio."),
-        "machine": machine_info(),
-        "tables": [{"title": "accuracy and throughput", "columns": list(table[0]), "rows": table, "notes": [verdict]},
-                   {"title": GEMM_TITLE, "columns": list(gemm[0]), "rows": gemm, "notes": GEMM_NOTES}],
+        "tables": [{"title": "accuracy and throughput", "columns": list(table[0]), "rows": [stamp(r) for r in table],
+                    "notes": [verdict]},
+                   {"title": GEMM_TITLE, "columns": list(gemm[0]), "rows": [stamp(r) for r in gemm], "notes": GEMM_NOTES}],
+        "commands": [shlex.join(invocation())],
         "raw": {"speed": {f"{k[0]} b{k[1]}": v for k, v in speed.items()}, "accuracy": acc,
                 "exports": {k: v.to_dict() for k, v in arts.items()}, "finetune_seconds": ft_seconds,
-                "finetuned_folder": str(ft)},
+                "finetuned_folder": repo_relative(str(ft))},
         "wall_seconds": time.time() - t_start,
     }
-    write_json(ROOT / "bench" / "results" / "classifier_onnx.json", result)
-    render()
+    write_result("classifier_onnx", result)
     for row in table:
         print(row)
     print(verdict)

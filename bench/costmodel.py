@@ -8,9 +8,10 @@ Two models side by side:
                  fitted across all runtimes' rows: ``fit_decode_pooled``);
   one-factor     t = roofline / efficiency, efficiency = geometric mean of the runtime's other rows (the first model).
 Reads bench/results/runtime_speed.json (run that first); the host's fp32 matmul throughput is measured here
-(seconds), its bandwidth is the median of the bandwidths measured beside the speed rows.
-Writes bench/results/costmodel.json:
-    .venv/bin/python bench/costmodel.py
+(seconds), its bandwidth is the median of the bandwidths measured beside the speed rows. Each leave-one-out
+row carries the measured_at of the speed row it predicts; held-out rows the time they were measured.
+Writes bench/results/costmodel.json; run from the repository root:
+    .venv/bin/python -m bench.costmodel [--heldout]      (after bench.runtime_speed, and bench.prune for --heldout)
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import dataclasses
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+from bench._common import RESULTS, now_utc, write_result
 
 KV_ELEM = {"llama.cpp": 2}   # f16 KV cache in llama.cpp; fp32 elsewhere
 
@@ -74,7 +73,7 @@ def heldout(a, host) -> dict | None:
         if (folder / "config.json").exists():
             models[name] = folder
     if len(models) < 2:
-        print("held-out models: run bench/prune.py first (no pruned models in its cache)")
+        print("held-out models: run `python -m bench.prune` first (no pruned models in its cache)")
         return None
     work = cache_dir() / "bench" / "costmodel-heldout"
     work.mkdir(parents=True, exist_ok=True)
@@ -86,7 +85,7 @@ def heldout(a, host) -> dict | None:
             if key in stored:
                 continue
             spec = heldout_artifact(name, folder, runtime, kind, work)
-            stored[key] = bench(spec, runtime=runtime, threads=a.threads, runs=a.runs)
+            stored[key] = {**bench(spec, runtime=runtime, threads=a.threads, runs=a.runs), "measured_at": now_utc()}
             rows_path.write_text(json.dumps(stored, indent=1, default=str))
             print(key, round(stored[key]["speed"]["decode_tok_s"]["median"], 2), flush=True)
     nets = {name: load(str(folder)).model for name, folder in models.items()}
@@ -115,10 +114,11 @@ def heldout(a, host) -> dict | None:
         table.append({"model": name, "runtime": runtime, "kind": kind, "layers": stats[key].n_layers,
                       "MB/token": round(stats[key].weight_bytes_per_token / 1e6, 1),
                       "decode measured": round(meas, 2), "predicted": round(p.decode_tok_s, 2), "error": pct(err),
-                      "× SmolLM2 measured": round(meas / base, 2), "× predicted": round(p.decode_tok_s / base, 2)})
+                      "× SmolLM2 measured": round(meas / base, 2), "× predicted": round(p.decode_tok_s / base, 2),
+                      **({"measured_at": b["measured_at"]} if b.get("measured_at") else {})})
     worst = max(errors)
     return {"title": "held-out models: calibrated on SmolLM2, predicting the pruned students (same session)",
-            "columns": list(table[0]), "rows": table,
+            "columns": [c for c in table[0] if c != "measured_at"], "rows": table,
             "notes": [f"cost model calibrated on SmolLM2's {len(HELDOUT_ROWS)} rows measured in the same run; worst "
                       f"error on {len(errors)} held-out rows {100 * worst:.1f}% → "
                       f"{'within' if worst <= 0.25 else 'NOT within'} 25%",
@@ -131,12 +131,11 @@ def main() -> None:
     from edgellm.devices.detect import detect_host
     from edgellm.devices.profiles import builtin_profiles
     from edgellm.devices.stats import stats_from_model
-    from edgellm.fileio import write_json
     from edgellm.models import load
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--speed", default=str(ROOT / "bench" / "results" / "runtime_speed.json"))
+    ap.add_argument("--speed", default=str(RESULTS / "runtime_speed.json"))
     ap.add_argument("--heldout", action="store_true", help="also measure and predict the pruned models (about 20 min)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--fresh", action="store_true", help="re-measure the held-out rows")
@@ -144,8 +143,9 @@ def main() -> None:
     t0 = time.time()
     speed = json.loads(Path(a.speed).read_text())
     rows = {k: v["bench"] for k, v in speed["raw"].items() if v.get("ok")}
+    when = {k: v["measured_at"] for k, v in speed["raw"].items() if v.get("ok") and v.get("measured_at")}
     if len(rows) < 2:
-        raise SystemExit("bench/results/runtime_speed.json has fewer than 2 measured rows: run bench/runtime_speed.py")
+        raise SystemExit("bench/results/runtime_speed.json has fewer than 2 measured rows: run `python -m bench.runtime_speed`")
     model = load("smollm2-135m").model
     measured_host = detect_host(threads=a.threads)
     bw = statistics.median(b["machine"]["measured_bandwidth_GBps"] for b in rows.values())
@@ -180,7 +180,8 @@ def main() -> None:
                       "cost model LOO": round(p.decode_tok_s, 2) if p.calibrated else None,
                       "error": pct(err) if err is not None else "no other row",
                       "fit (other rows)": eff.decode_fit,
-                      "one-factor LOO": round(one, 2) if one else None, "one-factor error": pct(old) if old is not None else None})
+                      "one-factor LOO": round(one, 2) if one else None, "one-factor error": pct(old) if old is not None else None,
+                      **({"measured_at": when[key]} if key in when else {})})      # of the measured speed row
     fits = []
     runtimes = sorted({k.split("|")[0] for k in rows})
     for runtime in runtimes:
@@ -204,13 +205,13 @@ def main() -> None:
              f"worst one-factor (old model) leave-one-out error {100 * max(old_errors):.1f}%" if old_errors else ""]
     result = {
         "title": "Cost model: decode prediction vs measurement on this host (leave-one-out)",
-        "command": "python bench/costmodel.py [--heldout]  (after bench/runtime_speed.py and bench/prune.py)",
         "description": "Each runtime_speed row predicted by the cost model calibrated on all the other rows. "
                        "Cost model: t = layers × overhead (per runtime) + roofline / bandwidth efficiency (one for the machine, "
                        "fitted across runtimes); one-factor (the first model): t = roofline / efficiency per runtime. "
                        "Device rows are predictions from the full host calibration.",
         "machine": speed.get("machine"),
-        "tables": [{"title": "leave-one-out decode predictions on this host", "columns": list(table[0]), "rows": table,
+        "tables": [{"title": "leave-one-out decode predictions on this host",
+                    "columns": [c for c in table[0] if c != "measured_at"], "rows": table,
                     "notes": [n for n in notes if n]},
                    {"title": "calibrated decode parameters per runtime (all rows)", "columns": list(fits[0]), "rows": fits,
                     "notes": []},
@@ -222,7 +223,7 @@ def main() -> None:
                 "calibration": cal.to_dict()},
         "wall_seconds": time.time() - t0,
     }
-    old = ROOT / "bench" / "results" / "costmodel.json"
+    old = RESULTS / "costmodel.json"
     prev = json.loads(old.read_text()) if old.exists() else {}
     held = heldout(a, host) if a.heldout else next(                 # without --heldout: keep the last measured one
         (dict(t, raw=prev.get("raw", {}).get("heldout")) for t in prev.get("tables", []) if t["title"].startswith("held-out")),
@@ -231,8 +232,7 @@ def main() -> None:
         result["tables"].insert(1, {k: v for k, v in held.items() if k != "raw"})
         if held.get("raw"):
             result["raw"]["heldout"] = held["raw"]
-    write_json(ROOT / "bench" / "results" / "costmodel.json", result)
-    render()
+    write_result("costmodel", result, machine=result["machine"])
     for t in result["tables"][:2]:
         for r in t["rows"]:
             print(r)

@@ -1,10 +1,12 @@
 """Distillation benchmark: LM KD (SmolLM2-135M → 15 layers), its α=1 ablation, MiniLM SST-2 classifier KD
 (6 → 3 layers), and W4 recovery. Writes bench/results/distill.json, curves in docs/img/distill-*.png.
 
-Phases run separately (each under the heavy lock), results accumulate in the JSON:
-    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/distill.py --phase lm
-    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/distill.py --phase cls
-    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/distill.py --phase recovery
+Phases run separately (each under the heavy lock, from the repository root), results accumulate in the
+JSON; each phase keeps its own command and measured_at, and its table rows carry that time:
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.distill --phase lm
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.distill --phase cls
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.distill --phase recovery
+    .venv/bin/python -m bench.distill --phase render
 """
 
 from __future__ import annotations
@@ -12,25 +14,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+from bench._common import RESULTS, ROOT, invocation, now_utc, stamp, write_result
+from edgellm.api import evaluate
+from edgellm.data import SST2, WIKI_VALID, data_file, read_tsv
+from edgellm.distillation import DistillConfig, distill, finetune, student_from_teacher
+from edgellm.measure import machine_info
+from edgellm.models import Loaded, cache_dir, load
 
-from edgellm.api import evaluate  # noqa: E402
-from edgellm.measure import machine_info  # noqa: E402
-from edgellm.data import SST2, WIKI_VALID, data_file, read_tsv  # noqa: E402
-from edgellm.distillation import DistillConfig, distill, finetune, student_from_teacher  # noqa: E402
-from edgellm.fileio import write_json  # noqa: E402
-from edgellm.models import Loaded, load  # noqa: E402
-
-RESULT = ROOT / "bench" / "results" / "distill.json"
+RESULT = RESULTS / "distill.json"
 IMG = ROOT / "docs" / "img"
 WORK = Path("/tmp/edgellm-distill-bench")
 
@@ -170,12 +169,13 @@ def compressed_copy(teacher: Loaded, kind: str, group: int, source: str | None =
     pattern = "2:4" if kind == "2:4" else None
     if source:
         return load(source), {"keep_sparsity": True, "source": source}
-    cached = Path.home() / f".cache/edgellm/bench-prune/models/sparsegpt-{'2of4' if pattern else '50'}"
+    cached = cache_dir() / "bench-prune" / "models" / f"sparsegpt-{'2of4' if pattern else '50'}"
     if (cached / "config.json").exists():
         return load(cached), {"keep_sparsity": True}
+    from edgellm.calibconfig import CalibConfig
     from edgellm.pruning import PruneConfig, prune
     pruned = Loaded(copy.deepcopy(teacher.model), teacher.tokenizer, copy.copy(teacher.meta))
-    prune(pruned, PruneConfig(method="sparsegpt", sparsity=0.5, pattern=pattern, calib_samples=32))
+    prune(pruned, PruneConfig(method="sparsegpt", sparsity=0.5, pattern=pattern, calib=CalibConfig(samples=32)))
     return pruned, {"keep_sparsity": True}
 
 
@@ -212,6 +212,11 @@ def r4(x):
     return None if x is None else round(float(x), 4)
 
 
+def _at(rows: list[dict], phase: dict) -> list[dict]:
+    """*rows* stamped with the time their phase was measured (phases run before the envelope have none)."""
+    return [stamp(r, phase["measured_at"]) for r in rows] if phase.get("measured_at") else rows
+
+
 def tables(raw: dict) -> tuple[list, list]:
     out, plots = [], []
     lm = raw.get("lm")
@@ -230,7 +235,7 @@ def tables(raw: dict) -> tuple[list, list]:
             plots.append(runs[k]["png"])
         out.append({"title": "LM: SmolLM2-135M → 15-layer student, distilled on wiki.valid.tokens",
                     "columns": ["model", "test mean NLL", "ppl", "gap to teacher", "gap shrink", "steps", "tokens seen",
-                                "train s", "curves"], "rows": rows,
+                                "train s", "curves"], "rows": _at(rows, lm),
                     "notes": [f"wikitext-2 test, ctx {ev['teacher']['ctx']}, {ev['teacher']['tokens']} predicted tokens",
                               f"kept layers {lm['kept_layers']}; threads {lm['threads']['chosen']} (faster of 1/2, measured)",
                               f"target gap shrink ≥ 50%: KD {100 * lm['gap_shrink_kd']:.1f}% → "
@@ -256,7 +261,7 @@ def tables(raw: dict) -> tuple[list, list]:
         ok = c["retention"] >= 0.97 and tp["ratio_median"] >= 1.8
         out.append({"title": "Classifier: MiniLM-L6 on SST-2 → 3-layer student",
                     "columns": ["model", "layers", "dev accuracy", "retention", "examples/s", "speed-up", "steps",
-                                "examples seen", "train s", "curves"], "rows": rows,
+                                "examples seen", "train s", "curves"], "rows": _at(rows, c),
                     "notes": [f"trained on the first {c['train_rows']} rows of sst-2/train.tsv; accuracy on the first "
                               f"{c['dev_rows']} rows of sst-2/dev.tsv; kept layers {c['kept_layers']}",
                               f"throughput: batch 32, {tp['rows']} dev rows, teacher and student alternately, "
@@ -284,7 +289,7 @@ def tables(raw: dict) -> tuple[list, list]:
                else "pruned weights held at zero, so the sparsity pattern is kept")
         out.append({"title": f"Recovery: {label} SmolLM2-135M, KD from the fp32 original",
                     "columns": ["model", "test mean NLL", "ppl", "NLL loss", "recovered", "steps", "tokens seen", "train s", "curves"],
-                    "rows": rows, "notes": [f"wikitext-2 test, ctx 512, {ev['teacher']['tokens']} predicted tokens; {how}; "
+                    "rows": _at(rows, rec), "notes": [f"wikitext-2 test, ctx 512, {ev['teacher']['tokens']} predicted tokens; {how}; "
                                             f"phase wall time {rec['wall_seconds']:.0f} s"]})
     return out, [p for p in plots if p]
 
@@ -315,20 +320,20 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     result = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-    raw = result.get("raw", {})
+    raw, old_machine = result.get("raw", {}), result.get("machine")
     if a.phase != "render":
         key = a.phase if a.phase != "recovery" or a.rec_kind == "w4" else f"recovery-{a.rec_kind}"
         raw[key] = {**{"lm": phase_lm, "cls": phase_cls, "recovery": phase_recovery}[a.phase](a),
-                        "command": "flock /tmp/edgellm-heavy.lock .venv/bin/python bench/distill.py " + " ".join(sys.argv[1:])}
+                    "command": shlex.join(invocation()), "measured_at": now_utc()}
     tabs, plots = tables(raw)
+    command = "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery", "recovery-2:4", "recovery-50%") if k in raw)
     result = {"title": "Distillation: LM KD, classifier KD, recovery",
-              "command": "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery", "recovery-2:4", "recovery-50%") if k in raw),
               "description": "L = α·CE + (1−α)·T²·KL(teacher‖student) (docs/distillation.md). Gap = student's minus "
                              "teacher's wikitext-2 test mean NLL. Training data: wiki.valid.tokens (LM), sst-2/train.tsv "
                              "(classifier). On the shared 2-core CPU every heavy phase ran under the heavy lock.",
-              "machine": result.get("machine") or machine_info(), "tables": tabs, "plots": plots, "raw": raw}
-    write_json(RESULT, result)
-    render()
+              "tables": tabs, "plots": plots, "raw": raw}
+    write_result(RESULT, result, machine=machine_info() if a.phase != "render" else old_machine or machine_info(),
+                 command=command)
     for t in tabs:
         print(t["title"])
         for r in t["rows"]:

@@ -1,23 +1,19 @@
 """Foundation benchmark: SmolLM2-135M fp32 in PyTorch — perplexity (docs/design.md §4 protocol),
 speed, peak RSS, bandwidth utilisation. Writes bench/results/foundation.json.
 
-Run: .venv/bin/python bench/foundation.py [--threads 2]
+Run from the repository root: .venv/bin/python -m bench.foundation [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
-
-from edgellm.api import evaluate  # noqa: E402
-from edgellm.measure import bench  # noqa: E402
-from edgellm.fileio import write_json  # noqa: E402
+from bench._common import stamp, write_result
+from edgellm.api import evaluate
+from edgellm.measure import bench
 
 
 def main() -> None:
@@ -45,16 +41,14 @@ def main() -> None:
            "BW util": f"{100 * b['bandwidth_utilisation']:.1f}%"}
     result = {
         "title": "Foundation: SmolLM2-135M fp32 in PyTorch",
-        "command": "python bench/foundation.py --threads 2",
         "description": "Perplexity on wikitext-2 test (non-overlapping windows); speed is greedy decode of 128 new "
                        "tokens after a 128-token prompt, EOS ignored, median of 5 runs after 1 warm-up; peak RSS of a "
                        "fresh subprocess that loads the model and runs the speed workload.",
         "machine": b["machine"],
-        "tables": [{"title": "fp32 baseline", "columns": list(row), "rows": [row]}],
+        "tables": [{"title": "fp32 baseline", "columns": list(row), "rows": [stamp(row)]}],
         "raw": {"eval": ev, "bench": b}, "wall_seconds": time.time() - t0,
     }
-    write_json(ROOT / "bench" / "results" / "foundation.json", result)
-    render()
+    write_result("foundation", result)
     print(row)
 
 

@@ -10,32 +10,30 @@ Every file: perplexity through llama.cpp on the standard protocol (wiki.test.raw
 threads, median of 5; the two Q4_0 files are benchmarked alternately once more and the ratio is
 quoted). Writes bench/results/gguf_vs_llamacpp.json and re-renders docs/benchmarks.md.
 
-Run (heavy: under the lock):
-    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/gguf_vs_llamacpp.py --threads 2
+Run from the repository root (heavy: under the lock):
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.gguf_vs_llamacpp --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from edgellm.api import evaluate  # noqa: E402
-from edgellm.measure import bench, machine_info  # noqa: E402
-from edgellm.data import WIKI_VALID, calibration_windows, data_file  # noqa: E402
-from edgellm.errors import EdgeLLMError  # noqa: E402
-from edgellm.exporters import export  # noqa: E402
-from edgellm.exporters.llamacpp_quant import importance_matrix, llama_quantize, tensor_types  # noqa: E402
-from edgellm.fileio import write_json  # noqa: E402
-from edgellm.models import cache_dir, load  # noqa: E402
+from bench._common import RESULTS, invocation, now_utc, write_result
+from edgellm.api import evaluate
+from edgellm.data import WIKI_VALID, calibration_windows, data_file
+from edgellm.errors import EdgeLLMError
+from edgellm.exporters import export
+from edgellm.exporters.llamacpp_quant import importance_matrix, llama_quantize, tensor_types
+from edgellm.measure import bench, machine_info
+from edgellm.models import cache_dir, load
 
 QTYPE = {4: "q4_0", 8: "q8_0"}
 
@@ -57,7 +55,7 @@ def main() -> None:
     ap.add_argument("--variants", default="gptq:4,gptq:8", help="edgellm method:bits to include")
     ap.add_argument("--work", default=str(cache_dir() / "bench" / "gguf_vs_llamacpp"))
     ap.add_argument("--model", default="smollm2-135m", help="fp32 source (a tiny folder for a dry run)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gguf_vs_llamacpp.json"))
+    ap.add_argument("--out", default=str(RESULTS / "gguf_vs_llamacpp.json"))
     ap.add_argument("--speed-only", action="store_true",
                     help="re-measure only the two Q4_0 files (--q4-repeats alternating rounds) on top of --out")
     ap.add_argument("--q4-reset", action="store_true",
@@ -100,14 +98,15 @@ def main() -> None:
         timings[f"llama_model_quantize {label}"] = time.time() - t
         files[label] = {"path": path, "quantizer": "llama.cpp " + ("(imatrix)" if im else "(RTN)"), "type": qtype.upper()}
 
+    from edgellm.calibconfig import CalibConfig
     from edgellm.quantization import QuantConfig, quantize
 
     for variant in [v for v in args.variants.split(",") if v]:
         method, bits = variant.split(":")[0], int(variant.split(":")[1])
         # the best GPTQ setting of bench/quantize.py (with AWQ's prescale below 8 bits)
         best = dict(act_order=True, static_groups=True, mse_clip=True, awq_prescale=bits < 8) if method == "gptq" else {}
-        cfg = QuantConfig(method=method, bits=bits, group_size=32, symmetric=True, calib_samples=args.calib_samples,
-                          calib_len=args.calib_len, **best)
+        cfg = QuantConfig(method=method, bits=bits, group_size=32, symmetric=True,
+                          calib=CalibConfig(samples=args.calib_samples, seq_len=args.calib_len), **best)
         label = f"{QTYPE[bits].upper()} edgellm {method.upper()}" + (" (+AWQ prescale)" if best.get("awq_prescale") else "")
         m = load(args.model)
         t = time.time()
@@ -139,6 +138,7 @@ def main() -> None:
         f["ppl"] = ev["perplexity"]
         f["bytes"] = Path(f["path"]).stat().st_size
         f["tensor_types"] = tensor_types(f["path"])
+        f["measured_at"] = now_utc()
         timings[f"ppl {label}"] = time.time() - t
         log(f"{label}: ppl {f['ppl']['perplexity']:.4f} ({f['ppl']['n_tokens']} tokens), {f['bytes']} bytes")
 
@@ -163,6 +163,7 @@ def run_speed(files: dict, speed: dict, order: list, args, timings: dict) -> Non
         t = time.time()
         b = bench(str(files[label]["path"]), threads=args.threads, runs=args.runs, machine=False)
         speed[label].append(b)
+        files[label]["measured_at"] = now_utc()
         timings.setdefault(f"bench {label}", 0.0)
         timings[f"bench {label}"] += time.time() - t
         log(f"bench {label}: decode {b['speed']['decode_tok_s']['median']:.1f} tok/s, "
@@ -185,6 +186,8 @@ def run_paired(files: dict, args, timings: dict) -> dict | None:
     runtimes = {label: open_runtime(str(files[label]["path"]), threads=args.threads) for label in pair}
     r = measure_paired(runtimes, rounds=args.paired, prompt_len=128, new_tokens=128)
     timings["paired Q4_0"] = time.time() - t
+    for label in pair:
+        files[label]["measured_at"] = now_utc()
     for kind in ("decode", "prefill"):
         q = r["ratios"][pair[1]][kind]
         log(f"paired {kind}: edgellm / llama.cpp median {q['median']:.3f} (IQR {q['q1']:.3f}-{q['q3']:.3f})")
@@ -196,7 +199,7 @@ def speed_only(args, parser) -> None:
     import shlex
 
     prev = json.loads(Path(args.out).read_text())
-    first = prev["command"].split(";")[0].split("gguf_vs_llamacpp.py", 1)[1]
+    first = re.split(r"gguf_vs_llamacpp(?:\.py)?", prev["command"].split(";")[0], maxsplit=1)[1]
     settings = vars(parser.parse_args(shlex.split(first)))      # the settings the saved files were made with
     for k in ("calib_samples", "imatrix_samples", "calib_len", "ctx", "max_tokens"):
         setattr(args, k, settings[k])
@@ -211,8 +214,7 @@ def speed_only(args, parser) -> None:
     run_speed(files, speed, [], args, timings)
     paired = run_paired(files, args, timings) or prev.get("paired")
     base = prev["command"].split(";")[0] if args.q4_reset else prev["command"]
-    args.command = base + (f"; .venv/bin/python bench/gguf_vs_llamacpp.py --speed-only --q4-repeats {args.q4_repeats}"
-                           + (" --q4-reset" if args.q4_reset else "") + f" --paired {args.paired}")
+    args.command = base + "; " + shlex.join(invocation())
     finish(args, files, speed, timings, t_start, paired)
 
 
@@ -233,6 +235,7 @@ def finish(args, files: dict, speed: dict, timings: dict, t_start: float, paired
             "Δppl vs F32": round(ppl - base, 4), "decode tok/s": round(dec, 1), "prefill tok/s": round(pre, 1),
             "PyTorch ppl (same weights)": round(f["torch_ppl"], 4) if "torch_ppl" in f else None,
             "BW util": f"{100 * dec * runs[0]['speed']['weight_bytes'] / (machine['measured_bandwidth_GBps'] * 1e9):.1f}%",
+            **({"measured_at": f["measured_at"]} if f.get("measured_at") else {}),    # its last measurement
         })
     by = {r["file"]: r for r in rows}
     notes, target = [], {}
@@ -282,7 +285,6 @@ def finish(args, files: dict, speed: dict, timings: dict, t_start: float, paired
     ]
     result = {
         "title": "GGUF: llama.cpp's quantizer vs edgellm GPTQ/AWQ in the same block types (SmolLM2-135M)",
-        "command": getattr(args, "command", None) or ".venv/bin/python bench/gguf_vs_llamacpp.py " + " ".join(sys.argv[1:]),
         "description": "One run from the same fp32 SmolLM2: llama.cpp's llama_model_quantize (with and without an "
                        "importance matrix) against edgellm's calibrated quantizers whose integer codes and fp16 scales "
                        "are written straight into Q4_0/Q8_0 blocks. All files run in llama.cpp.",
@@ -297,9 +299,7 @@ def finish(args, files: dict, speed: dict, timings: dict, t_start: float, paired
         "paired": paired,
         "timings_s": timings, "wall_seconds": time.time() - t_start,
     }
-    write_json(args.out, result)
-    if Path(args.out).resolve().parent == (ROOT / "bench" / "results").resolve():
-        render()
+    write_result(args.out, result, machine=machine, command=getattr(args, "command", None))
     for r in rows:
         print(r)
     print(json.dumps(target, indent=1, default=str))

@@ -2,17 +2,23 @@
 
 Reads an optimize output folder (``results.json``), or runs the search first, and writes
 ``bench/results/optimize_demo.json`` (summary table, host prediction-vs-measurement, the pick
-against fp32) plus a screenshot of the report (``docs/img/optimize_report.png``, headless
-Chromium when installed), then re-renders docs/benchmarks.md.
+against fp32), keeps the search's raw ``results.json`` beside it as
+``bench/results/raw/optimize_demo.results.json`` (the file the README table summarises), takes a
+screenshot of the report (``docs/img/optimize_demo_report.png``, headless Chromium when installed),
+then re-renders docs/benchmarks.md. When the search fails, it exits non-zero and records nothing:
+it never falls back on an earlier run's results.json.
 
-Run: .venv/bin/python bench/optimize_demo.py --out out/demo            (runs the demo: ≤ 15 min, 2 threads)
-     .venv/bin/python bench/optimize_demo.py --from out/demo           (only reads an existing run)
-     add --name NAME --title "..." to record another search (e.g. a multi-model one)
+Run from the repository root:
+     .venv/bin/python -m bench.optimize_demo --out out/demo     (runs the demo: ≤ 15 min, 2 threads)
+     .venv/bin/python -m bench.optimize_demo --from out/demo    (only reads an existing run)
+     add --name NAME --title "..." to record another search; other arguments go to ``edgellm optimize``
+     (e.g. ``--model smollm2-135m --model out/student``)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import shutil
 import subprocess
@@ -21,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
-
-from edgellm.fileio import write_json  # noqa: E402
-from edgellm.report.html import summary_rows  # noqa: E402
+from bench._common import RESULTS, ROOT, repo_relative, stamp, write_result
+from edgellm.fileio import write_json
+from edgellm.report.html import summary_rows
 
 
 def screenshot(report: Path, png: Path) -> bool:
@@ -45,23 +49,34 @@ def main() -> None:
     ap.add_argument("--from", dest="src", default=None, help="read an existing optimize output folder instead")
     ap.add_argument("--name", default="optimize_demo")
     ap.add_argument("--title", default="edgellm optimize: the default demo (SmolLM2-135M, --device host)")
-    ap.add_argument("--command", default="edgellm optimize --model smollm2-135m --device host --out out/demo")
     args, extra = ap.parse_known_args()
     folder = Path(args.src or args.out)
-    wall = None
+    wall, optimize_argv = None, None
     if args.src is None:
+        cmd = [sys.executable, "-m", "edgellm.cli", "optimize", "--out", args.out, "--force", *extra]
+        optimize_argv = ["edgellm", *cmd[3:]]
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "edgellm.cli", "optimize", "--out", args.out, "--force", *extra], check=False)
+        rc = subprocess.run(cmd, check=False).returncode
         wall = time.time() - t0
-    r = json.loads((folder / "results.json").read_text())
-    rows = summary_rows(r)
+        if rc != 0:
+            raise SystemExit(f"bench.optimize_demo: `{repo_relative(' '.join(optimize_argv))}` failed (exit {rc}); "
+                             f"nothing recorded, bench/results/{args.name}.json is unchanged")
+    results_json = folder / "results.json"
+    if not results_json.is_file():
+        raise SystemExit(f"bench.optimize_demo: {repo_relative(str(results_json))} not found: run the search "
+                         "(--out) or name a finished optimize output folder (--from)")
+    r = json.loads(results_json.read_text())
+    finished = datetime.datetime.fromtimestamp(results_json.stat().st_mtime, datetime.timezone.utc)
+    when = finished.strftime("%Y-%m-%dT%H:%M:%SZ")          # the search wrote its figures then
+    rows = [stamp(x, when) for x in summary_rows(r)]
     checks = [{"candidate": c["label"], "calibrated by": c["calibration"], "decode measured": round(c["decode_measured"], 2),
                "decode predicted (before)": round(c["decode_predicted"], 2),
                "error (before)": f"{100 * c['decode_error']:+.1f}%",
                "decode predicted (leave-one-out)": round(c.get("decode_loo_predicted") or 0, 2),
                "error (leave-one-out)": f"{100 * c['decode_loo_error']:+.1f}%" if c.get("decode_loo_error") is not None else "-",
                "LOO calibrated by": c.get("loo_calibration"),
-               "RAM error (LOO)": f"{100 * c['ram_loo_error']:+.1f}%" if c.get("ram_loo_error") is not None else "-"}
+               "RAM error (LOO)": f"{100 * c['ram_loo_error']:+.1f}%" if c.get("ram_loo_error") is not None else "-",
+               "measured_at": when}
               for c in r["host_checks"] if c.get("decode_measured")]
     png = ROOT / "docs" / "img" / f"{args.name}_report.png"
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -74,19 +89,21 @@ def main() -> None:
              f"search wall time {r['elapsed_s'] / 60:.1f} min (budget {r['budget']['minutes']} min, "
              f"{r['config']['threads']} threads); skipped: {len(r['budget']['skipped'])}"] + r.get("notes", [])
     result = {
-        "title": args.title, "command": args.command,
+        "title": args.title, "optimize_argv": optimize_argv and [repo_relative(a) for a in optimize_argv],
+        "raw_results": f"bench/results/raw/{args.name}.results.json",
         "description": "Quality is the relative perplexity increase over the fp32 base on the same wikitext-2 test "
                        f"tokens (ctx {r['config']['ctx']}, {r['config']['full_tokens']} tokens; screen "
                        f"{r['config']['screen_tokens']} tokens with early rejection); speed is measured on this host in a "
                        "fresh subprocess (greedy 128 new tokens after a 128-token prompt, median of 5 runs).",
         "machine": {**r["host"]["details"], "measured_bandwidth_GBps": r["host"]["mem_bandwidth_GBps"]},
-        "tables": [{"title": "Candidates", "columns": list(rows[0]) if rows else [], "rows": rows, "notes": notes},
+        "tables": [{"title": "Candidates", "columns": [c for c in rows[0] if c != "measured_at"] if rows else [],
+                    "rows": rows, "notes": notes},
                    {"title": "Cost model on this host: decode prediction vs measurement",
-                    "columns": list(checks[0]) if checks else [], "rows": checks}],
+                    "columns": [c for c in checks[0] if c != "measured_at"] if checks else [], "rows": checks}],
         "plots": plots, "wall_seconds": wall or r["elapsed_s"],
     }
-    write_json(ROOT / "bench" / "results" / f"{args.name}.json", result)
-    render()
+    write_json(RESULTS / "raw" / f"{args.name}.results.json", r)     # the raw search the table summarises
+    write_result(args.name, result, machine=result["machine"])
     print(json.dumps({"chosen": (r.get("chosen") or {}).get("label"), "vs_base": vb, "wall_s": result["wall_seconds"]}))
 
 

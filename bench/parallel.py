@@ -8,28 +8,22 @@ warm-up); and generated tokens/s at batch 8 (same prompt and new-token lengths, 
 micro-batch setting measured alternately inside one process). Settings alternate across --rounds.
 Writes bench/results/parallel.json and regenerates docs/benchmarks.md.
 
-Run (heavy): flock /tmp/edgellm-heavy.lock .venv/bin/python bench/parallel.py
+Run from the repository root (heavy): flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.parallel
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+from transformers import AutoConfig
 
-from transformers import AutoConfig  # noqa: E402
-
-from edgellm.measure import machine_info  # noqa: E402
-from edgellm.fileio import write_json  # noqa: E402
-from edgellm.parallel.launch import bench_pipeline  # noqa: E402
-from edgellm.parallel.placement import plain_folder  # noqa: E402
-from edgellm.parallel.stage import plan_stages  # noqa: E402
+from bench._common import RESULTS, now_utc, stamp, write_result
+from edgellm.measure import machine_info
+from edgellm.parallel.launch import bench_pipeline
+from edgellm.parallel.placement import plain_folder
+from edgellm.parallel.stage import plan_stages
 
 MiB = 2**20
 
@@ -45,7 +39,7 @@ def main() -> None:
     ap.add_argument("--micro-batches", default="1,2,4", help="micro-batch counts tried on the pipeline")
     ap.add_argument("--single-one-thread", action="store_true", help="also measure 1 process with 1 thread")
     ap.add_argument("--rounds", type=int, default=1, help="alternate 1 process / N ranks this many times")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "parallel.json"))
+    ap.add_argument("--out", default=str(RESULTS / "parallel.json"))
     ap.add_argument("--new-tokens", type=int, default=128, help="new tokens per call (batch 1 and batch)")
     args = ap.parse_args()
     t_start = time.time()
@@ -59,8 +53,9 @@ def main() -> None:
         rounds.append({"single": one, "pipeline": many})
         if args.single_one_thread:   # the same rank code at 1 thread: what each pipeline rank gets
             rounds[-1]["single1"] = bench_pipeline(args.model, 1, micro_batches=[1], **{**common, "threads": 1})
+        rounds[-1]["measured_at"] = now_utc()
         print({k: (v["speed"]["decode_tok_s"]["median"], [b["throughput_tok_s"]["median"] for b in v["batch"]])
-               for k, v in rounds[-1].items()}, flush=True)
+               for k, v in rounds[-1].items() if k != "measured_at"}, flush=True)
 
     def med(key, getter):
         return statistics.median(getter(r[key]) for r in rounds)
@@ -102,7 +97,6 @@ def main() -> None:
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     result = {
         "title": f"Pipeline parallelism: {args.model} as {args.world} processes (torch.distributed, gloo) vs 1 process",
-        "command": "python " + shlex.join(sys.argv),
         "description": (
             f"Same code and the same {args.threads} cores in both settings: 1 process with {args.threads} threads, or "
             f"{args.world} ranks with {args.threads // args.world} thread each on one machine, talking over gloo on "
@@ -114,7 +108,7 @@ def main() -> None:
             "rank's own ru_maxrss."),
         "machine": machine_info(bandwidth=True),
         "tables": [
-            {"title": "Per-rank memory", "columns": list(mem_rows[0]), "rows": mem_rows,
+            {"title": "Per-rank memory", "columns": list(mem_rows[0]), "rows": [stamp(r, last["measured_at"]) for r in mem_rows],
              "notes": [f"Whole model: {total_w / MiB:.1f} MiB of fp32 weights. "
                        + (f"With tied embeddings both ends of the pipeline hold the {emb_mib:.1f} MiB embedding matrix "
                           "(rank 0 looks tokens up in it, the last rank uses it as the output head), so a rank holds "
@@ -122,7 +116,7 @@ def main() -> None:
                           f"Rank 0 holds the {emb_mib:.1f} MiB input embedding, the last rank the output head."),
                        "RSS - weights is the runtime overhead of each process (Python, torch, transformers and their "
                        "imports, activations, KV cache), paid once per rank."]},
-            {"title": "Speed", "columns": list(speed_rows[0]), "rows": speed_rows,
+            {"title": "Speed", "columns": list(speed_rows[0]), "rows": [stamp(r, rounds[-1]["measured_at"]) for r in speed_rows],
              "notes": [
                  "Batch 1: the ranks take turns on every token (rank 1 waits for rank 0's activations, rank 0 for "
                  "rank 1's token), so a pipeline cannot decode one stream faster than one process; here each rank "
@@ -144,9 +138,7 @@ def main() -> None:
                 "weight_bytes_read_per_token": read_bytes},
         "wall_seconds": round(time.time() - t_start, 1),
     }
-    write_json(args.out, result)
-    if Path(args.out).resolve().parent == (ROOT / "bench" / "results").resolve():
-        render()
+    write_result(args.out, result)
     for t in result["tables"]:
         for row in t["rows"]:
             print(row)

@@ -4,9 +4,10 @@ unstructured and 2:4); depth and width pruning at 25% (pruning time, size, perpl
 speed against fp32, measured alternately; a depth/width sweep over 10-50% of the parameters (plot).
 
 The machine is shared, so the script runs its steps in order of importance and saves after each one in
-$EDGELLM_CACHE/bench-prune/results.json; running it again resumes where it stopped. Then it renders:
-  flock /tmp/edgellm-heavy.lock .venv/bin/python bench/prune.py --threads 2
-  .venv/bin/python bench/prune.py --render-only
+$EDGELLM_CACHE/bench-prune/results.json, each step with its command and measured_at; running it again
+resumes where it stopped. Then it renders (bench/prune_render.py). From the repository root:
+  flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.prune --threads 2
+  .venv/bin/python -m bench.prune --render-only
 """
 
 from __future__ import annotations
@@ -15,24 +16,24 @@ import argparse
 import copy
 import json
 import math
-import sys
+import shlex
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
-
-from edgellm.api import evaluate  # noqa: E402
-from edgellm.measure import bench, machine_info  # noqa: E402
-from edgellm.calibrate import find_blocks  # noqa: E402
-from edgellm.data import WIKI_VALID, calibration_windows  # noqa: E402
-from edgellm.fileio import dir_bytes, write_json  # noqa: E402
-from edgellm.models import cache_dir, count_params, load, save  # noqa: E402
-from edgellm.pruning import PruneConfig, prune  # noqa: E402
-from edgellm.pruning import structured as st  # noqa: E402
-from edgellm.pruning.storage import NO_KERNEL_NOTE, save_sparse  # noqa: E402
+from bench._common import ROOT, invocation, now_utc
+from bench.prune_render import render_results
+from edgellm.api import evaluate
+from edgellm.calibconfig import CalibConfig
+from edgellm.calibrate import find_blocks
+from edgellm.data import WIKI_VALID, calibration_windows
+from edgellm.fileio import dir_bytes, write_json
+from edgellm.measure import bench, machine_info
+from edgellm.models import cache_dir, count_params, load, save
+from edgellm.pruning import PruneConfig, prune
+from edgellm.pruning import structured as st
+from edgellm.pruning.storage import NO_KERNEL_NOTE, save_sparse
 
 MODEL = "smollm2-135m"
 WORK = cache_dir() / "bench-prune"
@@ -40,7 +41,8 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 class Store:
-    """results.json in WORK: one entry per finished step, written after each step."""
+    """results.json in WORK: one entry per finished step, written after each step, with the command that
+    measured it and when (``command``, ``measured_at``)."""
 
     def __init__(self, path: Path, fresh: bool):
         self.path = path
@@ -50,6 +52,8 @@ class Store:
         return key in self.d
 
     def put(self, key, value):
+        if isinstance(value, dict):
+            value = {**value, "command": shlex.join(invocation()), "measured_at": now_utc()}
         self.d[key] = value
         write_json(self.path, self.d)
         print(key, {k: v for k, v in value.items() if k not in ("channels", "layer")} if isinstance(value, dict) else value,
@@ -74,8 +78,8 @@ def step_unstructured(S, args, method, pattern):
     if S.done(key):
         return
     m = load(MODEL)
-    cfg = PruneConfig(method=method, sparsity=None if pattern else 0.5, pattern=pattern, calib_samples=args.calib_samples,
-                      calib_len=args.calib_len)
+    cfg = PruneConfig(method=method, sparsity=None if pattern else 0.5, pattern=pattern,
+                      calib=CalibConfig(samples=args.calib_samples, seq_len=args.calib_len))
     _, r = prune(m, cfg, progress=False)   # includes reading and tokenizing the calibration text
     folder = save_sparse(m, WORK / "models" / f"{method}-{pattern or '50'}".replace(":", "of"), force=True,
                          edgellm_section={"prune": {k: v for k, v in r.to_dict().items() if k != "scores"}})
@@ -90,7 +94,7 @@ def step_structured(S, args, name, structure, ratio: float = 0.25):
         return
     m = load(MODEL)
     P = count_params(m.model)
-    cfg = PruneConfig(structure=structure, ratio=ratio, calib_samples=args.struct_calib_samples, calib_len=args.calib_len)
+    cfg = PruneConfig(structure=structure, ratio=ratio, calib=CalibConfig(samples=args.struct_calib_samples, seq_len=args.calib_len))
     _, r = prune(m, cfg, progress=False)
     folder = save(m, WORK / "models" / name, force=True)
     d = r.to_dict()["removed"]
@@ -214,8 +218,6 @@ def run_all(S, args):
 
 
 if __name__ == "__main__":
-    from prune_render import render_results  # noqa: E402
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib-samples", type=int, default=32, help="calibration windows for Wanda/SparseGPT")
@@ -238,4 +240,4 @@ if __name__ == "__main__":
     S = Store(WORK / "results.json", args.fresh)
     if not args.render_only:
         run_all(S, args)
-    render_results(S.d, ROOT, render, NO_KERNEL_NOTE)
+    render_results(S.d, ROOT, NO_KERNEL_NOTE)

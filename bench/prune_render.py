@@ -1,12 +1,14 @@
 """Render bench/prune.py's saved steps into bench/results/prune.json (+ the sweep plot); missing steps
-show as "not measured"."""
+show as "not measured". Rows carry the measured_at of the step they come from (steps saved before the
+envelope have none); the command is every distinct command that measured a step, else this one."""
 
 from __future__ import annotations
 
+import shlex
 import statistics
 from pathlib import Path
 
-from edgellm.fileio import write_json
+from bench._common import RESULTS, invocation, write_result
 
 SETTINGS = [("sparsegpt", "50%"), ("wanda", "50%"), ("magnitude", "50%"), ("sparsegpt", "2:4"), ("wanda", "2:4"),
             ("magnitude", "2:4")]
@@ -37,7 +39,7 @@ def _paired_rows(d: dict) -> list[dict]:
                          "decode tok/s (median)": round(statistics.median(runs["decode"]), 2),
                          "speed-up vs fp32 (median of rounds)": round(q["median"], 3) if q else "-",
                          "IQR": f"{q['q1']:.3f}-{q['q3']:.3f}" if q else "-",
-                         "bytes bound": f"{_ceiling(pr, name):.3f}×" if q else "-", "rounds": pr["rounds"]})
+                         "bytes bound": f"{_ceiling(pr, name):.3f}×" if q else "-", "rounds": pr["rounds"], **_when(pr)})
     return rows
 
 
@@ -66,7 +68,15 @@ def _recovery(root, pattern: str) -> dict | None:
     return raw.get(f"recovery-{pattern}")
 
 
-def render_results(d: dict, root, render, no_kernel_note: str) -> None:
+def _cols(rows: list[dict]) -> list[str]:
+    return [c for c in rows[0] if c != "measured_at"]
+
+
+def _when(step: dict | None) -> dict:
+    return {"measured_at": step["measured_at"]} if step and step.get("measured_at") else {}
+
+
+def render_results(d: dict, root, no_kernel_note: str) -> None:
     base = d.get("base")
     if not base:
         print("nothing measured yet")
@@ -115,13 +125,14 @@ def render_results(d: dict, root, render, no_kernel_note: str) -> None:
                             "measured": f"{x:.2f}× decode tok/s ({len(speed['rounds'])} rounds)" if x else "not measured",
                             "met": (x >= 1.2) if x else None})
     unstructured = [{"method": "none (fp32)", "pattern": "-", "sparsity": 0.0, "perplexity": round(b, 3), "Δ ppl": "-",
-                     "prune s": "-", "size on disk MB": round(base["file_bytes"] / 1e6, 1)}]
+                     "prune s": "-", "size on disk MB": round(base["file_bytes"] / 1e6, 1), **_when(base)}]
     for m, p in SETTINGS:
         r = runs.get((m, p))
         if r:
             unstructured.append({"method": m, "pattern": r["pattern"], "sparsity": round(r["sparsity"], 4),
                                  "perplexity": round(r["ppl"], 3), "Δ ppl": f"{rel(r['ppl']):+.1f}%",
-                                 "prune s": round(r["seconds"], 1), "size on disk MB": round(r["file_bytes"] / 1e6, 1)})
+                                 "prune s": round(r["seconds"], 1), "size on disk MB": round(r["file_bytes"] / 1e6, 1),
+                                 **_when(r)})
     structured = []
     for name in ("depth25", "width25", "width35"):
         r = d.get(f"s:{name}")
@@ -137,7 +148,8 @@ def render_results(d: dict, root, render, no_kernel_note: str) -> None:
                            "size on disk MB": round(r["file_bytes"] / 1e6, 1),
                            "decode tok/s (round 0)": round(dec, 2) if dec else "-",
                            "speedup vs fp32 (torch)": f"{x:.2f}×" if x else "-",
-                           "speedup vs fp32 (llama.cpp F32)": f"{_speedups(spg, name):.2f}×" if _speedups(spg, name) else "-"})
+                           "speedup vs fp32 (llama.cpp F32)": f"{_speedups(spg, name):.2f}×" if _speedups(spg, name) else "-",
+                           **_when(d.get(f"ppl:{name}") or r)})
     speed_rows = []
     for key in ("speed", "speed:sparse", "speed:gguf"):
         for i, r in enumerate((d.get(key) or {}).get("rounds", [])):
@@ -146,42 +158,42 @@ def render_results(d: dict, root, render, no_kernel_note: str) -> None:
                                    "decode tok/s median": round(v["decode"]["median"], 2),
                                    "min-max": f"{v['decode']['min']:.2f}-{v['decode']['max']:.2f}",
                                    "prefill tok/s": round(v["prefill"]["median"], 1),
-                                   "peak RSS MB": round(v["peak_rss"] / 1e6, 1)})
+                                   "peak RSS MB": round(v["peak_rss"] / 1e6, 1), **_when(d.get(key))})
     sweep = sorted((v for k, v in d.items() if k.startswith("sweep:") and k != "sweep:scores"),
                    key=lambda v: (v["kind"], v["fraction"]))
     sweep_rows = [{"kind": r["kind"], "removed": r["removed"], "params removed": f"{100 * r['fraction']:.1f}%",
-                   "perplexity": round(r["ppl"], 2), "tokens": r["tokens"]} for r in sweep]
+                   "perplexity": round(r["ppl"], 2), "tokens": r["tokens"], **_when(r)} for r in sweep]
     tables = [{"title": "Targets (issue 4)", "columns": ["setting", "target", "measured", "met"], "rows": targets},
               {"title": "Unstructured and 2:4 (size = edgellm sparse folder: bitmask + values; fp32 = dense folder)",
-               "columns": list(unstructured[0]), "rows": unstructured,
+               "columns": _cols(unstructured), "rows": unstructured,
                "notes": ["Published anchors at 50% on OPT-125M: magnitude ≈ +600%, Wanda +42%, SparseGPT +33%.",
                          f"Wanda/SparseGPT calibrate on {next(iter(runs.values()))['calib_samples'] if runs else '?'} "
                          "windows × 512 tokens of wiki.valid.tokens; 'prune s' includes tokenizing it."]}]
     if structured:
         tables.append({"title": "Structured (plain HF models, no healing; width35 = 35% of MLP channels, not a target)",
-                       "columns": list(structured[0]),
+                       "columns": _cols(structured),
                        "rows": structured, "notes": ["'prune s' is a full prune() call: scoring on "
                                                      f"{d['s:depth25']['calib_samples'] if 's:depth25' in d else '?'} "
                                                      "calibration windows, then the removal."]})
     if sweep_rows:
-        tables.append({"title": "Depth / width sweep (plotted)", "columns": list(sweep_rows[0]), "rows": sweep_rows,
+        tables.append({"title": "Depth / width sweep (plotted)", "columns": _cols(sweep_rows), "rows": sweep_rows,
                        "notes": ["scored once on the dense model; every size reuses the scores."]})
     paired = _paired_rows(d)
     if paired:
         tables.append({"title": "Decode speed-up, paired: the models loaded side by side in one process, run in turn",
-                       "columns": list(paired[0]), "rows": paired, "notes": [
+                       "columns": _cols(paired), "rows": paired, "notes": [
                            "each round runs every model once (128-token prompt, 128 greedy tokens), the order flipped "
                            "every round; speed-up = the model's decode tok/s ÷ fp32's in the same round.",
                            "bytes bound = fp32's weight bytes read per token ÷ the model's: what the speed-up would be "
                            "if decode did nothing but stream weights (per-layer overheads shrink only with depth)."]
                        + _width_note(d)})
     if speed_rows:
-        tables.append({"title": "Decode speed (each round benches every model in turn)", "columns": list(speed_rows[0]),
+        tables.append({"title": "Decode speed (each round benches every model in turn)", "columns": _cols(speed_rows),
                        "rows": speed_rows})
-    machine = (sp or sps or {}).get("machine") or {}
+    machine = (sp or sps or {}).get("machine") or None     # None: write_result measures this machine
+    commands = list(dict.fromkeys(v["command"] for v in d.values() if isinstance(v, dict) and v.get("command")))
     result = {
         "title": "Pruning: SmolLM2-135M (magnitude, Wanda, SparseGPT, 2:4, depth, width)",
-        "command": "flock /tmp/edgellm-heavy.lock python bench/prune.py --threads 2 (resumable; then --render-only)",
         "description": ("Perplexity on wikitext-2 test, ctx 512, first 20,480 tokens unless the table says otherwise. "
                         "All linears in the decoder blocks are pruned; embeddings and the tied LM head stay dense. "
                         "Speed: greedy decode of 128 tokens after a 128-token prompt, 2 threads, median of "
@@ -189,8 +201,8 @@ def render_results(d: dict, root, render, no_kernel_note: str) -> None:
                         f"same round. {no_kernel_note}. Measured on a shared, heavily loaded 2-core machine."),
         "machine": machine, "tables": tables, "plots": [_plot(sweep, b, root)] if sweep else [], "raw": d,
     }
-    write_json(root / "bench" / "results" / "prune.json", result)
-    render()
+    write_result(RESULTS / "prune.json", result, machine=machine,
+                 command="; ".join(commands) if commands else shlex.join(invocation()))
     for t in targets:
         print(t)
 

@@ -7,7 +7,7 @@ round). The fp32 reference log-probs are computed once and kept in a float32 mem
 Each heavy step takes the shared lock /tmp/edgellm-heavy.lock. Results are written after every
 step to bench/results/quantize.json (and docs/benchmarks.md), so a partial run still reports.
 
-Run: .venv/bin/python bench/quantize.py --threads 2 [--only NAME ...] [--calib-samples 32]
+Run from the repository root: .venv/bin/python -m bench.quantize --threads 2 [--only NAME ...] [--calib-samples 32]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import math
 import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+import edgellm
+from bench._common import RESULTS, invocation, stamp, write_result
+from edgellm.calibconfig import CalibConfig
+from edgellm.data import WIKI_TEST, data_file, tokenize_file
+from edgellm.evaluation.perplexity import windows
+from edgellm.measure.latency import fixed_prompt, one_run
+from edgellm.measure.machine import machine_info
+from edgellm.quantization import QuantConfig, quantize
+from edgellm.runtimes.torch import TorchRuntime
 
-import edgellm  # noqa: E402
-from edgellm.measure.latency import fixed_prompt, one_run  # noqa: E402
-from edgellm.measure.machine import machine_info  # noqa: E402
-from edgellm.data import WIKI_TEST, data_file, tokenize_file  # noqa: E402
-from edgellm.evaluation.perplexity import windows  # noqa: E402
-from edgellm.fileio import write_json  # noqa: E402
-from edgellm.quantization import QuantConfig, quantize  # noqa: E402
-from edgellm.runtimes.torch import TorchRuntime  # noqa: E402
-
-OUT = ROOT / "bench" / "results" / "quantize.json"
+OUT = RESULTS / "quantize.json"
 LOCK = "/tmp/edgellm-heavy.lock"
 
 # name, target note, QuantConfig fields
@@ -120,7 +117,7 @@ def main() -> None:
     result.setdefault("raw", {})
     result.setdefault("commands", {})
     key = args.phase + (" " + "|".join(args.only) if args.only else "")   # one entry per distinct run
-    result["commands"][key] = "python " + shlex.join(sys.argv)
+    result["commands"][key] = shlex.join(invocation())
     result["command"] = "; ".join(result["commands"].values())
     result["description"] = (
         f"wikitext-2 test, ctx {args.ctx}, first {args.max_tokens} tokens, non-overlapping windows; "
@@ -149,8 +146,7 @@ def main() -> None:
         cur["raw"] = {**cur.get("raw", {}), **result["raw"]}
         cur["commands"] = {**cur.get("commands", {}), **result["commands"]}
         cur["command"] = "; ".join(cur["commands"].values())
-        write_json(OUT, cur)
-        render()
+        write_result(OUT, cur, machine=result["machine"], command=cur["command"])
 
     if args.phase == "speed":
         put_table(measure_speeds(args, result))
@@ -181,6 +177,8 @@ def main() -> None:
     print(f"fp32: ppl {base_ppl:.3f} ({time.time() - t0:.0f}s)", flush=True)
     rows = [{"setting": "fp32 (reference)", "target": "-", "perplexity": round(base_ppl, 3), "Δppl": "-", "KL": 0.0,
              "top-1": 1.0, "bits/weight": 32, "quant s": "-", "kernels": "-"}]
+    columns = list(rows[0])
+    rows[0] = stamp(rows[0])
     notes = [f"{len(wins)} windows × {args.ctx} tokens = {len(wins) * args.ctx} tokens; {n} predicted",
              "bits/weight counts the quantized linears with their fp16 scales and zero points; embeddings/lm_head stay fp32",
              "quant s: wall time of quantize() in this run" + (" (run without the shared lock on a contended "
@@ -188,13 +186,13 @@ def main() -> None:
                                                                 if args.no_lock else "")]
     table = {"title": f"Quality against the issue's targets (SmolLM2-135M, wikitext-2 test, ctx {args.ctx}, "
                       f"first {len(wins) * args.ctx} tokens)",
-             "columns": list(rows[0]), "rows": rows, "notes": notes}
+             "columns": columns, "rows": rows, "notes": notes}
     put_table(table)
     save()
     for name, target, fields in SETTINGS:
         if args.only and not any(o.lower() in name.lower() for o in args.only):
             continue
-        cfg = QuantConfig(calib_samples=args.calib_samples, calib_len=args.calib_len, **fields)
+        cfg = QuantConfig(calib=CalibConfig(samples=args.calib_samples, seq_len=args.calib_len), **fields)
         with lock():
             m = edgellm.load("smollm2-135m")
             _, res = quantize(m, cfg, progress=False)
@@ -203,7 +201,7 @@ def main() -> None:
                "Δppl": f"{100 * (s['perplexity'] / base_ppl - 1):+.2f}%", "KL": round(s["kl"], 5),
                "top-1": round(s["top1"], 4), "bits/weight": round(res.bits_per_weight, 3),
                "quant s": round(res.seconds, 1), "kernels": ", ".join(f"{k}:{v}" for k, v in res.kernels.items())}
-        rows.append(row)
+        rows.append(stamp(row))
         result["raw"][name] = {"config": cfg.__dict__, "result": res.to_dict(), "score": s}
         print(row, flush=True)
         del m
@@ -244,7 +242,7 @@ def measure_speeds(args, result) -> dict:
 
 def time_gptq(args, result):
     m = edgellm.load("smollm2-135m")
-    cfg = QuantConfig(calib_samples=args.timing_calib_samples, calib_len=args.calib_len, bits=4, group_size=32,
+    cfg = QuantConfig(calib=CalibConfig(samples=args.timing_calib_samples, seq_len=args.calib_len), bits=4, group_size=32,
                       method="gptq", act_order=True, static_groups=True, mse_clip=True)
     _, res = quantize(m, cfg, progress=False)
     result["raw"]["gptq_timing"] = {"config": cfg.__dict__, "seconds": res.seconds, "threads": args.threads}
@@ -286,8 +284,8 @@ def speed_table(args, rts, rounds, timing):
                      next(iter({q.kernel_plan()[1] for q in edgellm.quantization.quantized_linears(rts[n].model).values()}))})
     print(rows, flush=True)
     return {"title": f"Decode speed, PyTorch eager on CPU, {args.threads} threads (alternating rounds)",
-            "columns": list(rows[0]), "rows": rows,
-            "notes": ([f"GPTQ W4 g32 (act-order, static groups, MSE clip; {timing[0].calib_samples}×{timing[0].calib_len} "
+            "columns": list(rows[0]), "rows": [stamp(r) for r in rows],
+            "notes": ([f"GPTQ W4 g32 (act-order, static groups, MSE clip; {timing[0].calib.samples}×{timing[0].calib.seq_len} "
                        f"calibration tokens) took {timing[1].seconds:.0f} s with {args.threads} threads, timed alone under "
                        "the lock"] if timing else []) + [
                       "measured without the shared lock on a contended machine (other jobs running): the alternating "

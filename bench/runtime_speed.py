@@ -11,8 +11,8 @@ Each row is ``edgellm.measure.bench`` in a fresh subprocess: greedy decode of 12
 utilisation = decode tok/s × weight bytes read per token ÷ measured memory bandwidth. Exports
 here skip verification (speed only; every export path is verified in its own tests and by
 ``edgellm export``). Rows are stored one by one in ``--work``/rows.json, so ``--only`` runs pieces.
-Writes bench/results/runtime_speed.json. Run under the heavy-job lock:
-    flock /tmp/edgellm-heavy.lock .venv/bin/python bench/runtime_speed.py --threads 2
+Writes bench/results/runtime_speed.json. Run from the repository root, under the heavy-job lock:
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.runtime_speed --threads 2
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+from bench._common import now_utc, write_result
 
 BITS = ("fp32", "8-bit", "4-bit")
 ROWS = [(rt, b) for rt in ("torch", "llama.cpp", "onnxruntime", "executorch") for b in BITS]
@@ -79,7 +77,6 @@ def artifact(runtime: str, bits: str, work: Path, source) -> Path | str:
 def main() -> None:
     from edgellm.measure import bench, machine_info
     from edgellm.errors import EdgeLLMError
-    from edgellm.fileio import write_json
     from edgellm.models import cache_dir, load
 
     ap = argparse.ArgumentParser()
@@ -110,7 +107,7 @@ def main() -> None:
             spec = artifact(runtime, bits, work, source)
             b = bench(str(spec), runtime=runtime, threads=args.threads, runs=args.runs)
             stored[key] = {"ok": True, "bench": b, "artifact": str(spec), "seconds": time.time() - t0,
-                           "measured_at": time.strftime("%Y-%m-%d %H:%M")}
+                           "measured_at": now_utc()}
         except EdgeLLMError as e:
             stored[key] = {"ok": False, "error": str(e), "seconds": time.time() - t0}
         rows_path.write_text(json.dumps(stored, indent=1, default=str))
@@ -142,6 +139,7 @@ def main() -> None:
             "weights MB/token": round(wb / 1e6, 1),
             "BW util": f"{100 * s['decode_tok_s']['median'] * wb / bw:.1f}%",
             "BW-bound tok/s": round(bw / wb, 1),
+            **({"measured_at": r["measured_at"]} if r.get("measured_at") else {}),   # older rows have none
         })
     for bits in BITS:
         measured = [r for r in rows if r["bits"] == bits and "decode tok/s" in r]
@@ -164,7 +162,6 @@ def main() -> None:
         notes.append("not measured: " + "; ".join(missing))
     result = {
         "title": "Runtimes: SmolLM2-135M decode/prefill speed at fp32, 8-bit and 4-bit",
-        "command": f"flock /tmp/edgellm-heavy.lock .venv/bin/python bench/runtime_speed.py --threads {args.threads}",
         "description": (f"Every runtime on this CPU with {args.threads} threads, from the same fp32 SmolLM2-135M. "
                         "Greedy decode of 128 new tokens after a 128-token prompt, EOS ignored, median of "
                         f"{args.runs} runs after 1 warm-up, in a fresh subprocess (peak RSS). BW util = decode tok/s × "
@@ -177,8 +174,7 @@ def main() -> None:
                     "rows": rows, "notes": notes}],
         "raw": stored, "wall_seconds": time.time() - t_start,
     }
-    write_json(ROOT / "bench" / "results" / "runtime_speed.json", result)
-    render()
+    write_result("runtime_speed", result)
     for n in notes:
         print(n)
 

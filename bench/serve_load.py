@@ -6,7 +6,8 @@ streamed) from ``--concurrency`` client threads, bounded by ``--max-seconds``; t
 throughout. Then a deliberate overload phase fires 2×(max_queue+1) requests at once, which must be
 answered 200 or 429 (queue full), nothing else. Writes bench/results/serve_load.json.
 
-Run: .venv/bin/python bench/serve_load.py [--artifact PATH.gguf] [--requests 200] [--concurrency 8]
+Run from the repository root:
+    .venv/bin/python -m bench.serve_load [--artifact PATH.gguf] [--requests 200] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import ROOT, render  # noqa: E402
+from bench._common import RESULTS, repo_relative, stamp, write_result
 
 PROMPTS = [
     "Turn on the living room light.", "Play some light music.", "What is the capital of France?",
@@ -84,7 +83,6 @@ def main() -> None:
     import psutil
 
     from edgellm.measure import machine_info
-    from edgellm.fileio import write_json
     from edgellm.models import builtin_path
     from edgellm.serving.server import spawn_server
 
@@ -97,7 +95,7 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-seconds", type=float, default=900, help="bound on the main phase; later requests are skipped")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_load.json"))
+    ap.add_argument("--out", default=str(RESULTS / "serve_load.json"))
     args = ap.parse_args()
     artifact = args.artifact or str(builtin_path("smollm2-135m"))
     log_path = Path("/tmp") / f"edgellm-serve-load-{int(time.time())}.log"
@@ -153,22 +151,20 @@ def main() -> None:
                  "server answered afterwards": alive["ok"]}
     result = {
         "title": "Serving: load test of the OpenAI-compatible server",
-        "command": f"python bench/serve_load.py --requests {args.requests} --concurrency {args.concurrency} "
-                   f"--max-tokens {args.max_tokens} --threads {args.threads}",
         "description": f"`edgellm serve` on {Path(artifact).name} in a child process on 127.0.0.1; chat completions "
                        f"(max_tokens {args.max_tokens}, temperature 0.7, a third streamed) from {args.concurrency} client "
                        "threads after 8 warm-up requests. Latency is client-side end to end, queueing included "
                        "(one model instance serves one request at a time). RSS is the server process's, sampled "
                        "every 0.5 s. Then a burst of 2×(max_queue+1) simultaneous requests checks the 429 path.",
         "machine": machine_info(),
-        "tables": [{"title": "Main phase", "columns": list(row), "rows": [row],
+        "artifact": repo_relative(artifact),
+        "tables": [{"title": "Main phase", "columns": list(row), "rows": [stamp(row)],
                     "notes": ["targets: zero errors other than deliberate 429s; RSS growth < 10% over the run"]},
-                   {"title": "Deliberate overload (burst)", "columns": list(burst_row), "rows": [burst_row]}],
+                   {"title": "Deliberate overload (burst)", "columns": list(burst_row), "rows": [stamp(burst_row)]}],
         "raw": {"main": main_results, "burst": burst, "warmup": warm, "rss_samples": samples, "log": str(log_path)},
         "wall_seconds": round(time.time() - t_start, 1),
     }
-    write_json(args.out, result)
-    render()
+    write_result(args.out, result)
     print(json.dumps(row), json.dumps(burst_row), sep="\n")
     if errors:
         print("errors:", json.dumps(errors[:5], indent=1))
