@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
 
 def config_from_args(args):
     from ..devices.profiles import parse_fraction, parse_size
-    from ..optimize import OptimizeConfig
+    from ..optimization import OptimizeConfig
 
     models = tuple(args.model or (["minilm-l6"] if args.task == "classification" else ["smollm2-135m"]))
     return OptimizeConfig(
@@ -63,7 +63,7 @@ def run(args) -> int:
     import os
     import sys
 
-    from ..optimize import optimize
+    from ..optimization import optimize
     from ..report.html import summary_rows
     from ..report.table import format_table
 

@@ -1,7 +1,8 @@
-"""The search's same-weights shortcut (select/runner.py): a runtime predicted to lose on the same weights is skipped."""
+"""The search space's rows and the same-weights shortcut (optimization/pick.py): a runtime predicted to lose on the
+same weights is skipped."""
 
-from edgellm.optimize import Row
-from edgellm.select.runner import same_weights_dominator
+from edgellm.optimization.pick import same_weights_dominator
+from edgellm.optimization.space import Row
 
 
 def row(recipe, runtime, decode, size, model="m", status="screened"):

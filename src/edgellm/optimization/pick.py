@@ -1,4 +1,4 @@
-"""Pareto frontier, constraints and the final pick, on plain result rows (dicts).
+"""Pick: the Pareto frontier, the constraints and the choice, on plain result rows (dicts).
 
 A row carries ``quality_loss`` (relative: perplexity increase, or accuracy drop, vs the base
 model), ``size_bytes``, a speed (``decode_tok_s``, or ``examples_per_s`` for classifiers),
@@ -6,8 +6,10 @@ model), ``size_bytes``, a speed (``decode_tok_s``, or ``examples_per_s`` for cla
 come from the CLI flags and the device profile. When nothing meets every constraint,
 ``explain_infeasible`` names the binding one: the constraint that, dropped alone, would admit
 the most candidates (ties: the one missed by the smallest margin), and ranks the closest
-candidates by their summed relative shortfall. Deliberately absent: weighted scalar scores
-(the pick is lexicographic on a named objective, so it can be explained).
+candidates by their summed relative shortfall. ``choose`` applies all of it to the search's
+rows; ``same_weights_dominator`` is the search's shortcut past a runtime predicted to lose.
+Deliberately absent: weighted scalar scores (the pick is lexicographic on a named objective, so it
+can be explained).
 """
 
 from __future__ import annotations
@@ -149,3 +151,74 @@ def explain_infeasible(rows: list[dict], constraints: Constraints, n_closest: in
     total = [sum(min(v, 1e6) for v in f.values()) for f in falls]
     closest = sorted(range(len(rows)), key=lambda i: (len(falls[i]), total[i]))[:n_closest]
     return {"binding": binding, "constraints": per, "closest": closest, "shortfalls": [falls[i] for i in closest]}
+
+
+def same_weights_dominator(row, rows: list, margin: float):
+    """Another live row with the same model and recipe (the same weights, on another runtime) whose predicted
+    decode speed is at least *margin* × this row's and whose size is no larger; else None.
+
+    Same weights means the same quality up to the runtime's arithmetic, so such a row can only lose the
+    pick: evaluating it would spend the time budget on a candidate that cannot win.
+
+    >>> from types import SimpleNamespace as R
+    >>> a = R(model="m", recipe="w8", status="screened", predicted={"decode_tok_s": 20, "size_bytes": 2}, size_bytes=2)
+    >>> b = R(model="m", recipe="w8", status="screened", predicted={"decode_tok_s": 90, "size_bytes": 1}, size_bytes=1)
+    >>> same_weights_dominator(a, [a, b], 1.25) is b
+    True
+    """
+    def dec(r):
+        return (r.predicted or {}).get("decode_tok_s") or 0.0
+
+    def size(r):
+        return (r.predicted or {}).get("size_bytes") or r.size_bytes or float("inf")
+
+    best = None
+    for other in rows:
+        if other is row or other.status == "skipped" or (other.model, other.recipe) != (row.model, row.recipe):
+            continue
+        if dec(row) > 0 and dec(other) >= margin * dec(row) and size(other) <= size(row):
+            if best is None or dec(other) > dec(best):
+                best = other
+    return best
+
+
+def eligible(row, device_measured: bool) -> bool:
+    """A row may be picked once its quality passed the full protocol and its speed is known:
+    measured on the host, or (other devices) predicted from a calibrated cost model.
+
+    >>> from types import SimpleNamespace as R
+    >>> eligible(R(quality={"protocol": "full"}, status="measured", predicted={}), device_measured=True)
+    True
+    """
+    if row.quality.get("protocol") != "full" or row.status not in ("measured", "evaluated"):
+        return False
+    if device_measured:
+        return row.status == "measured"
+    return bool(row.predicted.get("calibrated"))
+
+
+def choose(rows: list, constraints: Constraints, objective: str, device_measured: bool):
+    """Mark the Pareto rows and the chosen one among the eligible *rows*; returns (chosen row or None, explanation).
+
+    The explanation (None when a row is chosen) names the binding constraint and the closest candidates:
+    among the eligible rows; else those with a quality figure; else every row (the predictions that
+    dropped everything).
+
+    >>> from types import SimpleNamespace as R
+    >>> r = R(quality={"protocol": "full"}, status="measured", predicted={}, pareto=False, chosen=False,
+    ...       to_dict=lambda: {"quality_loss": 0.0, "size_bytes": 1, "decode_tok_s": 5.0})
+    >>> choose([r], Constraints(max_quality_loss=0.1), "speed", True)[0] is r, r.pareto, r.chosen
+    (True, True, True)
+    """
+    pool = [r for r in rows if eligible(r, device_measured)]
+    dicts = [r.to_dict() for r in pool]
+    for i in pareto_front(dicts):
+        pool[i].pareto = True
+    best = pick(dicts, constraints, objective)
+    if best is not None:
+        pool[best].chosen = True
+        return pool[best], None
+    cands = pool or [r for r in rows if r.status != "dropped" and r.quality_loss is not None] or rows
+    e = explain_infeasible([r.to_dict() for r in cands], constraints, missing_ok=not pool)
+    return None, {"binding": e["binding"], "constraints": e["constraints"],
+                  "closest": [dict(cands[i].to_dict(), shortfalls=f) for i, f in zip(e["closest"], e["shortfalls"])]}

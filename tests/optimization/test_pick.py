@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgellm.errors import EdgeLLMError
-from edgellm.select.pareto import Constraints, dominates, explain_infeasible, feasible, pareto_front, pick, shortfalls
+from edgellm.optimization.pick import Constraints, dominates, explain_infeasible, feasible, pareto_front, pick, shortfalls
 
 MiB = 2**20
 ROWS = [  # quality_loss, size, decode tok/s, peak RAM

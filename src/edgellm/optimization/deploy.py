@@ -1,26 +1,36 @@
-"""Candidates on the deployment runtimes: export, score, size and time (the runtime-specific part of the search).
+"""Candidates on the deployment runtimes: export, score, size, time, and the chosen one's final export.
 
 A llama.cpp candidate is its built folder exported to the recipe's exact GGUF block type and
 scored through llama.cpp; an ONNX Runtime classifier is exported as fp32 or dynamic int8 and scored
 through ONNX Runtime. Exact stats (bytes read per token, file size) and speed come from the
-artifact on its own runtime. The functions take the running ``Search``.
+artifact on its own runtime. ``export_chosen`` copies the picked artifact to ``DIR/model`` and
+verifies it there. The functions take the running ``Search``.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ..devices.costmodel import ModelStats
 from ..devices.stats import stats_from_model
-from ..optimize import Row
-from .search import cls_quality, export_gguf_candidate, export_onnx_candidate, lm_quality
+from ..errors import EdgeLLMError
+from ..exporters.verify import verify_artifact
+from ..fileio import write_manifest
+from ..models import load, model_bytes, save
+from ..runtimes import open_runtime
+from ..runtimes.torch import TorchRuntime
+from .build import export_gguf_candidate, export_onnx_candidate
+from .quality import cls_quality, cls_summary, lm_quality, lm_summary
+from .space import Row
+from .speed import bench_subprocess, classifier_speed, speed_in_process
 
 
 def _exported(search, row: Row, key: str, suffix: str, what: str, make) -> Path:
     """The row's artifact for a deployment runtime: exported once into the cache (``make(path)``), reused after."""
     e = search.entry(row)
     info = e.setdefault(key, {})
-    path = Path(search.cache.folder(*search.key(row))) / f"model-{row.kind}{suffix}"
+    path = search.folder(row) / f"model-{row.kind}{suffix}"
     if not info.get("path") or not path.exists():
         search.step(what)
         info.update(make(path))
@@ -32,8 +42,6 @@ def _exported(search, row: Row, key: str, suffix: str, what: str, make) -> Path:
 
 def _scored(search, row: Row, path: Path, runtime: str, key: str, what: str) -> dict:
     """The full protocol on *runtime* (resumed from the cached per-window/row results under *key*)."""
-    from ..runtimes import open_runtime
-
     base, e = search.bases[row.model], search.entry(row)
     score, field = (lm_quality, "nlls") if search.lm else (cls_quality, "flags")
     if len(e.get(key, [])) < len(base.data):
@@ -46,7 +54,9 @@ def _scored(search, row: Row, path: Path, runtime: str, key: str, what: str) -> 
                 rt.close()
         e[key] = res[field]
         search.save(row)
-    return score(None, base.data, base.reference, None, base.screen, done=e[key], full=True)
+    if search.lm:
+        return lm_summary(e[key], base.reference, base.data[0].numel() - 1)
+    return cls_summary(e[key], base.reference)
 
 
 def llamacpp_quality(search, row: Row, recipe) -> dict:
@@ -69,15 +79,10 @@ def onnx_quality(search, row: Row, recipe) -> dict:
 
 def exact_stats(search, row: Row) -> ModelStats:
     """The cost model's inputs read off the artifact itself on its runtime (bytes per token, file size)."""
-    from ..models import load, model_bytes
-    from ..runtimes import open_runtime
-
-    recipe = search._recipe(row.recipe)
+    recipe = search.recipe(row.recipe)
     task = {"task": "classification"} if not search.lm else {}
     loaded = search.bases[row.model].loaded if recipe.is_identity else load(search.entry(row)["build"]["path"], **task)
     if row.runtime == "torch":
-        from ..runtimes.torch import TorchRuntime
-
         rt = TorchRuntime(loaded, device="cpu", threads=search.cfg.threads)
         return stats_from_model(loaded.model, row.kind, rt.weight_bytes(), model_bytes(loaded.model), rt.file_bytes())
     rt = open_runtime(row.artifact, runtime=row.runtime, threads=search.cfg.threads)
@@ -91,14 +96,8 @@ def exact_stats(search, row: Row) -> ModelStats:
 
 def row_speed(search, row: Row) -> dict:
     """The candidate's speed on its runtime: classifiers in-process on 32 rows, LMs by ``edgellm.measure``."""
-    from .speed import bench_subprocess, classifier_speed, speed_in_process
-
-    identity = search._recipe(row.recipe).is_identity
+    identity = search.recipe(row.recipe).is_identity
     if not search.lm:
-        from ..models import load
-        from ..runtimes import open_runtime
-        from ..runtimes.torch import TorchRuntime
-
         if row.runtime == "onnxruntime":
             rt = open_runtime(row.artifact, runtime="onnxruntime", threads=search.cfg.threads)
         else:
@@ -109,3 +108,53 @@ def row_speed(search, row: Row) -> dict:
         return speed_in_process(search.bases[row.model].loaded if identity and row.runtime == "torch" else row.artifact,
                                 row.runtime, search.cfg)
     return bench_subprocess(row.model if identity and row.runtime == "torch" else row.artifact, row.runtime, search.cfg)
+
+
+def export_chosen(search, row, dest: Path) -> dict:
+    """Copy the chosen artifact into *dest* and verify it there against the model holding its weights."""
+    recipe = search.recipe(row.recipe)
+    base = search.bases[row.model]
+    task = {"task": "classification"} if not search.lm else {}
+    # the export module's standard check: 4,096 tokens (fewer when the search's own protocol reads fewer)
+    vkw = {"ppl_tokens": min(4096, search.cfg.full_tokens), "text": search.cfg.eval_text, "ctx": search.cfg.ctx}
+    source = base.loaded if recipe.is_identity else load(search.entry(row)["build"]["path"], **task)
+    threads = search.cfg.threads
+    if row.runtime == "llama.cpp":
+        dest.mkdir(parents=True)
+        target = dest / Path(row.artifact).name
+        shutil.copy2(row.artifact, target)
+        write_manifest(dest)
+        tol = "f16" if row.kind in ("f16", "f32") else "int8-act"
+        check = verify_artifact(str(target), source, "llama.cpp", tol, threads=threads, **vkw)
+    elif row.runtime == "onnxruntime":
+        from ..exporters.onnx import verify_classifier
+
+        shutil.copytree(row.artifact, dest)
+        target = dest
+        # dynamic int8 is made from the base's fp32 graph, so that is what it is checked against
+        ref = base.loaded if row.kind == "int8" else source
+        check = verify_classifier(dest, ref, row.kind, threads=threads)
+    else:
+        if recipe.is_identity:
+            save(base.loaded, dest)
+        else:
+            shutil.copytree(row.artifact, dest)
+        target = dest
+        if search.lm:
+            check = verify_artifact(str(dest), source, "torch", "f32", threads=threads, **vkw)
+        else:
+            check = _verify_classifier(dest, source, base.data[:64], threads)
+    return {"path": str(target), "runtime": row.runtime, "verification": check}
+
+
+def _verify_classifier(folder: Path, source, rows, threads: int) -> dict:
+    """Logits of the copied classifier folder against its source on *rows* (same labels, |Δlogit| ≤ 1e-4)."""
+    texts = [r.text for r in rows]
+    a = TorchRuntime(load(str(folder), task="classification"), device="cpu", threads=threads).classify(texts)
+    b = TorchRuntime(source, device="cpu", threads=threads).classify(texts)
+    diff = float((a - b).abs().max())
+    same = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    if diff > 1e-4 or same < 1.0:
+        raise EdgeLLMError(f"the exported classifier differs from its source (max |Δlogit| {diff:.3g}, "
+                           f"{100 * same:.1f}% same labels)", "re-run; report the model if it persists")
+    return {"rows": len(texts), "max_abs_diff": diff, "same_label": same, "passed": True}

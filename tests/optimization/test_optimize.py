@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 RECIPES = ("fp32", "w8-rtn-g32", "magnitude-2of4")

@@ -1,0 +1,66 @@
+"""``edgellm.optimize``: the main job. Candidates → predict → screen → full protocol → measure → Pareto → pick → export → report.
+
+Candidates are base models × recipes × the runtimes the device has (and this host can run, so
+quality and speed can be measured). In order:
+
+1. **Predict** every candidate's size, RAM and speed on the device with the cost model (calibrated
+   by the host measurements made so far, else optimistic bounds) and drop those that cannot fit.
+2. **Build** each surviving (model, recipe) once, into the cache, and **screen** its quality on the
+   first windows (rows) against the base model on the same tokens, rejecting early when the
+   running loss is far beyond the budget.
+3. **Full protocol** (docs/design.md §4) for the contenders, on each candidate's own runtime; a
+   llama.cpp candidate is first exported to GGUF and verified on llama.cpp.
+4. **Measure speed** on the host (fresh subprocess, peak RSS) for the finalists; each measurement
+   is first predicted, so the report holds prediction-vs-measurement errors, then calibrates.
+5. **Pareto** frontier over quality × size × speed; **pick** the best candidate meeting every
+   constraint (or explain the binding one); **export** it to ``DIR/model`` and verify it there.
+6. Write ``DIR/results.json``, ``DIR/report.html`` (+ plots) atomically, and print a summary.
+
+The package, by concern: ``config`` (``OptimizeConfig``), ``space`` (the candidates and their
+predictions), ``cache`` (the resumable measurement cache), ``quality`` (scores against the base),
+``build`` and ``deploy`` (artifacts per runtime), ``speed``, ``stages`` (screen, full protocol,
+speed), ``pick`` (Pareto front and choice), ``budget`` (the clock), ``search`` (the state the
+stages share) and ``outputs`` (results.json, the report, the exported model).
+
+The time budget is checked before every step; steps that no longer fit are skipped and listed.
+Deliberately absent: distillation inside the search (pass a distilled student as another
+``--model``) and runtimes this host cannot run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..fileio import check_writable_target
+from . import stages
+from .config import OptimizeConfig
+from .outputs import finish
+from .search import Search
+from .space import plan_rows
+
+__all__ = ["OptimizeConfig", "optimize"]
+
+
+def optimize(config: OptimizeConfig, out: str | Path, *, force: bool = False, progress: bool = True) -> dict:
+    """Search the candidates, pick the best one that meets the constraints, export it, write the report.
+
+    >>> r = optimize(OptimizeConfig(models=("smollm2-135m",)), "out/demo")     # doctest: +SKIP
+    >>> r["chosen"]["label"]                                                   # doctest: +SKIP
+    'smollm2-135m · w4-gptq-g32 · llama.cpp'
+    """
+    out = check_writable_target(out, force)
+    search = Search(config, progress=progress)
+    n_units = len(config.models) * (1 + len(search.recipes) * (2 + 3 * len(search.runtimes)))
+    search.step.open(n_units)
+    try:
+        for spec in config.models:
+            search.load_base(spec)
+        search.rows = plan_rows(search)
+        stages.screen(search)
+        stages.full(search)
+        stages.measure(search)
+        stages.final_predictions(search)
+        search.step("pick, export and report")
+    finally:
+        search.step.close()
+    return finish(search, out, force=force)

@@ -1,0 +1,74 @@
+"""``OptimizeConfig``: everything ``edgellm optimize`` takes, validated when it is made.
+
+The tasks it searches and the runtimes each task can be measured on (``SEARCH_RUNTIMES``) live
+here too. The defaults (protocol sizes, budget, margins) are stated once, in the fields.
+Deliberately absent: anything derived from the device (constraints come from the profile when the
+search starts, ``space.constraints_for``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import EdgeLLMError
+from .pick import OBJECTIVES
+
+TASKS = ("text-generation", "classification")
+SEARCH_RUNTIMES = {"text-generation": ("torch", "llama.cpp"), "classification": ("torch", "onnxruntime")}
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """Everything ``edgellm optimize`` takes; the CLI flags map onto these fields.
+
+    >>> OptimizeConfig(models=("smollm2-135m",), max_quality_loss=0.1).device
+    'host'
+    """
+
+    models: tuple[str, ...] = ("smollm2-135m",)
+    device: str = "host"
+    task: str = "text-generation"
+    recipes: tuple[str, ...] = ()              # recipe YAML paths; empty = the default search space
+    runtimes: tuple[str, ...] = ()             # restrict the runtimes tried; empty = all the device has
+    max_quality_loss: float | None = None      # relative; None = the device's, else 10%
+    min_decode_tok_s: float | None = None      # or examples/s for classifiers
+    max_ram: int | None = None                 # bytes; None = the device's ram_bytes_for_model
+    max_ttft_ms: float | None = None
+    objective: str = "speed"                   # speed | size | quality: what the pick maximises
+    budget_minutes: float = 15.0
+    threads: int = 2
+    ctx: int = 512
+    screen_tokens: int = 2048
+    full_tokens: int = 20480
+    eval_text: str | None = None               # default wikitext-2 test
+    tsv: str | None = None                     # classification rows (default SST-2 dev)
+    screen_rows: int = 256
+    max_rows: int | None = None
+    speed_runs: int = 5
+    speed_in_process: bool = False             # measure speed in this process (faster; peak RAM then predicted)
+    prompt_len: int = 128
+    new_tokens: int = 128
+    max_finalists: int = 4
+    dominance_margin: float = 1.25             # skip a row whose same weights on another runtime are predicted this much faster
+    reject_factor: float = 2.0
+    cache: str | None = None
+    verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise EdgeLLMError(f"unknown task '{self.task}'", f"use one of: {', '.join(TASKS)}")
+        if not self.models:
+            raise EdgeLLMError("no model to optimize", "pass --model NAME (repeatable)")
+        for name in ("budget_minutes", "threads", "ctx", "screen_tokens", "full_tokens", "screen_rows", "speed_runs",
+                     "prompt_len", "new_tokens", "max_finalists", "reject_factor", "verify_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise EdgeLLMError(f"{name} must be a positive number (got {v!r})", f"fix --{name.replace('_', '-')}")
+        if self.dominance_margin < 1:
+            raise EdgeLLMError(f"dominance_margin must be at least 1 (got {self.dominance_margin!r})",
+                               "use 1.25 (the default), or a large value to evaluate every runtime")
+        if self.screen_tokens > self.full_tokens:
+            raise EdgeLLMError("the screen cannot read more tokens than the full protocol",
+                               "lower --screen-tokens or raise --full-tokens")
+        if self.objective not in OBJECTIVES:
+            raise EdgeLLMError(f"unknown objective '{self.objective}'", f"use one of: {', '.join(OBJECTIVES)}")

@@ -1,0 +1,97 @@
+"""After the search: the pick (or why nothing fits), the chosen model's export, and the outputs in ``DIR``.
+
+Everything lands in a temporary sibling of ``DIR`` first (``fileio.atomic_dir``): ``model/`` (the
+chosen artifact, verified again where it lies, with a manifest), ``results.json``, ``report.html``
+and the Pareto plots; the folder appears only when all of it is written.
+Deliberately absent: exporting more than the one chosen candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..fileio import atomic_dir, write_json
+from ..report.html import write_report
+from ..report.plots import pareto_plots
+from .deploy import export_chosen
+from .pick import choose
+
+
+def finish(search, out: Path, force: bool = False) -> dict:
+    """Pick among the search's rows, export the chosen one to ``out/model`` and write the report; returns results.json's dict.
+
+    >>> finish(search, Path("out/demo"))["chosen"]["label"]      # doctest: +SKIP
+    'smollm2-135m · w8-rtn-g32 · llama.cpp'
+    """
+    rows = search.rows
+    chosen, explanation = choose(rows, search.constraints, search.cfg.objective, search.device.measured)
+    result = results_dict(search, chosen, explanation)
+    with atomic_dir(out, force=force) as tmp:
+        if chosen is not None:
+            result["export"] = export_chosen(search, chosen, tmp / "model")
+            result["export"]["path"] = str(out / Path(result["export"]["path"]).relative_to(tmp))
+        result["plots"] = pareto_plots([r.to_dict() for r in rows], tmp, search.lm,
+                                       predicted=not search.device.measured)
+        result["elapsed_s"] = search.budget.elapsed()
+        write_json(tmp / "results.json", result)
+        write_report(result, tmp / "report.html")
+    result["out"] = str(out)
+    return result
+
+
+def results_dict(search, chosen, explanation) -> dict:
+    """results.json's content: the config, the device and host, every row, the choice, the calibration and timings."""
+    rows = [r.to_dict() for r in search.rows]
+    base = next((r for r in search.rows if search.is_base(r)
+                 and r.status == "measured"), None)
+    vs_base = None
+    if chosen is not None and base is not None:
+        speed = "decode_tok_s" if search.lm else "examples_per_s"
+        vs_base = {"base": base.label, "size_ratio": base.size_bytes / chosen.size_bytes,
+                   "speed_ratio": getattr(chosen, speed) / getattr(base, speed),
+                   "quality_loss": chosen.quality_loss}
+    checks = [dict(r.host_check, label=r.label) for r in search.rows if r.host_check]
+    calibrated = [c for c in checks if c.get("calibrated") and c.get("decode_error") is not None]
+    loo = [c for c in checks if c.get("loo_calibration", "none") != "none" and c.get("decode_loo_error") is not None]
+    return {
+        "format": "edgellm-optimize/1",
+        "config": asdict(search.cfg),
+        "device": search.device.to_dict(),
+        "device_is_host": search.device.measured,
+        "figures": "measured on this host" if search.device.measured else
+                   f"PREDICTED for {search.device.name} (quality measured on the host; speed and RAM predicted by "
+                   f"the cost model calibrated on the host)",
+        "host": search.host.to_dict(),
+        "constraints": asdict(search.constraints),
+        "objective": search.cfg.objective,
+        "runtimes": search.runtimes,
+        "recipes": [r.name for r in search.recipes],
+        "rows": rows,
+        "chosen": chosen.to_dict() if chosen is not None else None,
+        "vs_base": vs_base,
+        "infeasible": explanation,
+        "calibration": search.calibration.to_dict(),
+        "host_checks": checks,
+        "host_decode_error_max": max((abs(c["decode_error"]) for c in calibrated), default=None),
+        "host_decode_loo_error_max": max((abs(c["decode_loo_error"]) for c in loo), default=None),
+        "budget": {"minutes": search.cfg.budget_minutes, "skipped": search.budget.skipped},
+        "timings": {f"{k[0]}|{k[1]}": v for k, v in search.budget.timings.items()},
+        "steps": search.step.seconds,
+        "notes": notes(search),
+    }
+
+
+def notes(search) -> list[str]:
+    """Caveats a reader of the report needs (a recipe's result that is no evidence; predicted figures)."""
+    out = []
+    for spec in search.cfg.models:
+        if spec == "smollm2-135m":
+            for r in search.recipes:
+                q = r.steps.get("quantize")
+                if q is not None and q.bits == 4 and q.group_size == 32 and not q.symmetric:
+                    out.append(f"{r.name}: SmolLM2-135M shipped as Q4_1, so its weights already lie on the 4-bit g32 "
+                               f"asymmetric grid; this recipe's near-zero loss is not evidence for the method.")
+    if not search.device.measured:
+        out.append(f"Speed, TTFT and RAM for '{search.device.name}' are predictions: {search.device.source}")
+    return out

@@ -1,0 +1,174 @@
+"""The search space: candidates are base models × recipes × runtimes, each one a ``Row`` that records its fate.
+
+The recipes are the files given (or the task's default ones in ``recipes/``, plus the identity
+recipe as the reference); the runtimes are those the task can be measured on, the device has
+and this host can run. ``gguf_type_for`` / ``onnx_variant_for`` say which exact artifact form a
+recipe takes on llama.cpp / ONNX Runtime (a recipe without one is dropped for that runtime), and
+``plan_rows`` predicts every candidate on the device with the cost model, dropping those that
+cannot fit even at the best case. Deliberately absent: runtimes this host cannot run (their
+quality and speed could not be measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..devices.stats import estimate_stats, recipe_kind
+from ..errors import EdgeLLMError
+from ..recipe import Recipe, load_recipe
+from .config import SEARCH_RUNTIMES, OptimizeConfig
+from .pick import Constraints, shortfalls
+
+RECIPE_DIR = Path(__file__).resolve().parents[3] / "recipes"
+# recipes tried by default, per task (files in recipes/); all exist in this repository
+DEFAULT_RECIPES = {
+    # GPTQ (about 6 minutes on 2 cores for SmolLM2) is left out so the default search fits 15 minutes: add
+    # recipes/w4-gptq-g32-sym-fast.yaml with --recipes and a larger --budget-minutes
+    "text-generation": ("fp32.yaml", "w8-rtn-g32.yaml", "w4-rtn-g32-sym.yaml", "magnitude-2of4.yaml", "depth25.yaml"),
+    "classification": ("fp32.yaml", "w8-rtn.yaml", "w8a8.yaml", "w4-rtn-g32-sym.yaml"),
+}
+
+
+def default_recipes(task: str) -> list[Path]:
+    """The default search space's recipe files (``recipes/`` in the source tree)."""
+    if not RECIPE_DIR.is_dir():
+        raise EdgeLLMError(f"no default recipes: '{RECIPE_DIR}' is missing (installed without the source tree?)",
+                           "pass --recipes FILE.yaml ...")
+    return [RECIPE_DIR / n for n in DEFAULT_RECIPES[task] if (RECIPE_DIR / n).is_file()]
+
+
+@dataclass
+class Row:
+    """One candidate's record: what was predicted, measured and decided."""
+
+    model: str
+    recipe: str
+    runtime: str
+    kind: str
+    status: str = "planned"        # planned, dropped, rejected, screened, evaluated, measured, skipped, failed
+    reason: str = ""
+    quality_loss: float | None = None
+    quality: dict = field(default_factory=dict)
+    size_bytes: int | None = None
+    peak_ram_bytes: int | None = None
+    decode_tok_s: float | None = None
+    examples_per_s: float | None = None
+    prefill_tok_s: float | None = None
+    ttft_ms: float | None = None
+    measured: bool = False         # speed/RAM figures measured on the host (else predicted)
+    predicted: dict = field(default_factory=dict)          # prediction on the device
+    host_check: dict = field(default_factory=dict)         # host prediction vs measurement
+    artifact: str | None = None
+    build: dict = field(default_factory=dict)
+    pareto: bool = False
+    chosen: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.model).name} · {self.recipe} · {self.runtime}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["label"] = self.label
+        return d
+
+
+def search_runtimes(config: OptimizeConfig, device, host) -> list[str]:
+    """The runtimes searched: the task's, that the device has and this host runs, restricted by ``config.runtimes``."""
+    usable = [r for r in SEARCH_RUNTIMES[config.task] if r in device.runtimes and r in host.runtimes]
+    if config.runtimes:
+        unknown = [r for r in config.runtimes if r not in SEARCH_RUNTIMES[config.task]]
+        if unknown:
+            raise EdgeLLMError(f"runtime(s) {', '.join(unknown)} cannot be searched for {config.task}",
+                               f"use some of: {', '.join(SEARCH_RUNTIMES[config.task])}")
+        usable = [r for r in usable if r in config.runtimes]
+    if not usable:
+        raise EdgeLLMError(f"device '{device.name}' runs {', '.join(device.runtimes)}, and none of them "
+                           f"can be measured for {config.task} on this host ({', '.join(host.runtimes)})",
+                           "install the runtime's extra (e.g. edgellm[llamacpp]) or pick another --device")
+    return usable
+
+
+def search_recipes(config: OptimizeConfig) -> list:
+    """The recipes searched (files given, else the defaults), with the identity recipe first when none is given."""
+    paths = [Path(p) for p in config.recipes] or default_recipes(config.task)
+    recipes = [load_recipe(p) for p in paths]
+    if not any(r.is_identity for r in recipes):
+        recipes.insert(0, Recipe(name="fp32", description="the base model, uncompressed (reference)"))
+    names = [r.name for r in recipes]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise EdgeLLMError(f"recipe name(s) {', '.join(dup)} given twice", "give each recipe a distinct name")
+    return recipes
+
+
+def constraints_for(config: OptimizeConfig, device) -> Constraints:
+    """The pick's limits: the flags where given, else the device profile's (quality loss: 10% when neither says)."""
+    mql = config.max_quality_loss if config.max_quality_loss is not None else device.max_quality_loss
+    return Constraints(
+        max_quality_loss=0.10 if mql is None else mql,
+        min_speed=config.min_decode_tok_s if config.min_decode_tok_s is not None else device.min_decode_tok_s,
+        max_ram_bytes=config.max_ram if config.max_ram is not None else device.ram_bytes_for_model,
+        max_size_bytes=device.storage_bytes,
+        max_ttft_ms=config.max_ttft_ms if config.max_ttft_ms is not None else device.max_ttft_ms)
+
+
+def plan_rows(search) -> list[Row]:
+    """One row per model × recipe × runtime, predicted on the device; rows that cannot fit are dropped (with why)."""
+    rows = []
+    for spec in search.cfg.models:
+        base = search.bases[spec].loaded
+        for recipe in search.recipes:
+            for rt in search.runtimes:
+                row = Row(model=spec, recipe=recipe.name, runtime=rt, kind=recipe_kind(recipe))
+                rows.append(row)
+                try:
+                    if rt == "llama.cpp":
+                        row.kind = gguf_type_for(recipe)
+                    elif rt == "onnxruntime":
+                        row.kind = onnx_variant_for(recipe)
+                    est = estimate_stats(base.model, recipe, rt)
+                except EdgeLLMError as e:
+                    row.status, row.reason = "dropped", str(e)
+                    continue
+                search.stats[id(row)] = est
+                search.apply_prediction(row, est, exact=False)
+                fails = shortfalls(dict(row.to_dict(), quality_loss=0.0), search.constraints)
+                if fails:
+                    row.status = "dropped"
+                    row.reason = "predicted to miss " + ", ".join(sorted(fails)) + (
+                        "" if row.predicted["calibrated"] else " even at the best case (uncalibrated bound)")
+    return rows
+
+
+def gguf_type_for(recipe) -> str:
+    """The GGUF block type that holds a recipe's weights exactly (f16 when nothing is quantized)."""
+    q = recipe.steps.get("quantize")
+    if q is None:
+        return "f16"
+    if q.group_size == 32 and q.act_bits is None:
+        if q.bits == 8 and q.symmetric:
+            return "q8_0"
+        if q.bits == 4:
+            return "q4_0" if q.symmetric else "q4_1"
+    raise EdgeLLMError(f"recipe '{recipe.name}' ({q.bits}-bit, group {q.group_size}, "
+                       f"{'symmetric' if q.symmetric else 'asymmetric'}) has no exact GGUF block type",
+                       "GGUF holds 8-bit symmetric, 4-bit symmetric or asymmetric weights in groups of 32")
+
+
+def onnx_variant_for(recipe) -> str:
+    """The ONNX Runtime form of a classifier recipe: the built model as fp32, or dynamic int8 for a w8a8 recipe.
+
+    ONNX Runtime's CPU int8 path quantizes the fp32 graph itself (int8 weights, activations quantized per
+    call), so a w8a8 recipe maps to that variant of the *base* model; its quality is measured on ONNX
+    Runtime, not borrowed from the PyTorch w8a8 build.
+    """
+    q = recipe.steps.get("quantize")
+    if q is None:
+        return "fp32"
+    if set(recipe.steps) == {"quantize"} and q.bits == 8 and q.act_bits == 8:
+        return "int8"
+    raise EdgeLLMError(f"recipe '{recipe.name}' ({q.bits}-bit weights"
+                       f"{', int8 activations' if q.act_bits else ', weight-only'}) has no ONNX Runtime classifier form",
+                       "ONNX Runtime candidates are unquantized recipes (fp32) and w8a8 alone (dynamic int8)")
