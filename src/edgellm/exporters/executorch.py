@@ -2,8 +2,9 @@
 
 The artifact is a folder whose name ends in ``.pte`` holding ``model.pte``, the tokenizer,
 ``edgellm.json`` (cache length, vocabulary, weight bytes read per token, how it was made) and
-``manifest.json``. The program has one method, ``forward(input_ids [1, T], input_pos [T]) ->
-logits [1, T, vocab]``, with T dynamic from 1 to ``max_len``: prefill and decode share it.
+``manifest.json``, written through ``edgellm.artifacts`` (which owns that folder format). The
+program has one method, ``forward(input_ids [1, T], input_pos [T]) -> logits [1, T, vocab]``,
+with T dynamic from 1 to ``max_len``: prefill and decode share it.
 
 The KV cache is a set of mutable buffers ``[1, kv_heads, max_len, head_dim]`` per layer, written
 at ``input_pos`` with ``index_copy_`` (ExecuTorch keeps mutated buffers in the program's state,
@@ -30,14 +31,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..artifacts import EXECUTORCH, require, write_artifact
 from ..errors import EdgeLLMError
-from ..fileio import atomic_dir, write_json, write_manifest
+from ..fileio import atomic_dir
 from .onnx import cache_shape, check_supported, plain_model
 
 VARIANTS = ("fp32", "int8", "int4")
 SUPPORTED = {"causal-lm": ("llama", "qwen2", "qwen3", "mistral")}
-PROGRAM = "model.pte"
-SIDECAR = "edgellm.json"
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,6 @@ class ExecuTorchExportConfig:
             raise EdgeLLMError(f"int4 group size must be a power of two ≥ 16 (got {self.group_size})", "use 32 or 64")
         if not 8 <= self.max_len <= 32768:
             raise EdgeLLMError(f"max_len must be between 8 and 32768 (got {self.max_len})", "use e.g. 512 or 1024")
-
-
-def require_executorch():
-    """Import ExecuTorch, or raise an error naming the extra."""
-    try:
-        import executorch  # noqa: F401
-        from executorch.runtime import Runtime  # noqa: F401
-    except ImportError as e:
-        raise EdgeLLMError(f"ExecuTorch export and runtime need '{e.name}', which is not installed",
-                           "pip install 'edgellm[executorch]'") from e
 
 
 class StaticCacheLM(torch.nn.Module):
@@ -181,7 +171,7 @@ def export_executorch_report(model, out, *, variant: str = "fp32", force: bool =
     from ..models import Loaded, load
 
     cfg = ExecuTorchExportConfig(variant=variant, group_size=group_size, max_len=max_len)
-    require_executorch()
+    require(EXECUTORCH)
     loaded = model if isinstance(model, Loaded) else load(model)
     check_supported(loaded.model, "ExecuTorch", SUPPORTED)
     c = loaded.model.config
@@ -197,11 +187,11 @@ def export_executorch_report(model, out, *, variant: str = "fp32", force: bool =
     out = Path(out)
     report: dict = {"variant": cfg.variant}
     with atomic_dir(out, force=force) as tmp:
-        (tmp / PROGRAM).write_bytes(program)
+        (tmp / EXECUTORCH.main).write_bytes(program)
         loaded.tokenizer.save_pretrained(tmp)
         n_layers, kv, hd = cache_shape(c)
         info = {
-            "format": "edgellm-executorch/1", "task": "causal-lm", "variant": cfg.variant,
+            "task": "causal-lm", "variant": cfg.variant,
             "config": {"variant": cfg.variant, "group_size": cfg.group_size, "max_len": cfg.max_len},
             "architecture": type(net).__name__, "model_type": c.model_type, "vocab_size": c.vocab_size,
             "max_positions": cfg.max_len, "num_layers": n_layers, "num_kv_heads": kv, "head_dim": hd,
@@ -210,14 +200,12 @@ def export_executorch_report(model, out, *, variant: str = "fp32", force: bool =
             "weight_bytes": len(program) - emb.numel() * 4,
             "source": loaded.meta.name, "source_edgellm": loaded.meta.edgellm or {},
         }
-        write_json(tmp / SIDECAR, info)
-        if verify is not None:
+
+        def check(folder: Path) -> dict:         # on the complete folder, before the manifest seals it
             if cfg.variant == "fp32":
-                report["verification"] = verify(tmp, loaded)
-            else:
-                report["verification"] = verify(tmp, Loaded(net, loaded.tokenizer, loaded.meta), source=loaded)
-            info["verification"] = report["verification"]
-            write_json(tmp / SIDECAR, info)
-        report["weight_bytes"] = info["weight_bytes"]
-        write_manifest(tmp)
+                return verify(folder, loaded)
+            return verify(folder, Loaded(net, loaded.tokenizer, loaded.meta), source=loaded)
+
+        info = write_artifact(tmp, EXECUTORCH, info, check if verify is not None else None)
+    report.update({k: info[k] for k in ("verification", "weight_bytes") if k in info})
     return out, report

@@ -3,7 +3,8 @@
 The artifact is a folder whose name ends in ``.onnx`` (so ``edgellm eval out/m.onnx`` picks ONNX
 Runtime by suffix), holding ``model.onnx``, the tokenizer files, ``edgellm.json`` (what the
 runtime needs: task, IO names, cache shapes, weight bytes read per token, how it was made) and
-``manifest.json`` (sha256 of every file, so a corrupted artifact is refused on open).
+``manifest.json`` (sha256 of every file, so a corrupted artifact is refused on open), both
+written through ``edgellm.artifacts``, which owns that folder format.
 
 Causal LMs are exported with flat KV-cache inputs and outputs (``past.{i}.key`` … →
 ``present.{i}.key`` …, shape [batch, kv_heads, positions, head_dim]) plus ``attention_mask`` and
@@ -29,14 +30,14 @@ runtime (the graph supports it, ``OnnxRuntime.generate`` does not use it).
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..artifacts import ONNX, require, write_artifact
 from ..errors import EdgeLLMError
-from ..fileio import atomic_dir, write_json, write_manifest
+from ..fileio import atomic_dir
 
 VARIANTS = ("fp32", "int8", "int4")
 # model_type values exported and tested; other families may work but are refused rather than guessed
@@ -44,8 +45,6 @@ SUPPORTED = {
     "causal-lm": ("llama", "qwen2", "qwen3"),
     "classification": ("bert", "roberta"),
 }
-SIDECAR = "edgellm.json"
-GRAPH = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -70,16 +69,6 @@ class OnnxExportConfig:
             raise EdgeLLMError(f"int4 block size must be a power of two ≥ 16 (got {self.block_size})", "use 32, 64 or 128")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise EdgeLLMError(f"accuracy_level must be 0-4 (got {self.accuracy_level})", "use 4 (int8 compute) or 0")
-
-
-def require_onnx():
-    """Import onnx and onnxruntime, or raise an error naming the extra."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        raise EdgeLLMError(f"ONNX export and runtime need '{e.name}', which is not installed",
-                           "pip install 'edgellm[onnx]'") from e
 
 
 def task_of(model) -> str:
@@ -358,7 +347,7 @@ def export_onnx_report(model, out, *, variant: str = "fp32", force: bool = False
     from ..models import Loaded, load
 
     cfg = OnnxExportConfig(variant=variant, block_size=block_size, **config)
-    require_onnx()
+    require(ONNX)
     loaded = model if isinstance(model, Loaded) else load(model)
     task = check_supported(loaded.model, "ONNX", SUPPORTED)
     if loaded.tokenizer is None:
@@ -367,48 +356,35 @@ def export_onnx_report(model, out, *, variant: str = "fp32", force: bool = False
     out = Path(out)
     report: dict = {"variant": cfg.variant}
     with atomic_dir(out, force=force) as tmp:
-        fp32 = tmp / (GRAPH if cfg.variant == "fp32" else "fp32.onnx")
+        fp32 = tmp / (ONNX.main if cfg.variant == "fp32" else "fp32.onnx")
         if task == "causal-lm":
             info = _export_causal_lm(net, fp32, cfg.opset)
         else:
             info = _export_classifier(net, loaded.tokenizer, fp32, cfg.opset, cfg.fuse)
         if cfg.variant != "fp32":
-            quantize_graph(fp32, tmp / GRAPH, cfg)
+            quantize_graph(fp32, tmp / ONNX.main, cfg)
             fp32.unlink()
         loaded.tokenizer.save_pretrained(tmp)
         c = net.config
         info.update({
-            "format": "edgellm-onnx/1", "variant": cfg.variant, "config": _asdict(cfg),
+            "variant": cfg.variant, "config": _asdict(cfg),
             "architecture": type(net).__name__, "model_type": c.model_type, "vocab_size": c.vocab_size,
             "max_positions": getattr(c, "max_position_embeddings", None),
             "eos_token_id": getattr(c, "eos_token_id", None),
-            "weight_bytes": graph_weight_bytes(tmp / GRAPH),
+            "weight_bytes": graph_weight_bytes(tmp / ONNX.main),
             "source": loaded.meta.name, "source_edgellm": loaded.meta.edgellm or {},
         })
-        write_json(tmp / SIDECAR, info)
-        if verify is not None:
+
+        def check(folder: Path) -> dict:         # on the complete folder, before the manifest seals it
             if task == "classification":
-                report["verification"] = verify_classifier(tmp, loaded, cfg.variant, threads)
-            elif cfg.variant == "fp32":
-                report["verification"] = verify(tmp, loaded)
-            else:
-                report["verification"] = verify(tmp, fake_quantized(loaded, cfg), source=loaded)
-            info["verification"] = report["verification"]
-            write_json(tmp / SIDECAR, info)
-        report["weight_bytes"] = info["weight_bytes"]
-        write_manifest(tmp)
+                return verify_classifier(folder, loaded, cfg.variant, threads)
+            if cfg.variant == "fp32":
+                return verify(folder, loaded)
+            return verify(folder, fake_quantized(loaded, cfg), source=loaded)
+
+        info = write_artifact(tmp, ONNX, info, check if verify is not None else None)
+    report.update({k: info[k] for k in ("verification", "weight_bytes") if k in info})
     return out, report
-
-
-def read_sidecar(folder: Path) -> dict:
-    path = folder / SIDECAR
-    if not path.exists():
-        raise EdgeLLMError(f"'{folder}' has no {SIDECAR}: it is not an edgellm ONNX export",
-                           "export it with: edgellm export MODEL --format onnx --out DIR.onnx")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgeLLMError(f"'{path}' is not valid JSON: {e}", "re-export the model") from e
 
 
 def _asdict(cfg) -> dict:

@@ -1,12 +1,17 @@
-"""The Runtime interface every backend implements (DESIGN.md §1), plus shared sampling.
+"""The Runtime interface every backend implements (docs/design.md §1), plus what the backends share.
 
 A runtime is measured, never trusted: ``logits`` feeds perplexity/KL, ``generate`` feeds
 latency, ``weight_bytes`` feeds bandwidth utilisation, ``file_bytes`` the size column.
+Shared here: ``sample_next`` (greedy or temperature + nucleus sampling of one row),
+``decode_loop`` (the one sampling-and-stop loop behind every runtime's ``generate``: each
+backend feeds it its own prefill and one-token step) and ``folder_tokenizer`` (the tokenizer
+shipped inside an exported artifact folder).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 
@@ -47,3 +52,48 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         probs /= probs.sum()
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[int], torch.Tensor], max_new_tokens: int,
+                temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, stop_ids=(),
+                logits_processor=None) -> Iterator[int]:
+    """Yield up to *max_new_tokens* sampled ids: the one decode loop behind every runtime's ``generate``.
+
+    ``prefill()`` runs the prompt and returns the [vocab] logits of its last position; ``step(tok)``
+    feeds one sampled token through the runtime's KV cache and returns the next [vocab] row. Each
+    row goes through ``logits_processor(generated_ids, row) -> row`` when given, then ``sample_next``
+    (greedy at ``temperature == 0``; *seed* makes sampling reproducible). The loop stops after a token
+    in *stop_ids* (EOS is not special otherwise) or after *max_new_tokens*; no step runs after the
+    last token, and nothing runs at all for ``max_new_tokens <= 0``.
+
+    >>> nxt = lambda tok: torch.nn.functional.one_hot(torch.tensor((tok + 1) % 5), 5).float()
+    >>> list(decode_loop(lambda: nxt(0), nxt, 6, stop_ids={4}))
+    [1, 2, 3, 4]
+    """
+    if max_new_tokens <= 0:
+        return
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    row = prefill()
+    generated: list[int] = []
+    while True:
+        row = row.float().cpu()
+        if logits_processor is not None:
+            row = logits_processor(generated, row)
+        tok = sample_next(row, temperature, top_p, gen)
+        generated.append(tok)
+        yield tok
+        if tok in stop_ids or len(generated) >= max_new_tokens:
+            return
+        row = step(tok)
+
+
+def folder_tokenizer(folder: Path):
+    """The Hugging Face tokenizer saved in *folder* (an exported artifact), or None when it holds none."""
+    from transformers import AutoTokenizer
+
+    from ..models import _has_tokenizer, _quiet_transformers
+
+    if not _has_tokenizer(folder):
+        return None
+    _quiet_transformers()
+    return AutoTokenizer.from_pretrained(folder)

@@ -2,8 +2,8 @@
 
 ``logits`` evaluates one window with every position's logits (``logits_all``), from an empty
 KV cache; ``generate`` decodes with the KV cache and asks llama.cpp for the last position's
-logits only, so prefill speed is llama.cpp's own. Greedy and temperature/top-p sampling use
-the same ``sample_next`` as the PyTorch runtime; ``grammar=`` (GBNF text, a JSON schema dict,
+logits only, so prefill speed is llama.cpp's own. Greedy and temperature/top-p sampling run in
+the same ``base.decode_loop`` as every other runtime; ``grammar=`` (GBNF text, a JSON schema dict,
 or a ``LlamaGrammar``) hands sampling to llama.cpp's grammar sampler instead. The tokenizer
 is llama.cpp's own (the one embedded in the GGUF), wrapped with the small HF-like surface
 edgellm uses (``__call__``, ``encode``, ``decode``, ``apply_chat_template``).
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeLLMError
-from .base import sample_next
+from .base import decode_loop
 
 DEFAULT_MAX_CTX = 2048      # KV cache positions unless n_ctx= asks for more (the model's limit caps it)
 
@@ -255,21 +255,15 @@ class LlamaCppRuntime:
                 raise EdgeLLMError("pass either grammar= or logits_processor=, not both", "drop one of them")
             yield from self._generate_grammar(tokens, max_new_tokens, temperature, top_p, seed, stop_ids, grammar)
             return
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.llm.reset()
-        generated: list[int] = []
+
+        def feed(toks: list[int]) -> torch.Tensor:        # the prompt, then one token at a time
+            self.llm.eval(toks)
+            return self._last_logits()
+
         with self._outputs(False):
-            self.llm.eval(tokens)
-            for _ in range(max_new_tokens):
-                row = self._last_logits()
-                if logits_processor is not None:
-                    row = logits_processor(generated, row)
-                tok = sample_next(row, temperature, top_p, gen)
-                generated.append(tok)
-                yield tok
-                if tok in stop_ids or len(generated) == max_new_tokens:
-                    return
-                self.llm.eval([tok])
+            yield from decode_loop(lambda: feed(tokens), lambda tok: feed([tok]), max_new_tokens, temperature, top_p,
+                                   seed, stop_ids, logits_processor)
 
     def _generate_grammar(self, tokens, max_new_tokens, temperature, top_p, seed, stop_ids, grammar):
         import llama_cpp

@@ -1,9 +1,10 @@
 """ONNX Runtime: edgellm's ONNX exports (``edgellm export --format onnx``) on the CPU execution provider.
 
 Opens the artifact folder ``X.onnx/`` (or its ``model.onnx`` file) written by
-``edgellm.exporters.onnx``: checks the manifest, reads ``edgellm.json`` for the IO names and cache
-shapes, loads the tokenizer shipped next to the graph. Causal LMs decode token by token,
-feeding each step's ``present.*`` tensors back as ``past.*``; classifiers get ``classify``.
+``edgellm.exporters.onnx`` through ``edgellm.artifacts`` (manifest checked, ``edgellm.json`` read for
+the IO names and cache shapes), loads the tokenizer shipped next to the graph. Causal LMs decode
+token by token in ``base.decode_loop``, feeding each step's ``present.*`` tensors back as
+``past.*``; classifiers get ``classify``.
 Threads are pinned with ``intra_op_num_threads`` (one inter-op thread, sequential execution).
 Deliberately absent: GPU providers and batched decode.
 """
@@ -16,21 +17,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..artifacts import ONNX, read_artifact, require, resolve_artifact
 from ..errors import EdgeLLMError
-from .base import sample_next
-
-
-def resolve_artifact(spec, graph: str) -> Path:
-    """The artifact folder for *spec*: the folder itself, or the folder holding a ``model.*`` file."""
-    path = Path(str(spec)).expanduser()
-    if not path.exists():
-        raise EdgeLLMError(f"'{path}' does not exist", "check the path, or export the model first with edgellm export")
-    if path.is_file():
-        if (path.parent / "edgellm.json").exists() and path.name == graph:
-            return path.parent
-        raise EdgeLLMError(f"'{path}' is a bare file without edgellm's sidecar (edgellm.json, tokenizer)",
-                           "pass the folder written by: edgellm export MODEL --format ... --out DIR")
-    return path
+from ..fileio import dir_bytes
+from .base import decode_loop, folder_tokenizer
 
 
 class OnnxRuntime:
@@ -44,15 +34,11 @@ class OnnxRuntime:
     name = "onnxruntime"
 
     def __init__(self, folder: Path, threads: int | None = None):
-        from ..exporters.onnx import GRAPH, read_sidecar, require_onnx
-        from ..fileio import dir_bytes, verify_manifest
-
-        require_onnx()
+        require(ONNX)
         import onnxruntime as ort
 
         self.folder = folder
-        verify_manifest(folder)
-        self.info = read_sidecar(folder)
+        self.info = read_artifact(folder, ONNX)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -61,16 +47,17 @@ class OnnxRuntime:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(folder / GRAPH), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(folder / ONNX.main), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-            raise EdgeLLMError(f"onnxruntime cannot load '{folder / GRAPH}': {str(e).splitlines()[0][:300]}",
+            raise EdgeLLMError(f"onnxruntime cannot load '{folder / ONNX.main}': {str(e).splitlines()[0][:300]}",
                                "re-export the model") from e
         self.threads = threads or opts.intra_op_num_threads or None
         self.task = self.info["task"]
         self.vocab_size = int(self.info["vocab_size"])
         self.max_positions = self.info.get("max_positions")
         self._file_bytes = dir_bytes(folder)
-        self.tokenizer = self._tokenizer()
+        self.tokenizer = folder_tokenizer(folder)
         self._inputs = {i.name for i in self.session.get_inputs()}
         if self.task == "causal-lm":
             self._past = [n for n in self.info["inputs"] if n.startswith("past.")]
@@ -79,24 +66,12 @@ class OnnxRuntime:
     @classmethod
     def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
              **_ignored) -> "OnnxRuntime":
-        from ..exporters.onnx import GRAPH
-
         if device not in (None, "cpu"):
             raise EdgeLLMError(f"the onnxruntime runtime runs on the CPU here, not '{device}'", "drop --device")
-        rt = cls(resolve_artifact(spec, GRAPH), threads=threads)
+        rt = cls(resolve_artifact(spec, ONNX), threads=threads)
         if task is not None and task != rt.task:
             raise EdgeLLMError(f"'{spec}' is a {rt.task} export, not {task}", f"use --task {rt.task} or another model")
         return rt
-
-    def _tokenizer(self):
-        from transformers import AutoTokenizer
-
-        from ..models import _has_tokenizer, _quiet_transformers
-
-        if not _has_tokenizer(self.folder):
-            return None
-        _quiet_transformers()
-        return AutoTokenizer.from_pretrained(self.folder)
 
     # -- causal LM -------------------------------------------------------------------------
     def _lm(self):
@@ -121,21 +96,16 @@ class OnnxRuntime:
                  seed: int | None = None, stop_ids=(), logits_processor=None) -> Iterator[int]:
         """Yield up to *max_new_tokens* ids with the KV cache; stops early only on *stop_ids*."""
         self._lm()
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         prompt = ids.view(1, -1).numpy().astype(np.int64)
-        logits, past = self._step(prompt, 0, None)
-        pos, generated = prompt.shape[1], []
-        for _ in range(max_new_tokens):
-            row = torch.from_numpy(logits[-1]).float()
-            if logits_processor is not None:
-                row = logits_processor(generated, row)
-            tok = sample_next(row, temperature, top_p, gen)
-            generated.append(tok)
-            yield tok
-            if tok in stop_ids or len(generated) == max_new_tokens:
-                return
-            logits, past = self._step(np.array([[tok]], np.int64), pos, past)
-            pos += 1
+        state = {"pos": 0, "past": None}
+
+        def forward(x: np.ndarray) -> torch.Tensor:       # prefill from an empty past, else one step
+            logits, state["past"] = self._step(x, state["pos"], state["past"])
+            state["pos"] += x.shape[1]
+            return torch.from_numpy(logits[-1])
+
+        yield from decode_loop(lambda: forward(prompt), lambda tok: forward(np.array([[tok]], np.int64)),
+                               max_new_tokens, temperature, top_p, seed, stop_ids, logits_processor)
 
     # -- classifiers -----------------------------------------------------------------------
     def classify(self, texts: list[str], max_length: int = 128) -> torch.Tensor:

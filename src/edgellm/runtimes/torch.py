@@ -2,8 +2,9 @@
 
 Device order: CUDA, then Apple MPS, then CPU (``device=`` overrides). On a GPU the model
 runs in bf16 where supported, else fp16; on the CPU it keeps its loaded dtype (fp32, or
-edgellm's packed integer linears). Decoding uses the model's KV cache. Deliberately
-absent: batching and paged caches (the server and the parallel pipeline add their own).
+edgellm's packed integer linears). Decoding feeds the model's KV cache to the shared
+``base.decode_loop``. Deliberately absent: batching and paged caches (the server and the
+parallel pipeline add their own).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from ..errors import EdgeLLMError
 from ..models import Loaded, load, model_bytes
-from .base import sample_next
+from .base import decode_loop
 
 
 def best_device() -> str:
@@ -94,23 +95,17 @@ class TorchRuntime:
 
         *logits_processor(generated_ids, logits) -> logits* lets callers constrain decoding.
         """
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        ids = ids.view(1, -1).to(self.device)
         kw = {"logits_to_keep": 1} if self._keep_arg else {}
-        out = self.model(input_ids=ids, use_cache=True, **kw)
-        past, generated = _cache_of(out), []
-        for _ in range(max_new_tokens):
-            row = out.logits[0, -1].float().cpu()
-            if logits_processor is not None:
-                row = logits_processor(generated, row)
-            tok = sample_next(row, temperature, top_p, gen)
-            generated.append(tok)
-            yield tok
-            if tok in stop_ids or len(generated) == max_new_tokens:
-                return
-            nxt = torch.tensor([[tok]], device=self.device)
-            out = self.model(input_ids=nxt, use_cache=True, **{self._cache_arg: past}, **kw)
-            past = _cache_of(out)
+        cache: dict = {}
+
+        def forward(x: torch.Tensor) -> torch.Tensor:      # prefill when the cache is empty, else one step
+            out = self.model(input_ids=x, use_cache=True, **({self._cache_arg: cache["past"]} if cache else {}), **kw)
+            cache["past"] = _cache_of(out)
+            return out.logits[0, -1]
+
+        yield from decode_loop(lambda: forward(ids.view(1, -1).to(self.device)),
+                               lambda tok: forward(torch.tensor([[tok]], device=self.device)),
+                               max_new_tokens, temperature, top_p, seed, stop_ids, logits_processor)
 
     def weight_bytes(self) -> int:
         """Bytes read per decoded token: all weights, minus an untied input embedding (one row is read)."""
