@@ -40,7 +40,7 @@ _API = {
     "optimize": "edgellm.optimization:optimize",
     "OptimizeConfig": "edgellm.optimization:OptimizeConfig",
     "DeviceProfile": "edgellm.devices.profiles:DeviceProfile",
-    "get_profile": "edgellm.devices.profiles:get_profile",
+    "get_profile": "edgellm.devices:get_profile",
     "predict_cost": "edgellm.devices.costmodel:predict",
     "plan_placement": "edgellm.parallel.placement:plan_placement",
     "bench_pipeline": "edgellm.parallel.launch:bench_pipeline",

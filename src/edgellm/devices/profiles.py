@@ -1,9 +1,10 @@
 """Device profiles: what a target device offers (memory, bandwidth, compute, runtimes), as YAML data.
 
 A profile is a frozen ``DeviceProfile``; built-in ones live in ``devices/profiles/*.yaml`` and
-users add their own YAML files (same fields). ``get_profile("host")`` detects and measures this
-machine (``devices/detect.py``); every other profile's figures come from datasheets, and its
-``source:`` says which, so anything computed from them is a *prediction*.
+users add their own YAML files (same fields). The host's profile is detected and measured by
+``devices/detect.py``, and ``edgellm.devices.get_profile`` resolves either; every other profile's
+figures come from datasheets, and its ``source:`` says which, so anything computed from them is a
+*prediction*.
 
 Bandwidth is the **sustained** figure (what a STREAM-like copy reaches), because the host's
 bandwidth is measured that way and the cost model's efficiency factors are calibrated against it.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgeLLMError, unknown_name_error
+from ..errors import EdgeLLMError
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 KNOWN_RUNTIMES = ("torch", "llama.cpp", "onnxruntime", "executorch")
@@ -171,16 +172,9 @@ def load_profile(path: str | Path) -> DeviceProfile:
     >>> load_profile("my-board.yaml").name        # doctest: +SKIP
     'my-board'
     """
-    import yaml
+    from ..fileio import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeLLMError(f"device profile '{path}' not found", "check the path")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise EdgeLLMError(f"device profile '{path}' is not valid YAML: {str(e).splitlines()[0]}", "fix the file") from e
-    return profile_from_dict(d, str(path))
+    return profile_from_dict(read_yaml(path, "device profile"), str(path))
 
 
 def builtin_profiles() -> dict[str, DeviceProfile]:
@@ -190,22 +184,3 @@ def builtin_profiles() -> dict[str, DeviceProfile]:
         p = load_profile(f)
         out[p.name] = p
     return out
-
-
-def get_profile(spec: str, threads: int | None = None) -> DeviceProfile:
-    """A profile by name (``host``, a built-in) or YAML path; unknown names suggest the closest.
-
-    >>> get_profile("host").measured              # doctest: +SKIP
-    True
-    """
-    spec = str(spec)
-    if spec == "host":
-        from .detect import detect_host
-
-        return detect_host(threads=threads)
-    if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
-        return load_profile(spec)
-    profiles = builtin_profiles()
-    if spec in profiles:
-        return profiles[spec]
-    raise unknown_name_error("device", spec, ["host", *profiles])
