@@ -3,7 +3,8 @@
 For each setting: perplexity, KL(fp32 ‖ quantized) and top-1 agreement on the same windows,
 quantization wall time, bits per weight (scales and zeros included) and the kernels used. Then
 decode tok/s for fp32 / W8 / W4 / W8A8, measured alternately in one run (ratios quoted per
-round). The fp32 reference log-probs are computed once and kept in a float32 memmap in /tmp.
+round). Every pass is ``edgellm.evaluation.evaluate_lm`` (the one perplexity loop); the fp32
+reference log-probs are computed once and kept in a float32 memmap in /tmp (``CachedReference``).
 Each heavy step takes the shared lock /tmp/edgellm-heavy.lock. Results are written after every
 step to bench/results/quantize.json (and docs/benchmarks.md), so a partial run still reports.
 
@@ -16,7 +17,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import math
 import shlex
 import statistics
 import tempfile
@@ -31,7 +31,7 @@ import edgellm
 from bench._common import RESULTS, invocation, stamp, write_result
 from edgellm.calibconfig import CalibConfig
 from edgellm.data import WIKI_TEST, data_file, tokenize_file
-from edgellm.evaluation.perplexity import windows
+from edgellm.evaluation.perplexity import evaluate_lm, windows
 from edgellm.measure.latency import fixed_prompt, one_run
 from edgellm.measure.machine import machine_info
 from edgellm.quantization import QuantConfig, quantize
@@ -71,23 +71,32 @@ def heavy_lock():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def window_logprobs(model, w: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        logits = model(input_ids=w.view(1, -1), use_cache=False).logits[0, :-1].float()
-    return F.log_softmax(logits, dim=-1)
+class CachedReference:
+    """The fp32 model's log-probs per window, kept in a float32 memmap, as a runtime for ``evaluate_lm``.
+
+    With *inner*, ``logits`` runs it and records each window's log-probs (the reference pass); without,
+    it answers from the memmap (every candidate's pass, and a ``--reuse-ref`` run)."""
+
+    name = "fp32 (cached log-probs)"
+
+    def __init__(self, mm, wins: list[torch.Tensor], inner=None):
+        self.mm, self.inner = mm, inner
+        self.index = {w.data_ptr(): i for i, w in enumerate(wins)}
+
+    def logits(self, w: torch.Tensor) -> torch.Tensor:
+        i = self.index[w.data_ptr()]
+        if self.inner is not None:
+            lp = F.log_softmax(self.inner.logits(w)[:-1].float(), dim=-1)
+            self.mm[i] = lp.numpy()
+        else:
+            lp = torch.from_numpy(np.asarray(self.mm[i]))
+        return torch.cat([lp, lp[-1:]])     # [T, V]: evaluate_lm drops the last position
 
 
-def score(model, wins, ref_mm) -> dict:
-    nll, kl, same, n = 0.0, 0.0, 0, 0
-    for i, w in enumerate(wins):
-        lp = window_logprobs(model, w)
-        ref = torch.from_numpy(np.asarray(ref_mm[i]))
-        tgt = w[1:]
-        nll += -lp.gather(1, tgt.view(-1, 1)).sum().item()
-        kl += (ref.exp() * (ref - lp)).sum(-1).clamp_min(0).sum().item()
-        same += (ref.argmax(-1) == lp.argmax(-1)).sum().item()
-        n += tgt.numel()
-    return {"perplexity": math.exp(nll / n), "kl": kl / n, "top1": same / n, "n_predicted": n}
+def score(runtime, wins, reference) -> dict:
+    """Perplexity, KL(fp32 ‖ runtime) and top-1 agreement on *wins*: ``evaluate_lm`` against the cached reference."""
+    r = evaluate_lm(runtime, chunks=wins, reference=reference)
+    return {"perplexity": r.perplexity, "kl": r.agreement.kl, "top1": r.agreement.top1, "n_predicted": r.n_predicted}
 
 
 def main() -> None:
@@ -162,18 +171,14 @@ def main() -> None:
     shape = (len(wins), args.ctx - 1, V)
     reuse = args.reuse_ref and mm_path.exists() and mm_path.stat().st_size == 4 * int(np.prod(shape))
     ref_mm = np.memmap(mm_path, dtype=np.float32, mode="r+" if reuse else "w+", shape=shape)
+    reference = CachedReference(ref_mm, wins)
     with (contextlib.nullcontext() if reuse else lock()):
         t0 = time.time()
-        nll, n = 0.0, 0
-        for i, w in enumerate(wins):
-            lp = torch.from_numpy(np.asarray(ref_mm[i])) if reuse else window_logprobs(base.model, w)
-            if not reuse:
-                ref_mm[i] = lp.numpy()
-            nll += -lp.gather(1, w[1:].view(-1, 1)).sum().item()
-            n += w.numel() - 1
+        first = reference if reuse else CachedReference(ref_mm, wins, TorchRuntime(base, device="cpu", threads=args.threads))
+        fp32 = evaluate_lm(first, chunks=wins)
         ref_mm.flush()
-    del base
-    base_ppl = math.exp(nll / n)
+    del base, first
+    base_ppl, n = fp32.perplexity, fp32.n_predicted
     print(f"fp32: ppl {base_ppl:.3f} ({time.time() - t0:.0f}s)", flush=True)
     rows = [{"setting": "fp32 (reference)", "target": "-", "perplexity": round(base_ppl, 3), "Δppl": "-", "KL": 0.0,
              "top-1": 1.0, "bits/weight": 32, "quant s": "-", "kernels": "-"}]
@@ -196,7 +201,7 @@ def main() -> None:
         with lock():
             m = edgellm.load("smollm2-135m")
             _, res = quantize(m, cfg, progress=False)
-            s = score(m.model, wins, ref_mm)
+            s = score(TorchRuntime(m, device="cpu", threads=args.threads), wins, reference)
         row = {"setting": name, "target": target, "perplexity": round(s["perplexity"], 3),
                "Δppl": f"{100 * (s['perplexity'] / base_ppl - 1):+.2f}%", "KL": round(s["kl"], 5),
                "top-1": round(s["top1"], 4), "bits/weight": round(res.bits_per_weight, 3),
