@@ -141,3 +141,24 @@ def test_gguf_without_model(tmp_path):
     w.close()
     with pytest.raises(EdgeLLMError, match="without a model"):
         load(f)
+
+
+@pytest.mark.parametrize("fmt", [None, "quantized", "sparse"])
+def test_save_writes_every_folder_format_load_reads(tiny_llama, tmp_path, fmt):
+    from edgellm.models import FOLDER_FORMATS, FOLDER_WRITERS, save
+    from edgellm.pruning import PruneConfig, prune
+    from edgellm.quantization import quantize
+
+    assert set(FOLDER_WRITERS) == set(FOLDER_FORMATS)
+    m = load(tiny_llama)
+    if fmt == "quantized":
+        quantize(m, bits=8, progress=False)
+    elif fmt == "sparse":
+        prune(m, PruneConfig(method="magnitude", sparsity=0.5), progress=False)
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        want = m.model(ids).logits
+    again = load(save(m, tmp_path / "m", format="sparse" if fmt == "sparse" else None))
+    assert (again.meta.edgellm or {}).get("format") == fmt
+    with torch.no_grad():
+        assert torch.allclose(again.model(ids).logits, want, atol=1e-5)

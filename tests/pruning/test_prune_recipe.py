@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgellm.calibconfig import CalibConfig
 from edgellm.models import load
 from edgellm.pruning import PruneConfig, prune
 from edgellm.pruning.masks import is_nm
@@ -26,7 +27,7 @@ def test_yaml_recipe_prunes_then_quantizes(tiny_llama, text_file, tmp_path):
     from edgellm.quantization import save_quantized
 
     rec = load_recipe(RECIPES / "width25-w4-rtn-g32.yaml")
-    small_calib = dataclasses.replace(rec.steps["prune"], calib=str(text_file), calib_samples=4, calib_len=16)
+    small_calib = dataclasses.replace(rec.steps["prune"], calib=CalibConfig(str(text_file), samples=4, seq_len=16))
     rec = Recipe(rec.name, {**rec.steps, "prune": small_calib})
     loaded = load(tiny_llama)
     res = apply_recipe(loaded, rec, progress=False)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from edgellm.calibconfig import CalibConfig
 from edgellm.errors import EdgeLLMError
 from edgellm.fileio import dir_bytes
 from edgellm.models import load
@@ -64,7 +65,7 @@ def test_size_on_disk_falls_with_sparsity(tiny_llama, tmp_path):
 def test_include_exclude_and_wanda_with_text(tiny_llama, text_file):
     loaded = load(tiny_llama)
     cfg = PruneConfig(method="wanda", sparsity=0.5, include=("*.mlp.*",), exclude=("*.layers.0.*",),
-                      calib=str(text_file), calib_samples=2, calib_len=16)
+                      calib=CalibConfig(str(text_file), samples=2, seq_len=16))
     _, r = prune(loaded, cfg, progress=False)
     assert r.n_linears == 6 and r.calib_tokens == 32
     blocks = loaded.model.model.layers

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from edgellm.calibconfig import CalibConfig
 from edgellm.calibrate import find_blocks
 from edgellm.errors import EdgeLLMError
 from edgellm.models import count_params, load, save
@@ -104,7 +105,7 @@ def test_parameter_and_byte_budgets(tiny_llama):
 
 def test_structured_uses_calibration_text(tiny_llama, text_file):
     loaded = load(tiny_llama)
-    cfg = PruneConfig(structure="width", ratio=0.25, calib=str(text_file), calib_samples=3, calib_len=16)
+    cfg = PruneConfig(structure="width", ratio=0.25, calib=CalibConfig(str(text_file), samples=3, seq_len=16))
     _, r = prune(loaded, cfg, progress=False)
     assert r.calib_tokens == 48 and loaded.model.config.intermediate_size == 144
 

@@ -4,40 +4,13 @@
         --data wikitext-2/wiki.valid.tokens --out out/s15 --steps 300
     edgellm distill --teacher T --student S --data FILE --out DIR --resume DIR.run
 
+The training flags are generated from ``DistillConfig`` (``commands/flags.py``).
 Runs under ``accelerate launch -m edgellm.distillation ...`` too (each process trains a replica).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from . import emit_json
-
-SKIP = {"hidden_loss"}
-
-
-def add_config_flags(p, defaults=None) -> None:
-    """One flag per DistillConfig field (``--grad-accum``, ``--eval-every``, ...), defaults from the dataclass."""
-    from ..distillation import DistillConfig
-
-    for f in dataclasses.fields(DistillConfig):
-        if f.name in SKIP:
-            continue
-        default = (defaults or {}).get(f.name, f.default)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", default=default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=default, help=f"default {default}")
-
-
-def config_from_args(args, **override):
-    from ..distillation import DistillConfig
-
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig) if hasattr(args, f.name)}
-    kw.update(override)
-    return DistillConfig(**kw)
-
 
 def add_arguments(p) -> None:
     p.add_argument("--teacher", required=True, help="teacher: built-in name or model folder")
@@ -50,14 +23,16 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-data", default=None, help="classifier: labelled TSV for validation (default: hold out rows)")
     p.add_argument("--out", required=True, help="output HF folder (logs and curves in OUT/distill/)")
     p.add_argument("--resume", default=None, metavar="DIR", help="checkpoint folder (or OUT.run) of this run")
-    p.add_argument("--hidden-loss", default="", metavar="S:T,...", help="student:teacher block pairs for a hidden-state MSE")
     p.add_argument("--cache-dir", default=None, help="folder for the teacher's top-k logits (reused across runs)")
     p.add_argument("--task", default=None, choices=["causal-lm", "classification"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the result as JSON")
-    add_config_flags(p)
+    from ..distillation import DistillConfig
+    from .flags import add_config_flags
+
+    add_config_flags(p, DistillConfig)
 
 
 def run(args) -> int:
@@ -70,7 +45,10 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = config_from_args(args, hidden_loss=args.hidden_loss)
+    from ..distillation import DistillConfig
+    from .flags import config_from_args
+
+    cfg = config_from_args(DistillConfig, args)
     kw = {"task": args.task} if args.task else {}
     teacher = load(args.teacher, **kw)
     if args.student_from:

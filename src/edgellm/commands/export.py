@@ -1,4 +1,8 @@
-"""``edgellm export MODEL --format gguf --out PATH``: write an artifact for an on-device runtime, verified on it."""
+"""``edgellm export MODEL --format gguf --out PATH``: write an artifact for an on-device runtime, verified on it.
+
+The format options are flags generated from the three export configs (``commands/flags.py``); the
+flags of the chosen ``--format`` build its config, which ``exporters.export`` takes.
+"""
 
 from __future__ import annotations
 
@@ -15,30 +19,44 @@ def add_arguments(p) -> None:
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the logits/perplexity check on the artifact's runtime (not recommended)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for verification")
-    g = p.add_argument_group("gguf")
-    g.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
-                   help="type of the 2-D weights (default f16); edgellm's 4/8-bit codes go in as they are")
-    g.add_argument("--gguf-embedding-type", default=None, choices=["f32", "f16", "q8_0", "q4_0", "q4_1"],
-                   help="type of the token embedding / output head (default: q8_0 for 8/4-bit files)")
-    g.add_argument("--requantize", action="store_true",
-                   help="allow re-encoding quantized weights whose grid is not the GGUF type's (listed in the report)")
-    g = p.add_argument_group("onnx / executorch")
-    g.add_argument("--variant", default="fp32", choices=["fp32", "int8", "int4"],
-                   help="weights: fp32, int8 (ONNX dynamic int8 / ExecuTorch 8da8w) or int4 (MatMulNBits / 8da4w)")
-    g.add_argument("--block-size", type=int, default=32, help="int4 block (group) size (default 32)")
-    g.add_argument("--max-len", type=int, default=512, help="ExecuTorch static KV-cache positions (default 512)")
+    from .flags import add_config_flags
+
+    for fmt, cls in configs().items():
+        add_config_flags(p, cls, rename=RENAME.get(fmt), helps=HELPS, title=f"{fmt} (generated from {cls.__name__})")
     p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints: trusted sources only")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the result as JSON")
 
 
-def format_options(args) -> dict:
-    """The exporter's own options, by format."""
-    return {
-        "gguf": {"gguf_type": args.gguf_type, "embedding_type": args.gguf_embedding_type, "requantize": args.requantize},
-        "onnx": {"variant": args.variant, "block_size": args.block_size},
-        "executorch": {"variant": args.variant, "group_size": args.block_size, "max_len": args.max_len},
-    }.get(args.format, {})
+# fields whose flag has another name: GGUF's embedding type keeps its prefix; ExecuTorch's int4 group size
+# shares --block-size with ONNX's
+RENAME = {"gguf": {"embedding_type": "gguf_embedding_type"}, "executorch": {"group_size": "block_size"}}
+HELPS = {
+    "gguf_type": "type of the 2-D weights; edgellm's 4/8-bit codes go in as they are",
+    "embedding_type": "type of the token embedding / output head (none: q8_0 for 8/4-bit files, else --gguf-type)",
+    "requantize": "allow re-encoding quantized weights whose grid is not the GGUF type's (listed in the report)",
+    "variant": "weights: fp32, int8 (ONNX dynamic int8 / ExecuTorch 8da8w) or int4 (MatMulNBits / 8da4w)",
+    "block_size": "int4 block (group) size, ONNX and ExecuTorch",
+    "symmetric": "ONNX int4: symmetric blocks (--no-symmetric: with zero points)",
+    "accuracy_level": "ONNX MatMulNBits compute: 4 = int8 activations, 0 = fp32",
+    "opset": "ONNX opset of the graph",
+    "fuse": "ONNX classifiers: fuse encoder blocks for onnxruntime",
+    "max_len": "ExecuTorch static KV-cache positions",
+}
+
+
+def configs() -> dict:
+    """format -> its export config class."""
+    from ..exporters import EXPORTERS, export_config
+
+    return {fmt: type(export_config(fmt)) for fmt in EXPORTERS}
+
+
+def config_of(args):
+    """The export config for ``--format`` from the generated flags."""
+    from .flags import config_from_args
+
+    return config_from_args(configs()[args.format], args, rename=RENAME.get(args.format))
 
 
 def run(args) -> int:
@@ -46,9 +64,9 @@ def run(args) -> int:
     from ..models import load
     from ..report.table import format_table, human_bytes
 
+    config = config_of(args)          # a bad option fails before the (slow) load
     loaded = load(args.model, **load_kwargs(args))
-    r = export(loaded, args.format, args.out, force=args.force, verify=args.verify, threads=args.threads,
-               **format_options(args))
+    r = export(loaded, config, args.out, force=args.force, verify=args.verify, threads=args.threads)
     row = {"artifact": str(r.path), "format": r.format, "runtime": r.runtime, "size": human_bytes(r.file_bytes),
            "seconds": round(r.seconds, 1)}
     v = r.verification

@@ -7,7 +7,7 @@ for ``--task classification`` a fresh head with ``--num-labels`` outputs is adde
 from __future__ import annotations
 
 from . import emit_json
-from .distill import add_config_flags, config_from_args, summary_row
+from .distill import summary_row
 
 
 def add_arguments(p) -> None:
@@ -22,7 +22,11 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
-    add_config_flags(p, defaults={"alpha": 1.0, "lr": 5e-5, "batch_size": 32})
+    from ..distillation import DistillConfig
+    from ..distillation.config import FINETUNE
+    from .flags import add_config_flags
+
+    add_config_flags(p, DistillConfig, exclude=("alpha", "hidden_loss"), base=DistillConfig(**FINETUNE))
 
 
 def run(args) -> int:
@@ -31,9 +35,11 @@ def run(args) -> int:
     import torch
 
     from ..data import resolve_data_path
-    from ..distillation import finetune
+    from ..distillation import DistillConfig, finetune
+    from ..distillation.config import FINETUNE
     from ..models import load
     from ..report.table import format_table
+    from .flags import config_from_args
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,7 +48,8 @@ def run(args) -> int:
         dev = resolve_data_path(args.data).with_name("dev.tsv")
         eval_data = str(dev) if dev.exists() and dev.name != Path(args.data).name else None
     model = load(args.model, task=args.task, num_labels=args.num_labels)
-    r = finetune(model, args.data, config_from_args(args), out=args.out, resume=args.resume, eval_data=eval_data,
+    cfg = config_from_args(DistillConfig, args, exclude=("alpha", "hidden_loss"), base=DistillConfig(**FINETUNE))
+    r = finetune(model, args.data, cfg, out=args.out, resume=args.resume, eval_data=eval_data,
                  progress=not args.quiet, force=args.force)
     if r.is_main:
         print(format_table([summary_row(r)]))

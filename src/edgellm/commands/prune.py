@@ -1,32 +1,23 @@
-"""``edgellm prune MODEL --out DIR``: unstructured / N:M (sparse folder) or structured (plain HF folder)."""
+"""``edgellm prune MODEL --out DIR``: unstructured / N:M (sparse folder) or structured (plain HF folder).
+
+The method flags are generated from ``PruneConfig`` (``commands/flags.py``): every field has one.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from . import add_common, emit_json, load_kwargs
 
 
 def add_arguments(p) -> None:
-    from ..data import WIKI_VALID
+    from ..pruning import PruneConfig
+    from .flags import add_config_flags
 
     p.add_argument("model", help="built-in name or model folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    p.add_argument("--method", default="wanda", help="magnitude, wanda or sparsegpt (structured: wanda or magnitude)")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction of weights zeroed per linear (default 0.5)")
-    p.add_argument("--pattern", default=None, metavar="N:M", help="semi-structured, e.g. 2:4")
-    p.add_argument("--structure", default=None, choices=["depth", "width", "heads"],
-                   help="remove whole layers, MLP channels or attention heads")
-    p.add_argument("--ratio", type=float, default=None, help="structured: fraction of layers/channels/heads removed")
-    p.add_argument("--max-params", type=float, default=None, help="structured: parameter budget (e.g. 100e6)")
-    p.add_argument("--max-bytes", type=float, default=None, help="structured: byte budget for the parameters")
-    p.add_argument("--calib", default=WIKI_VALID, metavar="FILE", help=f"calibration text (default {WIKI_VALID})")
-    p.add_argument("--calib-samples", type=int, default=64)
-    p.add_argument("--calib-len", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--include", action="append", default=[], metavar="GLOB", help="prune only matching linears")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="leave matching linears dense")
-    p.add_argument("--sequential", action="store_true",
-                   help="wanda/sparsegpt: calibrate each block stage by stage (q/k/v, then o, then gate/up, then down)")
+    add_config_flags(p, PruneConfig)
     add_common(p, runtime=False)
     p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints: trusted sources only")
@@ -39,12 +30,9 @@ def run(args) -> int:
     from ..pruning import PruneConfig, prune
     from ..pruning.storage import NO_KERNEL_NOTE, save_sparse
     from ..report.table import format_table, human_bytes
+    from .flags import config_from_args
 
-    cfg = PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, structure=args.structure,
-                      ratio=args.ratio, max_params=int(args.max_params) if args.max_params else None,
-                      max_bytes=int(args.max_bytes) if args.max_bytes else None, calib=args.calib,
-                      calib_samples=args.calib_samples, calib_len=args.calib_len, seed=args.seed,
-                      include=tuple(args.include), exclude=tuple(args.exclude), sequential=args.sequential)
+    cfg = config_from_args(PruneConfig, args)
     from ..fileio import check_writable_target
 
     check_writable_target(args.out, args.force)   # fail before the (slow) pruning, not after
@@ -70,5 +58,5 @@ def run(args) -> int:
     else:
         print("a standard HF model: loads with transformers' from_pretrained; smaller and faster on every runtime")
     print(f"wrote {out}")
-    emit_json(args, {"out": str(out), "config": cfg.__dict__, "result": r.to_dict(), "file_bytes": dir_bytes(out)})
+    emit_json(args, {"out": str(out), "config": dataclasses.asdict(cfg), "result": r.to_dict(), "file_bytes": dir_bytes(out)})
     return 0

@@ -2,7 +2,8 @@
 
 The same frozen dataclass backs the API, the CLI flags and the ``distill:`` section of a
 recipe, so there is one source of defaults. Deliberately absent: model and data choices
-(those are arguments of ``distill``) and anything about the output folder.
+(those are arguments of ``distill``) and anything about the output folder. ``FINETUNE`` holds the
+values ``finetune`` starts from instead (labels only, so α = 1).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..calibconfig import config_field
 from ..errors import EdgeLLMError
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -46,31 +48,33 @@ class DistillConfig:
     0.5
     """
 
-    alpha: float = 0.5              # weight of the hard-label cross-entropy; 1 − alpha weighs the soft KL
-    temperature: float = 2.0        # T: both distributions are softened by T, the KL term is scaled by T²
-    steps: int = 200                # optimizer steps
-    lr: float = 1e-4                # peak learning rate (AdamW)
-    batch_size: int = 4             # sequences (LM) or sentences (classifier) per micro-batch, per process
-    seq_len: int = 256              # LM window length in tokens
-    grad_accum: int = 1             # micro-batches per optimizer step
-    warmup: int = 10                # linear warm-up steps, then cosine decay to min_lr_ratio·lr
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0      # 0 disables clipping
-    eval_every: int = 50            # 0 = only at the start and the end
-    save_every: int = 0             # checkpoint every N steps (0 = only on Ctrl-C)
-    val_tokens: int = 8192          # LM: tokens held out from the end of the training text for validation
-    val_rows: int = 500             # classifier: rows held out when no eval data is given
-    hidden_loss: tuple = ()         # ((student_block, teacher_block), ...) pairs for an MSE on hidden states
-    hidden_weight: float = 1.0      # weight of the hidden-state term (added on top of the KD loss)
-    topk_cache: int = 0             # >0: keep only the teacher's top-k logits per token (cached per window)
-    fake_quant_bits: int = 0        # recovery: >0 trains through fake-quantized weights (straight-through)
-    fake_quant_group: int = 32      # group size of the fake quantizer (0 = per output row)
-    keep_sparsity: bool = False     # recovery: weights that are exactly zero at the start stay zero
-    freeze_embeddings: bool = False
-    mixed_precision: str = "auto"   # auto = bf16 on GPUs that support it, else fp32
-    max_length: int = 128           # classifier: tokens per sentence
-    seed: int = 0
+    alpha: float = config_field(0.5, "weight of the hard-label cross-entropy; 1 − alpha weighs the soft KL")
+    temperature: float = config_field(2.0, "T: both distributions are softened by T, the KL term is scaled by T²")
+    steps: int = config_field(200, "optimizer steps")
+    lr: float = config_field(1e-4, "peak learning rate (AdamW)")
+    batch_size: int = config_field(4, "sequences (LM) or sentences (classifier) per micro-batch, per process")
+    seq_len: int = config_field(256, "LM window length in tokens")
+    grad_accum: int = config_field(1, "micro-batches per optimizer step")
+    warmup: int = config_field(10, "linear warm-up steps, then cosine decay to min_lr_ratio·lr")
+    min_lr_ratio: float = config_field(0.1, "floor of the cosine decay, as a fraction of lr")
+    weight_decay: float = config_field(0.0, "AdamW weight decay")
+    max_grad_norm: float = config_field(1.0, "gradient-norm clipping (0 disables it)")
+    eval_every: int = config_field(50, "validate every N steps (0 = only at the start and the end)")
+    save_every: int = config_field(0, "checkpoint every N steps (0 = only on Ctrl-C)")
+    val_tokens: int = config_field(8192, "LM: tokens held out from the end of the training text for validation")
+    val_rows: int = config_field(500, "classifier: rows held out when no eval data is given")
+    hidden_loss: tuple = config_field((), "student:teacher block pairs for an MSE on hidden states",
+                                      metavar="S:T,...")
+    hidden_weight: float = config_field(1.0, "weight of the hidden-state term (added on top of the KD loss)")
+    topk_cache: int = config_field(0, ">0: keep only the teacher's top-k logits per token (cached per window)")
+    fake_quant_bits: int = config_field(0, "recovery: >0 trains through fake-quantized weights (straight-through)")
+    fake_quant_group: int = config_field(32, "group size of the fake quantizer (0 = per output row)")
+    keep_sparsity: bool = config_field(False, "recovery: weights that are exactly zero at the start stay zero")
+    freeze_embeddings: bool = config_field(False, "keep the input embeddings fixed")
+    mixed_precision: str = config_field("auto", "auto = bf16 on GPUs that support it, else fp32",
+                                        choices=MIXED_PRECISION)
+    max_length: int = config_field(128, "classifier: tokens per sentence")
+    seed: int = config_field(0, "seed of the data order and of new weights")
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_loss", parse_pairs(self.hidden_loss))
@@ -104,6 +108,10 @@ class DistillConfig:
         d = dataclasses.asdict(self)
         d["hidden_loss"] = [list(p) for p in self.hidden_loss]
         return d
+
+
+# ``finetune`` (labels only) starts from these values instead of the distillation ones
+FINETUNE = {"alpha": 1.0, "lr": 5e-5, "batch_size": 32}
 
 
 def lr_at(step: int, cfg: DistillConfig) -> float:

@@ -34,7 +34,7 @@ from ..models import Loaded, load
 from . import checkpoint as ckpt
 from . import fakequant
 from .batches import ClassData, LMData, TopKCache, class_data, lm_data
-from .config import DistillConfig, lr_at
+from .config import FINETUNE, DistillConfig, lr_at
 from .losses import hidden_state_loss, kd_terms
 
 
@@ -298,7 +298,7 @@ def finetune(model, data, cfg: DistillConfig | None = None, out=None, **kw) -> D
     >>> r = finetune(m, "sst-2/train.tsv", DistillConfig(steps=300, lr=1e-4), out="out/minilm-sst2",
     ...              eval_data="sst-2/dev.tsv")                                          # doctest: +SKIP
     """
-    cfg = (cfg or DistillConfig()).replace(alpha=1.0, hidden_loss=())
+    cfg = (cfg or DistillConfig(**FINETUNE)).replace(alpha=1.0, hidden_loss=())
     return distill(None, model, data, cfg, out, **kw)
 
 

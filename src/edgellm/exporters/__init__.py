@@ -8,6 +8,7 @@ artifact formats (always export from the model).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,9 @@ EXPORTERS = {
     "executorch": ("edgellm.exporters.executorch:export_executorch_report", "executorch",
                    "edgellm.exporters.executorch:verify_tolerance"),
 }
+# format -> "module:ConfigClass" of its options
+CONFIGS = {"gguf": "edgellm.exporters.gguf:GGUFExportConfig", "onnx": "edgellm.exporters.onnx:OnnxExportConfig",
+           "executorch": "edgellm.exporters.executorch:ExecuTorchExportConfig"}
 RUNTIME_EXTRAS = {"llama.cpp": ("llama_cpp", "llamacpp"), "onnxruntime": ("onnxruntime", "onnx"),
                   "executorch": ("executorch", "executorch")}
 
@@ -57,19 +61,52 @@ def require_runtime(runtime: str) -> None:
                            f"pip install 'edgellm[{extra}]' (or pass --no-verify to skip verification)")
 
 
-def export(model, format: str, out, *, force: bool = False, verify: bool = True, tolerance=None,
-           threads: int | None = None, ppl_tokens: int = 4096, **options) -> ExportResult:
-    """Export *model* (a spec or ``Loaded``) to *format* at *out*; verified on its runtime unless ``verify=False``.
+def export_config(format: str, **options):
+    """The export config for *format* built from keyword *options* (unknown ones raise ``EdgeLLMError``).
 
-    >>> r = export("smollm2-135m", "gguf", "out/smollm2-q8_0.gguf", gguf_type="q8_0")   # doctest: +SKIP
-    >>> r.verification["ppl"]["relative_diff"] < 0.02                                    # doctest: +SKIP
+    >>> export_config("gguf", gguf_type="q8_0")
+    GGUFExportConfig(gguf_type='q8_0', embedding_type=None, requantize=False)
+    """
+    if format not in EXPORTERS:
+        raise EdgeLLMError(f"unknown export format '{format}'", f"use one of: {', '.join(EXPORTERS)}")
+    cls = _resolve(CONFIGS[format])
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise EdgeLLMError(f"unknown {format} export option(s) {', '.join(unknown)}", f"valid: {', '.join(sorted(names))}")
+    return cls(**options)
+
+
+def format_of(config) -> str:
+    """The format name (``gguf``, ``onnx``, ``executorch``) whose config class *config* is."""
+    for fmt, ref in CONFIGS.items():
+        if type(config) is _resolve(ref):
+            return fmt
+    raise EdgeLLMError(f"export needs an export config, not {type(config).__name__}",
+                       "pass GGUFExportConfig(...), OnnxExportConfig(...) or ExecuTorchExportConfig(...)")
+
+
+def export(model, config, out, *, force: bool = False, verify: bool = True, tolerance=None,
+           threads: int | None = None, ppl_tokens: int = 4096, **options) -> ExportResult:
+    """Export *model* (a spec or ``Loaded``) as *config* says at *out*; verified on its runtime unless ``verify=False``.
+
+    *config* is a ``GGUFExportConfig``, ``OnnxExportConfig`` or ``ExecuTorchExportConfig`` (or a format
+    name, with the config's fields as keyword *options*).
+
+    >>> from edgellm.exporters.gguf import GGUFExportConfig
+    >>> r = export("smollm2-135m", GGUFExportConfig(gguf_type="q8_0"), "out/smollm2-q8_0.gguf")   # doctest: +SKIP
+    >>> r.verification["ppl"]["relative_diff"] < 0.02                                              # doctest: +SKIP
     True
     """
     from ..models import Loaded, load
     from .verify import make_verifier
 
-    if format not in EXPORTERS:
-        raise EdgeLLMError(f"unknown export format '{format}'", f"use one of: {', '.join(EXPORTERS)}")
+    if isinstance(config, str):
+        config = export_config(config, **options)
+    elif options:
+        config = dataclasses.replace(config, **options)
+    format = format_of(config)
+    options = dataclasses.asdict(config)
     fn_ref, runtime, tol_ref = EXPORTERS[format]
     t0 = time.perf_counter()
     verifier = None
@@ -88,4 +125,4 @@ def export(model, format: str, out, *, force: bool = False, verify: bool = True,
                         seconds=time.perf_counter() - t0, verification=verification, details=details)
 
 
-__all__ = ["EXPORTERS", "ExportResult", "export"]
+__all__ = ["CONFIGS", "EXPORTERS", "ExportResult", "export", "export_config", "format_of"]

@@ -12,15 +12,16 @@ Two families share the dataclass:
   ``magnitude`` (weight norms only). Layers are always ranked by a measured score on
   calibration data (angular distance between a block's input and output).
 
-Validation happens here, in ``__post_init__``; checks that need the model's shapes (a pattern
+Calibrated methods draw their windows as ``calib`` (the shared ``CalibConfig``) says. Validation
+happens here, in ``__post_init__``; checks that need the model's shapes (a pattern
 that does not divide a dimension, a ratio that removes every head) happen in ``prune``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..data import WIKI_VALID
+from ..calibconfig import CalibConfig, config_field
 from ..errors import EdgeLLMError
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -58,22 +59,23 @@ class PruneConfig:
     'depth'
     """
 
-    method: str = "wanda"
-    sparsity: float | None = None          # unstructured: fraction zeroed per linear (default 0.5)
-    pattern: str | None = None             # "N:M" semi-structured, e.g. "2:4"
-    structure: str | None = None           # None | "depth" | "width" | "heads"
-    ratio: float | None = None             # structured: fraction of layers / channels / heads removed
-    max_params: int | None = None          # structured: parameter budget for the whole model
-    max_bytes: int | None = None           # structured: byte budget (parameters × element size)
-    calib: str = WIKI_VALID                # calibration text (never the test split)
-    calib_samples: int = 64
-    calib_len: int = 512
-    seed: int = 0
-    include: tuple[str, ...] = ()          # fnmatch patterns on linear names (default: every linear in the blocks)
-    exclude: tuple[str, ...] = ()
-    blocksize: int = 128                   # SparseGPT column block (adaptive mask selection)
-    damp: float = 0.01                     # SparseGPT dampening, fraction of mean diag(H)
-    sequential: bool = False               # Wanda/SparseGPT: prune a block stage by stage (q/k/v, o, gate/up, down)
+    method: str = config_field("wanda", "magnitude, wanda or sparsegpt (structured: wanda or magnitude)",
+                               choices=METHODS)
+    sparsity: float | None = config_field(None, "unstructured: fraction of weights zeroed per linear (none = 0.5)")
+    pattern: str | None = config_field(None, "semi-structured N:M, e.g. 2:4", metavar="N:M")
+    structure: str | None = config_field(None, "remove whole layers (depth), MLP channels (width) or attention heads",
+                                         choices=STRUCTURES)
+    ratio: float | None = config_field(None, "structured: fraction of layers / channels / heads removed")
+    max_params: int | None = config_field(None, "structured: parameter budget for the whole model (e.g. 100e6)")
+    max_bytes: int | None = config_field(None, "structured: byte budget (parameters × element size)")
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    include: tuple[str, ...] = config_field((), "prune only linears matching GLOB (default: every linear in the blocks)",
+                                            metavar="GLOB")
+    exclude: tuple[str, ...] = config_field((), "leave linears matching GLOB dense", metavar="GLOB")
+    blocksize: int = config_field(128, "SparseGPT column block (adaptive mask selection)")
+    damp: float = config_field(0.01, "SparseGPT dampening, fraction of mean diag(H)")
+    sequential: bool = config_field(False, "wanda/sparsegpt: calibrate each block stage by stage "
+                                           "(q/k/v, then o, then gate/up, then down)")
 
     def __post_init__(self):
         if isinstance(self.include, str):
@@ -86,9 +88,11 @@ class PruneConfig:
             self._check_structured()
         else:
             self._check_unstructured()
-        if self.calib_samples < 1 or self.calib_len < 2:
-            raise EdgeLLMError(f"calibration needs calib_samples ≥ 1 and calib_len ≥ 2 (got {self.calib_samples}, "
-                               f"{self.calib_len})", "raise --calib-samples / --calib-len")
+        if isinstance(self.calib, str):      # a bare file name: the other calibration fields keep their defaults
+            object.__setattr__(self, "calib", CalibConfig(data=self.calib))
+        if not isinstance(self.calib, CalibConfig):
+            raise EdgeLLMError(f"calib must be a CalibConfig (got {type(self.calib).__name__})",
+                               "use calib=CalibConfig(samples=128, seq_len=512)")
         if not 0.0 <= self.damp < 1.0:
             raise EdgeLLMError(f"damp {self.damp} is outside [0, 1)", "use e.g. 0.01")
         if self.blocksize < 1:

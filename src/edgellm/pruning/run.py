@@ -55,8 +55,8 @@ class PruneResult:
 def prune(model, config: PruneConfig, *, progress: bool = True, calib_ids: torch.Tensor | None = None):
     """Prune *model* (a ``Loaded`` record or an ``nn.Module``) in place; returns ``(model, PruneResult)``.
 
-    Calibrated methods draw ``config.calib_samples`` windows of ``config.calib_len`` tokens from
-    ``config.calib`` with the model's tokenizer, unless *calib_ids* ``[N, L]`` is given.
+    Calibrated methods draw ``config.calib.samples`` windows of ``config.calib.seq_len`` tokens from
+    ``config.calib.data`` with the model's tokenizer, unless *calib_ids* ``[N, L]`` is given.
 
     >>> m = edgellm.load("smollm2-135m")                                          # doctest: +SKIP
     >>> _, r = prune(m, PruneConfig(method="wanda", sparsity=0.5))                # doctest: +SKIP
@@ -106,7 +106,8 @@ def _calib(loaded: Loaded | None, cfg: PruneConfig, calib_ids: torch.Tensor | No
     if loaded is None or loaded.tokenizer is None:
         raise EdgeLLMError(f"'{cfg.method}' needs calibration data, and the model has no tokenizer",
                            "pass a Loaded record (edgellm.load) or calib_ids=[N, L] token ids")
-    return calibration_windows(loaded.tokenizer, cfg.calib, cfg.calib_samples, cfg.calib_len, cfg.seed)
+    c = cfg.calib
+    return calibration_windows(loaded.tokenizer, c.data, c.samples, c.seq_len, c.seed)
 
 
 def _unstructured(module: nn.Module, cfg: PruneConfig, calib, progress: bool) -> None:

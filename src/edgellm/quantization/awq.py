@@ -133,8 +133,8 @@ class AWQMethod:
     def __init__(self, targets: dict, cfg, on_done, with_hessian: bool = False):
         self.by_id = {id(m): name for name, m in targets.items()}
         self.cfg, self.on_done = cfg, on_done
-        make = (lambda k: _Both(k, cfg.awq_tokens, cfg.seed)) if with_hessian else \
-            (lambda k: InputSampleStats(k, cfg.awq_tokens, cfg.seed))
+        make = (lambda k: _Both(k, cfg.awq_tokens, cfg.calib.seed)) if with_hessian else \
+            (lambda k: InputSampleStats(k, cfg.awq_tokens, cfg.calib.seed))
         self.shared = SharedInputs(make)
         self.log: list[dict] = []
 

@@ -1,7 +1,8 @@
 """``QuantConfig``: every quantization setting, with its default and its validation.
 
-The CLI flags, YAML recipes and the API all build this one frozen dataclass, so defaults live
-in one place. Granularity is one field, ``group_size``:
+The CLI flags (generated from the fields, ``commands/flags.py``), YAML recipes and the API all
+build this one frozen dataclass, so defaults live in one place; the calibration data is the
+shared ``CalibConfig`` in ``calib``. Granularity is one field, ``group_size``:
 
 * a positive int ``g``: per-group, ``g`` consecutive input channels share a scale; when ``g``
   does not divide ``in_features`` the last group is ragged (shorter), never padded;
@@ -13,8 +14,9 @@ Deliberately left out: mixed per-layer bit widths (use two runs with include/exc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..calibconfig import CalibConfig, config_field
 from ..errors import EdgeLLMError
 
 METHODS = ("rtn", "gptq", "awq")
@@ -26,31 +28,32 @@ class QuantConfig:
 
     >>> QuantConfig(method="gptq", bits=4, group_size=32).symmetric
     True
+    >>> QuantConfig(method="gptq", bits=4, calib=CalibConfig(samples=32, seq_len=256)).calib.samples
+    32
     """
 
-    method: str = "rtn"                 # "rtn" | "gptq" | "awq"
-    bits: int = 8                       # 2..8
-    group_size: int | None = None       # g > 0 per-group (ragged last group), None per-channel, -1 per-tensor
-    symmetric: bool = True              # symmetric: fixed zero 2^(b-1) (GGUF Q4_0/Q8_0 grids); else min-max with a zero point
-    act_bits: int | None = None         # None weight-only; 8 = W8A8 with dynamic per-token int8 activations
-    include: tuple[str, ...] = ()       # fnmatch patterns over linear names; empty = every nn.Linear
-    exclude: tuple[str, ...] = ()       # fnmatch patterns removed after include
-    quantize_embeddings: bool = False   # also quantize the input embedding and lm_head to 8-bit per row
-    calib: str = "wikitext-2/wiki.valid.tokens"   # calibration text (relative names resolve in the data folder)
-    calib_samples: int = 128
-    calib_len: int = 512
-    seed: int = 0
+    method: str = config_field("rtn", "rtn, gptq or awq", choices=METHODS)
+    bits: int = config_field(8, "weight bits, 2..8")
+    group_size: int | None = config_field(None, "g > 0 per-group (ragged last group), 'channel' per output row, "
+                                                "'tensor' one scale", metavar="G")
+    symmetric: bool = config_field(True, "symmetric grid with a fixed zero 2^(b-1) (GGUF Q4_0/Q8_0); "
+                                         "--asym: min-max with zero points")
+    act_bits: int | None = config_field(None, "8 = W8A8 (dynamic per-token int8 activations); none = weight-only")
+    include: tuple[str, ...] = config_field((), "quantize only linears matching GLOB (repeatable)", metavar="GLOB")
+    exclude: tuple[str, ...] = config_field((), "leave linears matching GLOB in float (repeatable)", metavar="GLOB")
+    quantize_embeddings: bool = config_field(False, "also store the input embedding and LM head in 8-bit per row")
+    calib: CalibConfig = field(default_factory=CalibConfig)
     # GPTQ
-    damp: float = 0.01                  # dampening, fraction of mean(diag H)
-    block_size: int = 128               # lazy-update block width (columns)
-    act_order: bool = False             # process columns by decreasing diag(H)
-    static_groups: bool = False         # with act_order: group qparams fixed up front from the original weights
-    mse_clip: bool = False              # choose each group's range by a shrink search minimising weight MSE
-    awq_prescale: bool = False          # GPTQ only: AWQ's activation-aware scaling first, then GPTQ
+    damp: float = config_field(0.01, "GPTQ dampening, fraction of mean diag(H)")
+    block_size: int = config_field(128, "GPTQ lazy-update block width (columns)")
+    act_order: bool = config_field(False, "GPTQ: columns by decreasing Hessian diagonal")
+    static_groups: bool = config_field(False, "GPTQ with act-order: group grids fixed up front from the original weights")
+    mse_clip: bool = config_field(False, "choose each group's range by a shrink search minimising weight MSE")
+    awq_prescale: bool = config_field(False, "GPTQ: AWQ's activation-aware scaling first")
     # AWQ
-    awq_grid: int = 20                  # alpha grid points in [0, 1)
-    clip_search: bool = True            # AWQ: search a per-group clipping range on the output error
-    awq_tokens: int = 4096              # token subsample of each linear's inputs kept for the search
+    awq_grid: int = config_field(20, "AWQ alpha grid points in [0, 1)")
+    clip_search: bool = config_field(True, "AWQ: search a per-group clipping range on the output error")
+    awq_tokens: int = config_field(4096, "AWQ: token subsample of each linear's inputs kept for the search")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -66,9 +69,14 @@ class QuantConfig:
         if self.act_bits == 8 and (self.bits != 8 or self.group_size not in (None, -1)):
             raise EdgeLLMError("W8A8 (act_bits=8) needs 8-bit per-channel or per-tensor weights",
                                "use --bits 8 --group-size channel with --act-bits 8")
-        for name in ("calib_samples", "calib_len", "block_size", "awq_grid", "awq_tokens"):
+        if isinstance(self.calib, str):      # a bare file name: the other calibration fields keep their defaults
+            object.__setattr__(self, "calib", CalibConfig(data=self.calib))
+        if not isinstance(self.calib, CalibConfig):
+            raise EdgeLLMError(f"calib must be a CalibConfig (got {type(self.calib).__name__})",
+                               "use calib=CalibConfig(samples=128, seq_len=512)")
+        for name in ("block_size", "awq_grid", "awq_tokens"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "calib_len" else 1):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise EdgeLLMError(f"{name} must be a positive integer (got {v!r})", f"fix {name}")
         if not 0 <= self.damp < 1:
             raise EdgeLLMError(f"damp must be in [0, 1) (got {self.damp})", "the usual value is 0.01")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..calibconfig import FLAT_KEYS, nest_calib
 from ..errors import EdgeLLMError
 from .config import QuantConfig
 from .linear import QuantizedLinear, quantized_linears, set_submodule
@@ -79,12 +80,15 @@ def quantize(model, config: QuantConfig | None = None, *, progress: bool = True,
     >>> m, res = edgellm.quantize(m, bits=8)                         # doctest: +SKIP
     >>> m, res = quantize(m, QuantConfig(method="gptq", bits=4, group_size=32))   # doctest: +SKIP
     """
-    if config is None:
-        cfg = QuantConfig(**fields)
-    elif not isinstance(config, QuantConfig):
+    if config is not None and not isinstance(config, QuantConfig):
         raise EdgeLLMError(f"config must be a QuantConfig (got {type(config).__name__})", "use QuantConfig(...)")
+    if fields:   # keyword form: flat calibration keys (calib=FILE, calib_samples, calib_len, seed) fold into calib
+        if config is not None and ("calib" in fields or any(k in fields for k in FLAT_KEYS)):
+            fields.setdefault("calib", config.calib)
+        fields = nest_calib(fields, "quantize")
+        cfg = dataclasses.replace(config, **fields) if config is not None else QuantConfig(**fields)
     else:
-        cfg = dataclasses.replace(config, **fields) if fields else config
+        cfg = config or QuantConfig()
     loaded = model if hasattr(model, "model") and hasattr(model, "meta") else None
     module = loaded.model if loaded is not None else model
     if not isinstance(module, nn.Module):
@@ -154,9 +158,10 @@ def _calibration_ids(loaded, module, cfg: QuantConfig) -> torch.Tensor:
     if tok is None:
         raise EdgeLLMError(f"{cfg.method} needs calibration data, and the model has no tokenizer",
                            "pass a Loaded model (edgellm.load) or calib_ids=[N, L] token ids")
-    path = resolve_data_path(cfg.calib)
+    c = cfg.calib
+    path = resolve_data_path(c.data)
     limit = getattr(getattr(module, "config", None), "max_position_embeddings", None)
-    if limit and cfg.calib_len > limit:
-        raise EdgeLLMError(f"calib_len {cfg.calib_len} is beyond the model's maximum position ({limit})",
-                           f"use --calib-len {limit} or less")
-    return calibration_windows(tok, path, cfg.calib_samples, cfg.calib_len, cfg.seed)
+    if limit and c.seq_len > limit:
+        raise EdgeLLMError(f"calibration seq_len {c.seq_len} is beyond the model's maximum position ({limit})",
+                           f"use --calib-seq-len {limit} or less")
+    return calibration_windows(tok, path, c.samples, c.seq_len, c.seed)

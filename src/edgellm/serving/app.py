@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from ..calibconfig import config_field
 from ..errors import EdgeLLMError
 from .constrain import SchemaCompiler
 from .engine import Engine, Job, JobTimeout, QueueFull
@@ -28,16 +29,22 @@ log = logging.getLogger("edgellm.serving")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Limits and identity of one server. ``max_prompt_tokens=None`` means the model's context minus one."""
+    """Limits and identity of one server. ``max_prompt_tokens=None`` means the model's context minus one;
+    ``model_id=None`` means the artifact's name (``serve`` fills it in).
 
-    model_id: str
-    api_key: str | None = None
-    max_queue: int = 16
-    max_tokens_limit: int = 1024
-    max_prompt_tokens: int | None = None
-    timeout_s: float = 120.0
-    host: str = "127.0.0.1"
-    port: int = 8000
+    >>> ServeConfig(port=8080, max_queue=4).max_queue
+    4
+    """
+
+    model_id: str | None = config_field(None, "the id clients pass as 'model' (none: the file name)",
+                                        aliases=("--model-name",))
+    api_key: str | None = config_field(None, "require 'Authorization: Bearer KEY' (none: $EDGELLM_API_KEY, else no key)")
+    max_queue: int = config_field(16, "requests allowed to wait; more get 429")
+    max_tokens_limit: int = config_field(1024, "largest max_tokens a request may ask for")
+    max_prompt_tokens: int | None = config_field(None, "longest prompt (none: context - 1)")
+    timeout_s: float = config_field(120.0, "seconds per request, queueing included", aliases=("--timeout",))
+    host: str = config_field("127.0.0.1", "address to bind (localhost only by default)")
+    port: int = config_field(8000, "TCP port")
 
     def __post_init__(self):
         if self.max_queue < 1:
@@ -83,6 +90,8 @@ def create_app(engine: Engine, config: ServeConfig):
 
     >>> app = create_app(Engine(rt, rt.tokenizer).start(), ServeConfig(model_id="smollm2-135m"))   # doctest: +SKIP
     """
+    if config.model_id is None:
+        raise EdgeLLMError("the server needs a model id", "pass ServeConfig(model_id=...), or use serve(), which names it")
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError

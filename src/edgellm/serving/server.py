@@ -1,6 +1,6 @@
 """Run the server: open the artifact on its runtime, set up JSON logs, start uvicorn.
 
-``serve(artifact, ...)`` blocks until interrupted (the CLI ``edgellm serve`` calls it); ``start_server(...)``
+``serve(model, ServeConfig(...))`` blocks until interrupted (the CLI ``edgellm serve`` calls it); ``start_server(...)``
 runs the same app in a background thread on a free localhost port and returns a handle with ``url`` and
 ``stop()`` (the tests and the smart-home example use it). Binding to anything but localhost without an
 API key is allowed but logged as a warning. Deliberately absent: TLS and multi-model routing.
@@ -8,6 +8,7 @@ API key is allowed but logged as a warning. Deliberately absent: TLS and multi-m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -83,28 +84,32 @@ def _uvicorn_server(app, config: ServeConfig):
                                          access_log=False, timeout_graceful_shutdown=5, lifespan="off"))
 
 
-def serve(artifact, runtime: str = "auto", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_queue: int = 16, max_tokens_limit: int = 1024, max_prompt_tokens: int | None = None,
-          timeout_s: float = 120.0, threads: int | None = None, model_id: str | None = None,
-          device: str | None = None, load_kwargs: dict | None = None) -> None:
-    """Serve *artifact* with an OpenAI-compatible API until interrupted.
+def serve(model, config: ServeConfig | None = None, *, runtime: str = "auto", threads: int | None = None,
+          device: str | None = None, load_kwargs: dict | None = None, **fields) -> None:
+    """Serve *model* (a spec or artifact) with an OpenAI-compatible API, as *config* says, until interrupted.
 
-    >>> serve("smollm2-135m", port=8000, threads=2)        # doctest: +SKIP
+    *runtime*, *threads*, *device* and *load_kwargs* say how to open the model; ServeConfig fields may
+    also be given as keywords (``port=8080``). ``model_id=None`` becomes the artifact's name.
+
+    >>> serve("smollm2-135m", ServeConfig(port=8000), threads=2)        # doctest: +SKIP
     """
-    config = ServeConfig(model_id=model_id or default_model_id(artifact), api_key=api_key, max_queue=max_queue,
-                         max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens,
-                         timeout_s=timeout_s, host=host, port=port)
+    if config is not None and not isinstance(config, ServeConfig):
+        raise EdgeLLMError(f"config must be a ServeConfig (got {type(config).__name__})", "use ServeConfig(...)")
+    config = dataclasses.replace(config, **fields) if config is not None else ServeConfig(**fields)
+    if config.model_id is None:
+        config = dataclasses.replace(config, model_id=default_model_id(model))
+    host, port, api_key = config.host, config.port, config.api_key
     setup_json_logging()
     if host not in LOCAL_HOSTS and not api_key:
         log.warning(json.dumps({"event": "warning", "msg": f"listening on {host} without an API key: anyone on the "
                                 "network can use this model; pass --api-key"}))
     t0 = time.perf_counter()
-    engine = open_engine(artifact, runtime, threads, max_queue, device, load_kwargs)
+    engine = open_engine(model, runtime, threads, config.max_queue, device, load_kwargs)
     server = _uvicorn_server(create_app(engine, config), config)
     log.info(json.dumps({"event": "ready", "model": config.model_id, "runtime": engine.runtime.name,
                          "url": f"http://{host}:{port}/v1", "load_s": round(time.perf_counter() - t0, 2),
-                         "max_queue": max_queue, "max_tokens_limit": max_tokens_limit,
-                         "timeout_s": timeout_s, "auth": bool(api_key)}))
+                         "max_queue": config.max_queue, "max_tokens_limit": config.max_tokens_limit,
+                         "timeout_s": config.timeout_s, "auth": bool(api_key)}))
     try:
         server.run()
     finally:
