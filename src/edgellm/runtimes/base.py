@@ -4,8 +4,9 @@ A runtime is measured, never trusted: ``logits`` feeds perplexity/KL, ``generate
 latency, ``weight_bytes`` feeds bandwidth utilisation, ``file_bytes`` the size column.
 Shared here: ``sample_next`` (greedy or temperature + nucleus sampling of one row),
 ``decode_loop`` (the one sampling-and-stop loop behind every runtime's ``generate``: each
-backend feeds it its own prefill and one-token step) and ``folder_tokenizer`` (the tokenizer
-shipped inside an exported artifact folder).
+backend feeds it its own prefill and one-token step), ``folder_tokenizer`` (the tokenizer
+shipped inside an exported artifact folder) and ``ArtifactRuntime`` (opening such a folder
+through ``edgellm.artifacts``, the CPU-only and task checks, the sizes from the sidecar).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
 import torch
+
+from ..artifacts import ArtifactFormat, read_artifact, require, resolve_artifact
+from ..errors import EdgeLLMError
+from ..fileio import dir_bytes
 
 
 @runtime_checkable
@@ -97,3 +102,45 @@ def folder_tokenizer(folder: Path):
         return None
     _quiet_transformers()
     return AutoTokenizer.from_pretrained(folder)
+
+
+class ArtifactRuntime:
+    """What the CPU runtimes over exported artifact folders (ONNX, ExecuTorch) share.
+
+    A subclass sets ``name`` and ``artifact`` (its ``edgellm.artifacts`` format), calls
+    ``_open_folder`` first in ``__init__(folder, threads)``, and is opened with ``open``.
+
+    >>> rt = OnnxRuntime.open("out/m.onnx", threads=2, task="causal-lm")     # doctest: +SKIP
+    >>> rt.info["format"], rt.weight_bytes() <= rt.file_bytes()            # doctest: +SKIP
+    ('edgellm-onnx/1', True)
+    """
+
+    name: str
+    artifact: ArtifactFormat
+
+    def _open_folder(self, folder: Path) -> None:
+        """Check the runtime's packages, the manifest and the sidecar; load the shipped tokenizer."""
+        require(self.artifact)
+        self.folder = folder
+        self.info = read_artifact(folder, self.artifact)
+        self.task = self.info["task"]
+        self.vocab_size = int(self.info["vocab_size"])
+        self._file_bytes = dir_bytes(folder)
+        self.tokenizer = folder_tokenizer(folder)
+
+    @classmethod
+    def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
+             **_ignored):
+        """Open the artifact folder *spec* (or its main file) on the CPU; *task*, when given, must match."""
+        if device not in (None, "cpu"):
+            raise EdgeLLMError(f"the {cls.name} runtime runs on the CPU here, not '{device}'", "drop --device")
+        rt = cls(resolve_artifact(spec, cls.artifact), threads=threads)
+        if task is not None and task != rt.task:
+            raise EdgeLLMError(f"'{spec}' is a {rt.task} export, not {task}", f"use --task {rt.task} or another model")
+        return rt
+
+    def weight_bytes(self) -> int:
+        return int(self.info["weight_bytes"])
+
+    def file_bytes(self) -> int:
+        return self._file_bytes

@@ -17,13 +17,12 @@ from typing import Iterator
 
 import torch
 
-from ..artifacts import EXECUTORCH, read_artifact, require, resolve_artifact
+from ..artifacts import EXECUTORCH
 from ..errors import EdgeLLMError
-from ..fileio import dir_bytes
-from .base import decode_loop, folder_tokenizer
+from .base import ArtifactRuntime, decode_loop
 
 
-class ExecuTorchRuntime:
+class ExecuTorchRuntime(ArtifactRuntime):
     """Runtime over an ExecuTorch export.
 
     >>> rt = ExecuTorchRuntime.open("out/smollm2-int4.pte", threads=2)   # doctest: +SKIP
@@ -32,14 +31,13 @@ class ExecuTorchRuntime:
     """
 
     name = "executorch"
+    artifact = EXECUTORCH
 
     def __init__(self, folder: Path, threads: int | None = None):
-        require(EXECUTORCH)
+        self._open_folder(folder)
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-        self.folder = folder
-        self.info = read_artifact(folder, EXECUTORCH)
         if threads:
             portable_lib._unsafe_reset_threadpool(int(threads))
         self.threads = portable_lib._threadpool_get_thread_count()
@@ -52,20 +50,7 @@ class ExecuTorchRuntime:
         if self._forward is None:
             raise EdgeLLMError(f"'{folder / EXECUTORCH.main}' has no forward method", "re-export the model")
         self._program = program
-        self.task = "causal-lm"
-        self.vocab_size = int(self.info["vocab_size"])
         self.max_positions = int(self.info["max_positions"])
-        self._file_bytes = dir_bytes(folder)
-        self.tokenizer = folder_tokenizer(folder)
-
-    @classmethod
-    def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
-             **_ignored) -> "ExecuTorchRuntime":
-        if device not in (None, "cpu"):
-            raise EdgeLLMError(f"the executorch runtime runs on the CPU (XNNPACK), not '{device}'", "drop --device")
-        if task not in (None, "causal-lm"):
-            raise EdgeLLMError(f"ExecuTorch exports are causal LMs, not {task}", "use --format onnx for classifiers")
-        return cls(resolve_artifact(spec, EXECUTORCH), threads=threads)
 
     def _run(self, ids: torch.Tensor, start: int) -> torch.Tensor:
         T = ids.numel()
@@ -89,9 +74,3 @@ class ExecuTorchRuntime:
 
         yield from decode_loop(lambda: self._run(ids, 0)[-1], step, max_new_tokens, temperature, top_p, seed,
                                stop_ids, logits_processor)
-
-    def weight_bytes(self) -> int:
-        return int(self.info["weight_bytes"])
-
-    def file_bytes(self) -> int:
-        return self._file_bytes

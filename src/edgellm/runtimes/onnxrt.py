@@ -17,13 +17,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..artifacts import ONNX, read_artifact, require, resolve_artifact
+from ..artifacts import ONNX
 from ..errors import EdgeLLMError
-from ..fileio import dir_bytes
-from .base import decode_loop, folder_tokenizer
+from .base import ArtifactRuntime, decode_loop
 
 
-class OnnxRuntime:
+class OnnxRuntime(ArtifactRuntime):
     """Runtime over an ONNX export.
 
     >>> rt = OnnxRuntime.open("out/smollm2-int8.onnx", threads=2)      # doctest: +SKIP
@@ -32,13 +31,12 @@ class OnnxRuntime:
     """
 
     name = "onnxruntime"
+    artifact = ONNX
 
     def __init__(self, folder: Path, threads: int | None = None):
-        require(ONNX)
+        self._open_folder(folder)
         import onnxruntime as ort
 
-        self.folder = folder
-        self.info = read_artifact(folder, ONNX)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -53,25 +51,11 @@ class OnnxRuntime:
             raise EdgeLLMError(f"onnxruntime cannot load '{folder / ONNX.main}': {str(e).splitlines()[0][:300]}",
                                "re-export the model") from e
         self.threads = threads or opts.intra_op_num_threads or None
-        self.task = self.info["task"]
-        self.vocab_size = int(self.info["vocab_size"])
         self.max_positions = self.info.get("max_positions")
-        self._file_bytes = dir_bytes(folder)
-        self.tokenizer = folder_tokenizer(folder)
         self._inputs = {i.name for i in self.session.get_inputs()}
         if self.task == "causal-lm":
             self._past = [n for n in self.info["inputs"] if n.startswith("past.")]
             self._empty = np.zeros((1, self.info["num_kv_heads"], 0, self.info["head_dim"]), np.float32)
-
-    @classmethod
-    def open(cls, spec, threads: int | None = None, device: str | None = None, task: str | None = None,
-             **_ignored) -> "OnnxRuntime":
-        if device not in (None, "cpu"):
-            raise EdgeLLMError(f"the onnxruntime runtime runs on the CPU here, not '{device}'", "drop --device")
-        rt = cls(resolve_artifact(spec, ONNX), threads=threads)
-        if task is not None and task != rt.task:
-            raise EdgeLLMError(f"'{spec}' is a {rt.task} export, not {task}", f"use --task {rt.task} or another model")
-        return rt
 
     # -- causal LM -------------------------------------------------------------------------
     def _lm(self):
@@ -118,10 +102,3 @@ class OnnxRuntime:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
         feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in self._inputs}
         return torch.from_numpy(self.session.run(["logits"], feeds)[0]).float()
-
-    # -- sizes -----------------------------------------------------------------------------
-    def weight_bytes(self) -> int:
-        return int(self.info["weight_bytes"])
-
-    def file_bytes(self) -> int:
-        return self._file_bytes
