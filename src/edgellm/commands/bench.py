@@ -12,16 +12,16 @@ def add_arguments(p) -> None:
     p.add_argument("--runs", type=int, default=5, help="measured runs (median, min, max); at least 5 recommended")
     p.add_argument("--warmup", type=int, default=1)
     add_common(p)
-    from ..parallel.launch import add_pipeline_arguments
+    from . import pipeline
 
-    add_pipeline_arguments(p)
+    pipeline.add_arguments(p)
 
 
 def run(args) -> int:
     if getattr(args, "pipeline", None):
-        from ..parallel.launch import run_bench_cli
+        from . import pipeline
 
-        return run_bench_cli(args)
+        return pipeline.run(args)
     from ..measure import bench
     from ..report.table import format_table, human_bytes
 

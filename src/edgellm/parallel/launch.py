@@ -1,5 +1,7 @@
 """Spawn an N-process pipeline on this machine (what ``edgellm bench --pipeline N`` and the tests use).
 
+The CLI side of ``edgellm bench --pipeline`` lives in ``commands/pipeline.py``; this module only launches.
+
 Each rank is a fresh ``python -m edgellm.parallel ...`` process with the env vars torchrun would
 set (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, a free MASTER_PORT, and
 GLOO_SOCKET_IFNAME=lo so gloo stays on the loopback interface), so each reports its own peak
@@ -134,38 +136,3 @@ def bench_pipeline(spec, nproc: int, threads: int | None = None, prompt_len: int
     result = launch_local(argv, nproc, threads=per_rank, timeout_s=timeout_s)
     result["threads_per_rank"] = per_rank
     return result
-
-
-def add_pipeline_arguments(p) -> None:
-    """``edgellm bench`` flags for the pipeline mode."""
-    p.add_argument("--pipeline", type=int, default=None, metavar="N",
-                   help="run the model as an N-process pipeline (torch.distributed, gloo) on this machine; "
-                        "--threads is then the total, split over the ranks")
-    p.add_argument("--batch", type=int, default=0, help="with --pipeline: also measure throughput at this batch size")
-    p.add_argument("--micro-batches", default="1", help="with --pipeline --batch: micro-batches in flight (list: 1,2,4)")
-
-
-def run_bench_cli(args) -> int:
-    """``edgellm bench MODEL --pipeline N``: print per-rank memory and the speed table."""
-    from ..commands import emit_json
-    from ..report.table import format_table, human_bytes
-
-    r = bench_pipeline(args.model, args.pipeline, threads=args.threads, prompt_len=args.prompt_len,
-                       new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup, batch=args.batch,
-                       micro_batches=args.micro_batches)
-    print(format_table([{"rank": x["rank"], "layers": f"{x['layers'][0]}-{x['layers'][1] - 1}",
-                         "weights": human_bytes(x["weight_bytes"]), "peak RSS": human_bytes(x["peak_rss_bytes"]),
-                         "threads": x["threads"]} for x in r["ranks"]]))
-    name = f"pipeline x{r['world_size']} ({r['backend'] or 'one process'})"
-    if "speed" in r:
-        s = r["speed"]
-        print(format_table([{"model": args.model, "runtime": name, "prefill tok/s": s["prefill_tok_s"]["median"],
-                             "TTFT ms": s["ttft_ms"]["median"], "decode tok/s": s["decode_tok_s"]["median"],
-                             "decode min-max": f"{s['decode_tok_s']['min']:.1f}-{s['decode_tok_s']['max']:.1f}"}]))
-    if r.get("batch"):
-        print(format_table([{"model": args.model, "runtime": name, "batch": b["batch_size"],
-                             "micro-batches": b["micro_batches"], "batch tok/s": b["throughput_tok_s"]["median"],
-                             "min-max": f"{b['throughput_tok_s']['min']:.1f}-{b['throughput_tok_s']['max']:.1f}"}
-                            for b in r["batch"]]))
-    emit_json(args, r)
-    return 0
