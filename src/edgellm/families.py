@@ -47,6 +47,7 @@ class FamilySpec:
     embed: str | None = "embed_tokens"       # below the base model
     final_norm: str | None = "norm"          # below the base model
     lm_head: str | None = "lm_head"          # below the top-level model
+    rotary: str | None = "rotary_emb"        # the rotary embedding, below the base model (None: not rotary)
     attention: str | None = "self_attn"      # the attention module of a block
     mlp: str | None = "mlp"                  # the MLP module of a block
     q: str | None = "self_attn.q_proj"
@@ -122,7 +123,7 @@ _LLAMA_FOLDS = (
     ("mlp.up_proj", ("mlp.down_proj",)),               # down reads act(gate) * up: linear in up's rows
 )
 _LLAMA = dict(awq_folds=_LLAMA_FOLDS, structured=True, pipeline=True)
-_BERT = dict(kind="encoder", blocks="encoder.layer", embed="embeddings", final_norm=None, lm_head=None,
+_BERT = dict(kind="encoder", blocks="encoder.layer", embed="embeddings", final_norm=None, lm_head=None, rotary=None,
              attention="attention", mlp=None, q="attention.self.query", k="attention.self.key",
              v="attention.self.value", o="attention.output.dense", gate=None, up="intermediate.dense",
              down="output.dense", input_norm=None, post_attention_norm="attention.output.LayerNorm",
@@ -141,19 +142,19 @@ FAMILIES: dict[str, FamilySpec] = {s.model_type: s for s in (
                awq_folds=_LLAMA_FOLDS[2:], notes="norms after attention and MLP; q/k norms over all heads"),
     FamilySpec("granite_moe_shared", mlp=None, gate=None, up=None, down=None, pipeline=True,
                notes="mixture-of-experts MLP"),
-    FamilySpec("gpt2", blocks="h", embed="wte", final_norm="ln_f", attention="attn", q=None, k=None, v=None,
+    FamilySpec("gpt2", blocks="h", embed="wte", final_norm="ln_f", rotary=None, attention="attn", q=None, k=None, v=None,
                o="attn.c_proj", gate=None, up="mlp.c_fc", down="mlp.c_proj", input_norm="ln_1",
                post_attention_norm="ln_2", notes="Conv1D projections: not calibrated"),
     FamilySpec("gpt_neox", embed="embed_in", final_norm="final_layer_norm", lm_head="embed_out", attention="attention",
                q=None, k=None, v=None, o="attention.dense", gate=None, up="mlp.dense_h_to_4h",
                down="mlp.dense_4h_to_h", notes="fused query_key_value"),
-    FamilySpec("opt", blocks="decoder.layers", embed="decoder.embed_tokens", final_norm="decoder.final_layer_norm",
+    FamilySpec("opt", blocks="decoder.layers", rotary=None, embed="decoder.embed_tokens", final_norm="decoder.final_layer_norm",
                o="self_attn.out_proj", gate=None, up="fc1", down="fc2", input_norm="self_attn_layer_norm",
                post_attention_norm="final_layer_norm"),
     FamilySpec("bert", **_BERT, exporters=("onnx",), ort_fusion="bert"),
     FamilySpec("roberta", **_BERT, exporters=("onnx",), ort_fusion="bert"),
     FamilySpec("distilbert", kind="encoder", blocks="transformer.layer", embed="embeddings", final_norm=None,
-               lm_head=None, attention="attention", mlp="ffn", q="attention.q_lin", k="attention.k_lin",
+               lm_head=None, rotary=None, attention="attention", mlp="ffn", q="attention.q_lin", k="attention.k_lin",
                v="attention.v_lin", o="attention.out_lin", gate=None, up="ffn.lin1", down="ffn.lin2",
                input_norm=None, post_attention_norm="sa_layer_norm",
                awq_folds=(("attention.v_lin", ("attention.out_lin",)),)),
@@ -246,6 +247,8 @@ def get_path(root: Any, path: str | None) -> Any:
     """``root.a.b.c`` for ``path="a.b.c"``; None when any step is missing or *path* is None."""
     if path is None:
         return None
+    if path == "":
+        return root
     obj = root
     for part in path.split("."):
         obj = getattr(obj, part, None)
@@ -267,7 +270,7 @@ def base_prefix(model: Any) -> str:
 
 
 def model_path(model: Any, spec: FamilySpec, which: str) -> str | None:
-    """Top-level dotted path of ``blocks``, ``embed`` or ``final_norm`` (below the base model) or ``lm_head``."""
+    """Top-level dotted path of ``blocks``, ``embed``, ``final_norm``, ``rotary`` (below the base model) or ``lm_head``."""
     rel = getattr(spec, which)
     if rel is None or which == "lm_head":
         return rel
@@ -294,7 +297,7 @@ def find_blocks(model: Any) -> tuple[str, Any]:
 
 
 def module(model: Any, which: str) -> Any:
-    """The model's ``embed``, ``final_norm`` or ``lm_head`` module (None when the family has none)."""
+    """The model's ``embed``, ``final_norm``, ``rotary`` or ``lm_head`` module (None when the family has none)."""
     return get_path(model, model_path(model, family_of(model), which))
 
 

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 
 from ..artifacts import EXECUTORCH, require, write_artifact
 from ..errors import EdgeLLMError
+from ..families import export_support, family_of, find_blocks, get_path, module
 from ..fileio import atomic_dir
 from .onnx import cache_shape, check_supported, plain_model
 
 VARIANTS = ("fp32", "int8", "int4")
-SUPPORTED = {"causal-lm": ("llama", "qwen2", "qwen3", "mistral")}
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class StaticCacheLM(torch.nn.Module):
         self.model = model
         self.n_layers, self.kv, self.hd = cache_shape(model.config)
         self.rep = model.config.num_attention_heads // self.kv
+        self.spec = family_of(model)     # where embeddings, blocks, projections and norms live
         self.max_len = max_len
         for i in range(self.n_layers):
             self.register_buffer(f"k_cache_{i}", torch.zeros(1, self.kv, max_len, self.hd), persistent=False)
@@ -77,19 +78,19 @@ class StaticCacheLM(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        base, T = self.model.model, input_ids.shape[1]
-        h = base.embed_tokens(input_ids)                                       # [1, T, hidden]
-        cos, sin = base.rotary_emb(h, input_pos.view(1, -1))
+        s, T = self.spec, input_ids.shape[1]
+        part = lambda root, role: get_path(root, s.role(role))  # noqa: E731 - a block's q, k, ..., norms
+        h = module(self.model, "embed")(input_ids)                             # [1, T, hidden]
+        cos, sin = module(self.model, "rotary")(h, input_pos.view(1, -1))
         mask = torch.arange(self.max_len).view(1, -1) <= input_pos.view(-1, 1)  # [T, max_len]
         mask = mask.repeat(self.rep, 1)                                        # [rep*T, max_len]
-        for i, layer in enumerate(base.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            q = attn.q_proj(x).view(1, T, self.kv * self.rep, self.hd)          # [1, T, H, hd]
-            k = attn.k_proj(x).view(1, T, self.kv, self.hd)
-            if getattr(attn, "q_norm", None) is not None:                       # Qwen3: RMSNorm per head, before rotary
-                q, k = attn.q_norm(q), attn.k_norm(k)
-            v = attn.v_proj(x).view(1, T, self.kv, self.hd).transpose(1, 2)     # [1, kv, T, hd]
+        for i, layer in enumerate(find_blocks(self.model)[1]):
+            x = part(layer, "input_norm")(h)
+            q = part(layer, "q")(x).view(1, T, self.kv * self.rep, self.hd)     # [1, T, H, hd]
+            k = part(layer, "k")(x).view(1, T, self.kv, self.hd)
+            if s.q_norm is not None:                                            # Qwen3: RMSNorm per head, before rotary
+                q, k = part(layer, "q_norm")(q), part(layer, "k_norm")(k)
+            v = part(layer, "v")(x).view(1, T, self.kv, self.hd).transpose(1, 2)  # [1, kv, T, hd]
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             k_cache.index_copy_(2, input_pos, k.transpose(1, 2))
@@ -98,9 +99,9 @@ class StaticCacheLM(torch.nn.Module):
             q = q.view(1, T, self.kv, self.rep, self.hd).permute(0, 2, 3, 1, 4).reshape(1, self.kv, self.rep * T, self.hd)
             o = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
             o = o.view(1, self.kv, self.rep, T, self.hd).permute(0, 3, 1, 2, 4).reshape(1, T, -1)
-            h = h + attn.o_proj(o)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.model.lm_head(base.norm(h))
+            h = h + part(layer, "o")(o)
+            h = h + get_path(layer, s.mlp)(part(layer, "post_attention_norm")(h))
+        return module(self.model, "lm_head")(module(self.model, "final_norm")(h))
 
 
 def quantize_linears(model, cfg: ExecuTorchExportConfig) -> None:
@@ -173,7 +174,7 @@ def export_executorch_report(model, out, *, variant: str = "fp32", force: bool =
     cfg = ExecuTorchExportConfig(variant=variant, group_size=group_size, max_len=max_len)
     require(EXECUTORCH)
     loaded = model if isinstance(model, Loaded) else load(model)
-    check_supported(loaded.model, "ExecuTorch", SUPPORTED)
+    check_supported(loaded.model, "ExecuTorch", export_support("executorch"))
     c = loaded.model.config
     if getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True):
         raise EdgeLLMError("ExecuTorch export does not support sliding-window attention", "use a model without it")

@@ -1,10 +1,11 @@
 """Export a causal LM to a GGUF file for llama.cpp, following ``convert_hf_to_gguf.py``.
 
-Supported: Llama-family models (``llama``, ``mistral``: GGUF arch ``llama``, with the Q/K row
-permutation llama.cpp's interleaved rotary expects), ``qwen2`` (no permutation, Q/K/V biases) and
-``qwen3`` (no permutation, per-head Q/K RMSNorm weights, head_dim not tied to hidden / heads).
-Tensor names come from ``gguf.TensorNameMap``; metadata uses the same keys as llama.cpp's
-converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
+Supported: the families whose ``FamilySpec`` (``families.py``) lists ``gguf``: today ``llama`` and
+``mistral`` (GGUF arch ``llama``, with the Q/K row permutation llama.cpp's interleaved rotary
+expects), ``qwen2`` (Q/K/V biases) and ``qwen3`` (per-head Q/K RMSNorm weights, head_dim not tied
+to hidden / heads). Each tensor's GGUF name comes from the role the family's spec gives its module
+(q, k, ..., input_norm; embed, final_norm, lm_head) and gguf-py's ``TENSOR_NAMES``, so no HF
+attribute path is spelled here; metadata uses the same keys as llama.cpp's converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
 merges, pre-tokenizer name, special ids, add-BOS/EOS flags) with the chat template.
 
 Weight types (``gguf_type``): f32, f16, q8_0, q4_0, q4_1. Norms and biases stay f32. For the
@@ -17,7 +18,7 @@ float weights are quantized with ggml's reference round-to-nearest, bit-exact wi
 
 The file is written to a temporary ``.gguf`` next to *out*, verified (when a verifier is
 given) against a PyTorch copy holding exactly the written weights, and renamed into place
-only then. Deliberately absent: K-quants, SentencePiece tokenizers, rope scaling
+only then. The tokenizer metadata comes from ``gguf_tokenizer``. Deliberately absent: K-quants, SentencePiece tokenizers, rope scaling
 (llama3/yarn), mixture-of-experts and multimodal models.
 """
 
@@ -36,15 +37,19 @@ import numpy as np
 import torch
 
 from ..errors import EdgeLLMError
+from ..families import FamilySpec, find_blocks, model_path, require
 from ..fileio import check_writable_target
-from .gguf_blocks import QTYPES, BlockCodes, GridMismatch, from_quantized, pack, rtn
+from .gguf_blocks import (QTYPES, BlockCodes, GridMismatch, dequantize_codes, from_quantized, pack, permute_qk, rtn,
+                          unpermute_qk)
+from .gguf_tokenizer import tokenizer_metadata
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}          # llama_ftype
-ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}   # HF model_type -> GGUF arch
-PERMUTE_QK = {"llama"}
-SUPPORTED_TEXT = ("LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM "
-                  "(model_type llama, mistral, qwen2, qwen3)")
+# family role -> gguf-py MODEL_TENSOR (block roles get ``bid``)
+BLOCK_TENSORS = {"q": "ATTN_Q", "k": "ATTN_K", "v": "ATTN_V", "o": "ATTN_OUT", "gate": "FFN_GATE", "up": "FFN_UP",
+                 "down": "FFN_DOWN", "input_norm": "ATTN_NORM", "post_attention_norm": "FFN_NORM",
+                 "q_norm": "ATTN_Q_NORM", "k_norm": "ATTN_K_NORM"}
+MODEL_TENSORS = {"embed": "TOKEN_EMBD", "final_norm": "OUTPUT_NORM", "lm_head": "OUTPUT"}
 
 
 @dataclass(frozen=True)
@@ -99,12 +104,45 @@ class GGUFExportReport:
         return asdict(self)
 
 
+def gguf_family(model) -> FamilySpec:
+    """The family of a causal LM that GGUF export supports; EdgeLLMError naming the supported ones otherwise."""
+    spec = require(model, "gguf", "GGUF export")
+    if not type(model).__name__.endswith("ForCausalLM"):
+        raise EdgeLLMError(f"GGUF export does not support {type(model).__name__} (not a causal LM)",
+                           f"export the {spec.model_type} ...ForCausalLM model")
+    return spec
+
+
 def gguf_arch(model) -> str:
-    mtype = getattr(model.config, "model_type", "?")
-    if not type(model).__name__.endswith("ForCausalLM") or mtype not in ARCHS:
-        raise EdgeLLMError(f"GGUF export does not support {type(model).__name__} (model_type '{mtype}')",
-                           f"supported: {SUPPORTED_TEXT}")
-    return ARCHS[mtype]
+    """llama.cpp's architecture name for *model* (``families.FamilySpec.gguf_arch``)."""
+    return gguf_family(model).gguf_arch
+
+
+def tensor_names(model, spec: FamilySpec) -> dict[str, tuple[str, str]]:
+    """HF module path -> (GGUF tensor name without suffix, role), from the family's roles and gguf-py's names.
+
+    >>> tensor_names(llama, family_of(llama))["model.layers.0.self_attn.q_proj"]   # doctest: +SKIP
+    ('blk.0.attn_q', 'q')
+    """
+    import gguf
+
+    known = set(gguf.MODEL_TENSORS[gguf.MODEL_ARCH[spec.gguf_arch.upper()]])
+
+    def name(role: str, kind: str, **fmt) -> str:
+        t = gguf.MODEL_TENSOR[kind]
+        if t not in known:
+            raise EdgeLLMError(f"llama.cpp's '{spec.gguf_arch}' architecture has no {kind} tensor ({role})",
+                               f"fix FamilySpec('{spec.model_type}').gguf_arch or its {role} role")
+        return gguf.TENSOR_NAMES[t].format(**fmt)
+
+    out = {model_path(model, spec, w): (name(w, kind), w) for w, kind in MODEL_TENSORS.items()
+           if model_path(model, spec, w)}
+    path, blocks = find_blocks(model)
+    for i in range(len(blocks)):
+        for role, kind in BLOCK_TENSORS.items():
+            if spec.role(role):
+                out[f"{path}.{i}.{spec.role(role)}"] = (name(role, kind, bid=i), role)
+    return out
 
 
 def _rope_theta(cfg) -> float:
@@ -117,11 +155,6 @@ def _rope_theta(cfg) -> float:
     if theta is None:
         raise EdgeLLMError("the model config has no rope_theta", "check the config")
     return float(theta)
-
-
-def permute_qk(W: torch.Tensor, n_head: int) -> torch.Tensor:
-    """HF's half-split rotary layout -> llama.cpp's interleaved one (rows of Q or K, or their bias)."""
-    return W.reshape(n_head, 2, W.shape[0] // n_head // 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
 
 
 def source_tensors(model) -> dict:
@@ -139,22 +172,11 @@ def source_tensors(model) -> dict:
     return out
 
 
-def _dequantize(q) -> torch.Tensor:
-    """fp32 ``scale · (codes − zero)`` of a ``QuantizedWeight`` (codes [out, in], scale/zero [out, groups])."""
-    codes = q.codes.float()
-    out_f, in_f = codes.shape
-    g = int(q.group_size) if q.group_size and q.group_size > 0 else in_f
-    n_groups = -(-in_f // g)
-    expand = lambda t: t.float().reshape(out_f, n_groups).repeat_interleave(g, dim=1)[:, :in_f]  # noqa: E731
-    zero = expand(q.zero) if q.zero is not None else 0.0
-    return (codes - zero) * expand(q.scale)
-
-
 def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | None) -> GGUFTensorPlan:
     """One tensor: float -> float/RTN blocks; QuantizedWeight -> exact blocks, or an explicit requantization."""
     quantized = not isinstance(src, torch.Tensor)
     if not quantized and (src.dim() != 2 or qtype in ("f32", "f16")) or quantized and qtype in ("f32", "f16"):
-        W = _dequantize(src) if quantized else src.detach().float()
+        W = dequantize_codes(src) if quantized else src.detach().float()
         if permute_heads:
             W = permute_qk(W, permute_heads)
         t = qtype if W.dim() == 2 else "f32"
@@ -170,7 +192,7 @@ def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | N
             if not requantize:
                 raise EdgeLLMError(f"tensor '{name}' cannot be written as {qtype} without re-quantizing it: {e}",
                                    f"export as the matching type, or pass --requantize to re-encode it with round-to-nearest") from e
-            bc, how = rtn(_dequantize(src), qtype), "requantized"
+            bc, how = rtn(dequantize_codes(src), qtype), "requantized"
     else:
         try:
             bc = rtn(src.detach().float(), qtype)
@@ -184,11 +206,9 @@ def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | N
 
 def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], dict]:
     """Every tensor of *model* mapped to its GGUF name, type and bytes; plus HF name -> plan."""
-    import gguf
-
-    arch = gguf_arch(model)
+    spec = gguf_family(model)
     c = model.config
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)
+    names = tensor_names(model, spec)
     n_head, n_kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     plans, by_hf = [], {}
     for hf_name, src in source_tensors(model).items():
@@ -196,15 +216,12 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
             continue
         if hf_name == "lm_head.weight" and getattr(c, "tie_word_embeddings", False):
             continue
-        name = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise EdgeLLMError(f"tensor '{hf_name}' has no GGUF name for arch '{arch}'",
-                               f"GGUF export supports {SUPPORTED_TEXT} without extra modules")
-        heads = None
-        if arch in PERMUTE_QK and ".self_attn.q_proj." in hf_name:
-            heads = n_head
-        elif arch in PERMUTE_QK and ".self_attn.k_proj." in hf_name:
-            heads = n_kv
+        mod, _, suffix = hf_name.rpartition(".")
+        if mod not in names or suffix not in ("weight", "bias"):
+            raise EdgeLLMError(f"tensor '{hf_name}' has no GGUF name for arch '{spec.gguf_arch}'",
+                               f"GGUF export writes the modules FamilySpec('{spec.model_type}') names, no extra ones")
+        name, role = names[mod][0] + "." + suffix, names[mod][1]
+        heads = {"q": n_head, "k": n_kv}.get(role) if spec.rope_permute_qk else None
         is_emb = name in ("token_embd.weight", "output.weight")
         qtype = cfg.embedding if is_emb else cfg.gguf_type
         plan = _encode(name, src, qtype, cfg.requantize, heads)
@@ -213,10 +230,6 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
         plans.append(plan)
         by_hf[hf_name] = plan
     return plans, by_hf
-
-
-def unpermute_qk(W: torch.Tensor, n_head: int) -> torch.Tensor:
-    return W.reshape(n_head, W.shape[0] // n_head // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
 
 
 def reference_model(model, by_hf: dict):
@@ -236,64 +249,6 @@ def reference_model(model, by_hf: dict):
             if hf_name in params:
                 params[hf_name].copy_(plan.weights.view(params[hf_name].shape))
     return ref.eval()
-
-
-# -- tokenizer ----------------------------------------------------------------------------------
-def _pre_tokenizer_name(pre: dict | None) -> str:
-    """llama.cpp's pre-tokenizer name for a tokenizers.json ``pre_tokenizer`` (byte-level BPE only)."""
-    if pre is None:
-        raise EdgeLLMError("the tokenizer has no pre-tokenizer", "GGUF export supports byte-level BPE tokenizers")
-    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt-2"
-    if pre.get("type") == "Sequence":
-        kinds = [(p.get("type"), p) for p in pre.get("pretokenizers", [])]
-        names = [k for k, _ in kinds]
-        if names == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits") and kinds[1][1].get("use_regex", True):
-            return "smollm"
-        if names == ["Split", "ByteLevel"] and not kinds[1][1].get("use_regex", True):
-            regex = (kinds[0][1].get("pattern") or {}).get("Regex", "")
-            if "\\p{N}{1,3}" in regex:
-                return "llama-bpe"
-            if "\\p{N}" in regex and "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+" in regex:
-                return "qwen2"
-    raise EdgeLLMError(f"GGUF export does not recognise this pre-tokenizer ({json.dumps(pre)[:120]})",
-                       "supported: GPT-2 byte-level, SmolLM (digits + byte-level), Llama-3 and Qwen2 regex splits")
-
-
-def tokenizer_metadata(tok, vocab_size: int) -> dict:
-    """tokenizer.ggml.* values for a fast byte-level BPE tokenizer, padded to the model's vocab size."""
-    import gguf
-
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is None:
-        raise EdgeLLMError("GGUF export needs a fast (tokenizers) tokenizer", "save the model with a tokenizer.json")
-    j = json.loads(backend.to_str())
-    model = j.get("model", {})
-    if model.get("type") != "BPE" or (j.get("decoder") or {}).get("type") != "ByteLevel":
-        raise EdgeLLMError(f"GGUF export supports byte-level BPE tokenizers, not {model.get('type')} with a "
-                           f"{(j.get('decoder') or {}).get('type')} decoder", "export a model with a GPT-2 style tokenizer")
-    if len(tok) > vocab_size:
-        raise EdgeLLMError(f"the tokenizer has {len(tok)} tokens but the model only {vocab_size} embeddings",
-                           "use the model's own tokenizer")
-    tokens = [None] * vocab_size
-    types = [gguf.TokenType.NORMAL] * vocab_size
-    for text, i in model["vocab"].items():
-        if i < vocab_size:
-            tokens[i] = text
-    for a in j.get("added_tokens", []):
-        tokens[a["id"]] = a["content"]
-        types[a["id"]] = gguf.TokenType.CONTROL if a.get("special") else gguf.TokenType.USER_DEFINED
-    for i, t in enumerate(tokens):
-        if t is None:
-            tokens[i], types[i] = f"[PAD{i}]", gguf.TokenType.UNUSED
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    probe = tok("a b", add_special_tokens=True)["input_ids"]
-    special = {k: getattr(tok, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")}
-    return {"pre": _pre_tokenizer_name(j.get("pre_tokenizer")), "tokens": tokens, "types": [int(t) for t in types],
-            "merges": merges, "special": {k: v for k, v in special.items() if v is not None},
-            "add_bos": special["bos"] is not None and probe[:1] == [special["bos"]],
-            "add_eos": special["eos"] is not None and len(probe) > 1 and probe[-1] == special["eos"],
-            "chat_template": getattr(tok, "chat_template", None)}
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ A weight on a GGML block grid is a ``BlockCodes``: integer codes [out, in] plus 
   scales) when it already lies on the block's grid: no dequantize-and-requantize step;
 * anything else is a ``GridMismatch``, so the caller must ask for a requantization explicitly.
 
+``permute_qk``/``unpermute_qk`` move Q/K rows between HF's half-split rotary layout and llama.cpp's
+interleaved one; ``dequantize_codes`` turns a ``QuantizedWeight`` back into fp32.
 ``pack`` lays the codes out in llama.cpp's block structs (Q8_0: fp16 d + 32 int8; Q4_0: fp16 d
 + 16 bytes, element j in the low nibble of byte j and element j+16 in the high nibble; Q4_1:
 fp16 d, fp16 m + the same nibbles). Deliberately absent: K-quants (256-wide super-blocks do
@@ -159,3 +161,28 @@ def pack(bc: BlockCodes) -> np.ndarray:
         parts = [d] + ([bc.m.numpy().astype(np.float16).view(np.uint8).reshape(out_f, nb, 2)] if bc.qtype == "q4_1" else [])
         parts.append(nib)
     return np.ascontiguousarray(np.concatenate(parts, axis=-1).reshape(out_f, nb * BLOCK_BYTES[bc.qtype]))
+
+
+def permute_qk(W: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF's half-split rotary layout -> llama.cpp's interleaved one (rows of Q or K, or their bias).
+
+    >>> permute_qk(torch.arange(8.), 2).tolist()
+    [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]
+    """
+    return W.reshape(n_head, 2, W.shape[0] // n_head // 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def unpermute_qk(W: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of ``permute_qk``."""
+    return W.reshape(n_head, W.shape[0] // n_head // 2, 2, *W.shape[1:]).swapaxes(1, 2).reshape(W.shape)
+
+
+def dequantize_codes(q) -> torch.Tensor:
+    """fp32 ``scale · (codes − zero)`` of a ``QuantizedWeight`` (codes [out, in], scale/zero [out, groups])."""
+    codes = q.codes.float()
+    out_f, in_f = codes.shape
+    g = int(q.group_size) if q.group_size and q.group_size > 0 else in_f
+    n_groups = -(-in_f // g)
+    expand = lambda t: t.float().reshape(out_f, n_groups).repeat_interleave(g, dim=1)[:, :in_f]  # noqa: E731
+    zero = expand(q.zero) if q.zero is not None else 0.0
+    return (codes - zero) * expand(q.scale)

@@ -37,14 +37,12 @@ import torch
 
 from ..artifacts import ONNX, require, write_artifact
 from ..errors import EdgeLLMError
+from ..families import export_support, family_of
 from ..fileio import atomic_dir
 
 VARIANTS = ("fp32", "int8", "int4")
-# model_type values exported and tested; other families may work but are refused rather than guessed
-SUPPORTED = {
-    "causal-lm": ("llama", "qwen2", "qwen3"),
-    "classification": ("bert", "roberta"),
-}
+# the families exported and tested come from the family registry (``families.export_support("onnx")``);
+# other families may work but are refused rather than guessed
 
 
 @dataclass(frozen=True)
@@ -183,13 +181,13 @@ class _Classifier(torch.nn.Module):
 
 def _export_classifier(model, tokenizer, path: Path, opset: int, fuse: bool = True) -> dict:
     """Trace the classifier (eager attention when fusing, see ``onnx_fuse``), then fuse encoder blocks."""
-    from .onnx_fuse import FUSABLE, eager_attention, fuse_encoder
+    from .onnx_fuse import eager_attention, fuse_encoder
 
     enc = tokenizer(["a short example", "and a second, longer example sentence"], padding=True, return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
     dyn = {n: {0: "batch", 1: "seq"} for n in names}
     dyn["logits"] = {0: "batch"}
-    fuse = fuse and model.config.model_type in FUSABLE
+    fuse = fuse and family_of(model).ort_fusion is not None
     with eager_attention(model) if fuse else contextlib.nullcontext():
         _trace(_Classifier(model, names).eval(), tuple(enc[n] for n in names), path, names, ["logits"], dyn, opset)
     labels = {str(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
@@ -349,7 +347,7 @@ def export_onnx_report(model, out, *, variant: str = "fp32", force: bool = False
     cfg = OnnxExportConfig(variant=variant, block_size=block_size, **config)
     require(ONNX)
     loaded = model if isinstance(model, Loaded) else load(model)
-    task = check_supported(loaded.model, "ONNX", SUPPORTED)
+    task = check_supported(loaded.model, "ONNX", export_support("onnx"))
     if loaded.tokenizer is None:
         raise EdgeLLMError("the model has no tokenizer to ship with the ONNX graph", "export a folder with a tokenizer")
     net = plain_model(loaded.model).float().eval()

@@ -20,9 +20,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-FUSABLE = ("bert", "roberta")   # model_type values the ``bert`` optimizer recipe matches
-
-
 @contextlib.contextmanager
 def eager_attention(model):
     """Trace *model* with the eager attention (restored afterwards: the caller's model is not changed)."""
@@ -38,8 +35,14 @@ def eager_attention(model):
 
 
 def fuse_encoder(path: Path, config) -> dict[str, int]:
-    """Rewrite the fp32 graph at *path* (a ``FUSABLE`` family) in place with onnxruntime's transformer fusions;
-    returns the fused op counts."""
+    """Rewrite the fp32 graph at *path* in place with onnxruntime's transformer fusions, using the recipe
+    the family names (``FamilySpec.ort_fusion``: ``bert`` for BERT and RoBERTa); returns the fused op counts.
+
+    >>> fuse_encoder(Path("out/minilm.onnx/model.onnx"), model.config)    # doctest: +SKIP
+    {'EmbedLayerNormalization': 1, 'Attention': 6, 'SkipLayerNormalization': 12, 'BiasGelu': 6}
+    """
+    from ..families import family_of
+
     import logging
 
     from onnxruntime.transformers.optimizer import optimize_model
@@ -48,7 +51,7 @@ def fuse_encoder(path: Path, config) -> dict[str, int]:
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        opt = optimize_model(str(path), model_type="bert", num_heads=config.num_attention_heads,
+        opt = optimize_model(str(path), model_type=family_of(config).ort_fusion, num_heads=config.num_attention_heads,
                              hidden_size=config.hidden_size, opt_level=0)
     finally:
         quiet.setLevel(level)

@@ -8,8 +8,11 @@ The slice is the same transformers model class with ``num_hidden_layers`` set to
 length and the layers renumbered from 0, so each rank's own ``DynamicCache`` indexes its own
 layers and the model's forward (mask, rotary positions, cache) runs unchanged.
 
-Deliberately absent: families whose forward transforms ``inputs_embeds`` (Gemma scales them), or
-that lack ``model.layers``/``model.norm``: they are refused with a clear error.
+Which families qualify (``FamilySpec.pipeline``: the forward is embed → blocks → final norm with
+nothing applied to ``inputs_embeds`` in between, so a slice fed with the previous rank's hidden
+states is exact) and where each keeps its embedding, blocks, final norm and head come from the
+family registry (``families.py``). Deliberately absent: families whose forward transforms
+``inputs_embeds`` (Gemma scales them): they are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -22,15 +25,13 @@ from pathlib import Path
 import torch
 
 from ..errors import EdgeLLMError
-
-# decoder-only families whose ``XModel.forward`` is embed → layers → norm with nothing applied to
-# inputs_embeds in between, so a slice fed with the previous rank's hidden states is exact.
-PIPELINE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "granite_moe_shared")
+from ..families import (FamilySpec, base_prefix, family_of, find_blocks, get_path, model_path, module, require,
+                        set_path)
 
 
 @dataclass
 class Stage:
-    """A rank's slice: ``model`` is an ``XForCausalLM`` whose ``model.layers`` are global layers ``layers``."""
+    """A rank's slice: ``model`` is an ``XForCausalLM`` whose blocks are global layers ``layers``."""
     model: torch.nn.Module
     rank: int
     world: int
@@ -64,7 +65,7 @@ class Stage:
         kw.update({"use_cache": cache is not None, self.cache_arg: cache})
         if self.last:
             return self.model(**kw, logits_to_keep=logits_to_keep).logits
-        return self.model.model(**kw).last_hidden_state
+        return get_path(self.model, base_prefix(self.model))(**kw).last_hidden_state
 
 
 def layer_sizes(model: torch.nn.Module) -> tuple[list[int], int, int]:
@@ -72,21 +73,19 @@ def layer_sizes(model: torch.nn.Module) -> tuple[list[int], int, int]:
     def nbytes(mod) -> int:
         return sum(p.numel() * p.element_size() for p in mod.parameters()) if mod is not None else 0
 
-    base = model.model
-    layers = [nbytes(layer) for layer in base.layers]
-    head = model.get_output_embeddings()
-    emb = base.embed_tokens
-    head_bytes = nbytes(head)   # tied or not, the last rank holds the output matrix
-    return layers, nbytes(emb), head_bytes + nbytes(base.norm)
+    layers = [nbytes(layer) for layer in find_blocks(model)[1]]
+    head_bytes = nbytes(model.get_output_embeddings())   # tied or not, the last rank holds the output matrix
+    return layers, nbytes(module(model, "embed")), head_bytes + nbytes(module(model, "final_norm"))
 
 
-def check_family(model: torch.nn.Module) -> None:
-    mtype = getattr(model.config, "model_type", "?")
-    base = getattr(model, "model", None)
-    ok = base is not None and all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm"))
-    if mtype not in PIPELINE_FAMILIES or not ok:
-        raise EdgeLLMError(f"pipeline parallelism does not support model type '{mtype}' ({type(model).__name__})",
-                           "supported decoder-only families: " + ", ".join(PIPELINE_FAMILIES))
+def check_family(model: torch.nn.Module) -> FamilySpec:
+    """The model's family if pipeline stages support it; EdgeLLMError naming the families that do."""
+    spec = require(model, "pipeline", "pipeline parallelism")
+    if module(model, "embed") is None or module(model, "final_norm") is None:
+        raise EdgeLLMError(f"{type(model).__name__} has no embedding or final norm where FamilySpec"
+                           f"('{spec.model_type}') says", "check the family's embed/final_norm paths")
+    find_blocks(model)
+    return spec
 
 
 def plan_stages(spec, world: int, dtype: torch.dtype = torch.float32) -> tuple[list[range], list[int], int]:
@@ -109,9 +108,11 @@ def _slice_model(model: torch.nn.Module, layers: range, first: bool, last: bool)
     cfg.num_hidden_layers = len(layers)
     if getattr(cfg, "layer_types", None):
         cfg.layer_types = list(cfg.layer_types)[layers.start:layers.stop]
-    base = model.model
-    base.layers = torch.nn.ModuleList([base.layers[i] for i in layers])
-    for j, layer in enumerate(base.layers):
+    path, blocks = find_blocks(model)
+    kept = torch.nn.ModuleList([blocks[i] for i in layers])
+    set_path(model, path, kept)
+    paths = {w: _path(model, w) for w in ("embed", "final_norm", "lm_head")}
+    for j, layer in enumerate(kept):
         for mod in layer.modules():
             if hasattr(mod, "layer_idx"):
                 mod.layer_idx = j
@@ -119,23 +120,30 @@ def _slice_model(model: torch.nn.Module, layers: range, first: bool, last: bool)
         if hasattr(mod, "config") and isinstance(getattr(mod, "config"), type(cfg)):
             mod.config = cfg
     if not last:
-        base.norm = torch.nn.Identity()
-        model.lm_head = None
+        set_path(model, paths["final_norm"], torch.nn.Identity())
+        set_path(model, paths["lm_head"], None)
     if not first:
-        tied = last and model.lm_head is not None and model.lm_head.weight is base.embed_tokens.weight
+        head, emb = module(model, "lm_head"), module(model, "embed")
+        tied = last and head is not None and head.weight is emb.weight
         if not tied:
-            base.embed_tokens = None
+            set_path(model, paths["embed"], None)
     return model
 
 
-def _file_key(name: str, layers: range, keys: set, tie: bool) -> str:
-    """Name of local parameter *name* in the checkpoint (layers renumbered back; tied head → embedding)."""
-    if name.startswith("model.layers."):
-        _, _, rest = name.partition("model.layers.")
-        idx, _, tail = rest.partition(".")
-        name = f"model.layers.{layers.start + int(idx)}.{tail}"
-    if name not in keys and tie and name == "lm_head.weight":
-        name = "model.embed_tokens.weight"
+def _path(model, which: str) -> str:
+    return model_path(model, family_of(model), which)
+
+
+def _file_key(name: str, layers: range, keys: set, tie: bool, paths: dict) -> str:
+    """Name of local parameter *name* in the checkpoint (layers renumbered back; tied head → embedding).
+
+    *paths*: the model's dotted ``blocks``, ``embed`` and ``lm_head`` paths."""
+    blocks = paths["blocks"] + "."
+    if name.startswith(blocks):
+        idx, _, tail = name[len(blocks):].partition(".")
+        name = f"{blocks}{layers.start + int(idx)}.{tail}"
+    if name not in keys and tie and name == f"{paths['lm_head']}.weight":
+        name = f"{paths['embed']}.weight"
     if name not in keys:
         raise EdgeLLMError(f"the checkpoint has no tensor '{name}'", "re-create the model folder")
     return name
@@ -162,6 +170,7 @@ def load_stage(spec, rank: int, world: int, dtype: torch.dtype = torch.float32, 
     slices = split_layers(sizes, world, first_b, last_b)
     n_layers = len(sizes)
     tie = bool(getattr(model.config, "tie_word_embeddings", False))
+    paths = {w: _path(model, w) for w in ("blocks", "embed", "lm_head")}
     model = _slice_model(model, slices[rank], rank == 0, rank == world - 1)
     files = sorted(path.glob("*.safetensors"))
     where = {}
@@ -171,7 +180,7 @@ def load_stage(spec, rank: int, world: int, dtype: torch.dtype = torch.float32, 
                 where[k] = f
     needed = {}
     for name, p in model.named_parameters():   # tied parameters appear once
-        needed[name] = _file_key(name, slices[rank], set(where), tie)
+        needed[name] = _file_key(name, slices[rank], set(where), tie, paths)
     opened = {}
     try:
         for name, key in needed.items():
@@ -182,12 +191,13 @@ def load_stage(spec, rank: int, world: int, dtype: torch.dtype = torch.float32, 
             set_module_tensor_to_device(model, name, device, value=tensor)
     finally:
         opened.clear()
-    if tie and model.lm_head is not None and model.model.embed_tokens is not None:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    head, emb = module(model, "lm_head"), module(model, "embed")
+    if tie and head is not None and emb is not None:
+        head.weight = emb.weight
     model.to(device)
     model.eval()
     cfg = model.config
-    params = inspect.signature(model.model.forward).parameters
+    params = inspect.signature(get_path(model, base_prefix(model)).forward).parameters
     return Stage(model=model, rank=rank, world=world, layers=slices[rank], n_layers=n_layers,
                  hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size, dtype=dtype, device=torch.device(device),
                  weight_bytes=sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()),
