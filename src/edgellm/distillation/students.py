@@ -2,7 +2,8 @@
 
 This module only *chooses* which blocks to keep (evenly spaced, first and last always kept);
 the removal itself is ``edgellm.pruning.structured.remove_layers``, the one layer dropper in the
-tree. The teacher is deep-copied first: an input model is never modified. Deliberately
+tree. The teacher is deep-copied first: an input model is never modified. ``task_of`` and
+``check_compatible`` say whether a teacher and a student can be paired. Deliberately
 absent: width reduction and head pruning (the pruning issue owns those).
 """
 
@@ -72,3 +73,28 @@ def student_from_teacher(teacher, keep_layers: int | None = None, prune_ratio: f
     meta.param_bytes = model_bytes(model)
     meta.edgellm = {**src.meta.edgellm, "kept_layers": keep, "teacher_layers": n}
     return Loaded(model, src.tokenizer, meta)
+
+
+def task_of(model) -> str:
+    """``causal-lm`` or ``classification``: the kinds of model distillation trains."""
+    name = type(model).__name__
+    if "ForCausalLM" in name:
+        return "causal-lm"
+    if "ForSequenceClassification" in name:
+        return "classification"
+    raise EdgeLLMError(f"cannot distill a {name}", "use a causal LM or a sequence classifier (--task classification)")
+
+
+def check_compatible(teacher: Loaded, student: Loaded, task: str) -> None:
+    """Teacher and student must predict over the same vocabulary / labels with the same tokenizer."""
+    tc, sc = teacher.model.config, student.model.config
+    if task == "causal-lm" and tc.vocab_size != sc.vocab_size:
+        raise EdgeLLMError(f"vocabulary mismatch: the teacher predicts {tc.vocab_size} tokens, the student {sc.vocab_size}",
+                           "token-level KD needs the same tokenizer: build the student from the teacher (--student-from)")
+    if task == "classification" and tc.num_labels != sc.num_labels:
+        raise EdgeLLMError(f"label mismatch: the teacher has {tc.num_labels} labels, the student {sc.num_labels}",
+                           "give both the same number of labels")
+    tt, st = teacher.tokenizer, student.tokenizer
+    if tt is not None and st is not None and tt is not st and tt.get_vocab() != st.get_vocab():
+        raise EdgeLLMError("tokenizer mismatch: the teacher's and the student's tokenizers map text to different ids",
+                           "distil into a student that uses the teacher's tokenizer")

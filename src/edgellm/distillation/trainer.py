@@ -36,6 +36,7 @@ from . import fakequant
 from .batches import ClassData, LMData, TopKCache, class_data, lm_data
 from .config import FINETUNE, DistillConfig, lr_at
 from .losses import hidden_state_loss, kd_terms
+from .students import check_compatible, task_of
 
 
 @dataclass
@@ -75,30 +76,6 @@ class _Trainable(nn.Module):
     def forward(self, pairs=(), **kw):
         out = self.student(**kw, output_hidden_states=bool(pairs))
         return out, {f"{s}_{t}": self.projections[f"{s}_{t}"](out.hidden_states[s + 1]) for s, t in pairs}
-
-
-def task_of(model: nn.Module) -> str:
-    name = type(model).__name__
-    if "ForCausalLM" in name:
-        return "causal-lm"
-    if "ForSequenceClassification" in name:
-        return "classification"
-    raise EdgeLLMError(f"cannot distill a {name}", "use a causal LM or a sequence classifier (--task classification)")
-
-
-def check_compatible(teacher: Loaded, student: Loaded, task: str) -> None:
-    """Teacher and student must predict over the same vocabulary / labels with the same tokenizer."""
-    tc, sc = teacher.model.config, student.model.config
-    if task == "causal-lm" and tc.vocab_size != sc.vocab_size:
-        raise EdgeLLMError(f"vocabulary mismatch: the teacher predicts {tc.vocab_size} tokens, the student {sc.vocab_size}",
-                           "token-level KD needs the same tokenizer: build the student from the teacher (--student-from)")
-    if task == "classification" and tc.num_labels != sc.num_labels:
-        raise EdgeLLMError(f"label mismatch: the teacher has {tc.num_labels} labels, the student {sc.num_labels}",
-                           "give both the same number of labels")
-    tt, st = teacher.tokenizer, student.tokenizer
-    if tt is not None and st is not None and tt is not st and tt.get_vocab() != st.get_vocab():
-        raise EdgeLLMError("tokenizer mismatch: the teacher's and the student's tokenizers map text to different ids",
-                           "distil into a student that uses the teacher's tokenizer")
 
 
 def _as_loaded(spec, task: str | None) -> Loaded:
