@@ -3,6 +3,10 @@
 Each subcommand lives in ``edgellm/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; the table below is the whole dispatch. An ``EdgeLLMError`` prints one
 line (``error: ...``) and exits 2; ``--debug`` shows the traceback. Ctrl-C exits 130.
+
+Third-party noise (torchao's failed optional kernels, torch's deprecation notes, onnxruntime's and
+ExecuTorch's C++ log lines, other libraries' warnings) is hidden while a command runs
+(``noise.quiet_third_party``); ``--debug`` shows it. edgellm's own warnings always show.
 """
 
 from __future__ import annotations
@@ -28,18 +32,34 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgellm", description="Make an LLM fit one device, and prove it.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and third-party warnings and logs")
     parser.add_argument("--version", action="version", version="edgellm 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks and third-party warnings and logs")
         importlib.import_module(module).add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``edgellm`` command line; returns the exit code.
+
+    >>> main(["device", "--show", "raspberry-pi-5-8gb"])          # doctest: +SKIP
+    0
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--debug" in argv:                 # decided before parsing: building the parser imports torch
+        return _main(argv)
+    from .noise import quiet_third_party
+
+    with quiet_third_party():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     from .errors import EdgeLLMError
 
     parser = build_parser()
