@@ -9,6 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 
+# `make test` installs every extra, so a missing optional dependency is a failure, never a skip: the run stops
+# here naming the extra, instead of tests importing it failing one by one (or, as before, skipping silently)
+EXTRAS = {"llamacpp": ("llama_cpp",), "onnx": ("onnx", "onnxruntime", "onnxscript"), "executorch": ("executorch", "torchao"),
+          "serve": ("fastapi", "uvicorn", "jsonschema", "outlines_core"), "plot": ("matplotlib",),
+          "dev": ("hypothesis", "openai")}
+
+
+def pytest_sessionstart(session):
+    from importlib.util import find_spec
+
+    missing = {extra: [m for m in mods if find_spec(m) is None] for extra, mods in EXTRAS.items()}
+    missing = {extra: mods for extra, mods in missing.items() if mods}
+    if missing:
+        named = "; ".join(f"{', '.join(mods)} (extra '{extra}')" for extra, mods in missing.items())
+        pytest.exit(f"missing optional dependencies: {named}. Install them: make setup "
+                    f"(or pip install -e '.[{','.join(missing)}]')", returncode=4)
+
+
 WORDS = ("the light living room kitchen turn on off play music song quiet loud warm cold door open close "
          "good bad great awful movie film story actor fun boring love hate bright dark house garden robot "
          "phone speaker morning evening small large fast slow one two three red green blue window heater").split()
@@ -57,13 +75,14 @@ def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
 
 
 def make_tiny_decoder(path: Path, family: str, seed: int = 0) -> Path:
-    """A tiny random Qwen2 (Q/K/V biases, tied), Mistral (untied head) or Qwen3 (Q/K RMSNorm, head_dim 32 ≠
-    hidden / heads, tied) causal LM with a byte-level BPE tokenizer, saved to *path*."""
+    """A tiny random Qwen2 (Q/K/V biases, tied), Mistral (untied head), Qwen3 (Q/K RMSNorm, head_dim 32 ≠
+    hidden / heads, tied) or Gemma (norms scale by 1 + w, embedding × √hidden, GELU, head_dim 32, tied) causal LM
+    with a byte-level BPE tokenizer, saved to *path*."""
     import transformers
 
     tok = _byte_bpe(synthetic_text().splitlines())
-    cls = {"qwen2": "Qwen2", "mistral": "Mistral", "qwen3": "Qwen3"}[family]
-    extra = {"head_dim": 32} if family == "qwen3" else {}
+    cls = {"qwen2": "Qwen2", "mistral": "Mistral", "qwen3": "Qwen3", "gemma": "Gemma"}[family]
+    extra = {"head_dim": 32} if family in ("qwen3", "gemma") else {}
     cfg = getattr(transformers, f"{cls}Config")(
         vocab_size=len(tok), hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
@@ -76,6 +95,8 @@ def make_tiny_decoder(path: Path, family: str, seed: int = 0) -> Path:
                 p.normal_(0, 0.08)
             elif name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.uniform_(0.5, 1.5)          # not all ones, so a norm dropped or misplaced would show
+            elif family == "gemma" and name.endswith("norm.weight"):
+                p.uniform_(-0.5, 0.5)         # Gemma's norms scale by 1 + w: not zero, so a lost offset would show
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

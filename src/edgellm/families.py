@@ -2,8 +2,9 @@
 
 One frozen ``FamilySpec`` per Hugging Face ``config.model_type``. Every subsystem reads model
 layout from here instead of keeping its own table: the calibration runner (``blocks``), AWQ
-(``awq_folds``), the structured pruner (``attention``, ``mlp`` and the projection roles), the
-GGUF writer (``gguf_arch``, ``rope_permute_qk`` and the roles, which name every GGUF tensor),
+(``awq_folds``, ``norm_offset``), the structured pruner (``attention``, ``mlp`` and the projection
+roles), the GGUF writer (``gguf_arch``, ``rope_permute_qk``, ``norm_offset`` and the roles, which name
+every GGUF tensor),
 the ONNX and ExecuTorch exporters (``exporters``, ``ort_fusion``), and the pipeline stages
 (``pipeline``, ``embed``, ``final_norm``). Adding a family is one ``FamilySpec`` in ``FAMILIES``
 (or a ``register`` call) plus its tests.
@@ -13,6 +14,12 @@ HF *base model* (``model.base_model``: ``LlamaForCausalLM.model``, ``BertForSequ
 or the model itself when it is the base), so one entry serves every head class of a family;
 ``lm_head`` is relative to the top-level model; projection and norm roles are relative to one
 block. A role a family does not have (GPT-2's fused ``c_attn`` has no separate q/k/v) is None.
+
+What a family computes differently but inside its own HF modules needs no field: Gemma's embedding
+scale (√hidden, applied by its embedding module in transformers 5 and by llama.cpp's graph) and its
+GELU MLP are used as they are by the ONNX/ExecuTorch exporters and the pipeline stages. A difference
+that a subsystem must reproduce on raw weights is a field: ``norm_offset`` (Gemma's RMSNorm scales by
+``1 + weight``), which AWQ's norm folds and the GGUF writer (llama.cpp stores ``1 + weight``) read.
 
 ``python -m edgellm.families`` prints the support table (Markdown) that ``docs/families.md``
 holds between generated markers. Deliberately left out: per-checkpoint quirks (rope scaling,
@@ -27,6 +34,7 @@ from typing import Any
 from .errors import EdgeLLMError
 
 BLOCK_ROLES = ("q", "k", "v", "o", "gate", "up", "down", "input_norm", "post_attention_norm", "q_norm", "k_norm")
+NORM_ROLES = ("input_norm", "post_attention_norm", "q_norm", "k_norm", "final_norm")   # scaled by norm_offset + w
 EXPORTERS = ("gguf", "onnx", "executorch")
 RUNTIME_OF = {"gguf": "llama.cpp", "onnx": "onnxruntime", "executorch": "executorch"}
 KINDS = ("decoder", "encoder")
@@ -61,6 +69,7 @@ class FamilySpec:
     post_attention_norm: str | None = "post_attention_layernorm"
     q_norm: str | None = None                # per-head RMSNorm on Q/K before rotary (Qwen3)
     k_norm: str | None = None
+    norm_offset: float = 0.0                 # the norms (NORM_ROLES) scale by norm_offset + weight (Gemma: 1)
     # AWQ: (producer, consumers) in one block; the producer's output channels take 1/s, the consumers'
     # inputs s. Only where the consumers read the producer's output through channel-wise linear steps.
     awq_folds: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -89,6 +98,9 @@ class FamilySpec:
             if missing:
                 raise EdgeLLMError(f"family '{self.model_type}' claims {flag} but lacks {', '.join(missing)}",
                                    "name those modules or drop the flag")
+        if self.norm_offset not in (0.0, 1.0):
+            raise EdgeLLMError(f"family '{self.model_type}': norm_offset must be 0 or 1 (got {self.norm_offset})",
+                               "0: norm scales by its weight; 1: by 1 + weight (Gemma)")
         for prod, cons in self.awq_folds:
             if not isinstance(prod, str) or not cons or not all(isinstance(c, str) for c in cons):
                 raise EdgeLLMError(f"family '{self.model_type}': bad AWQ fold {(prod, cons)!r}",
@@ -135,6 +147,8 @@ FAMILIES: dict[str, FamilySpec] = {s.model_type: s for s in (
     FamilySpec("qwen2", **_LLAMA, gguf_arch="qwen2", exporters=("gguf", "onnx", "executorch")),
     FamilySpec("qwen3", **_LLAMA, gguf_arch="qwen3", exporters=("gguf", "onnx", "executorch"),
                q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
+    FamilySpec("gemma", **_LLAMA, gguf_arch="gemma", exporters=("gguf", "onnx", "executorch"), norm_offset=1.0,
+               notes="RMSNorm scales by 1 + w; embedding scaled by √hidden; GELU-tanh MLP; tied head"),
     FamilySpec("phi3", q=None, k=None, v=None, gate=None, up=None, pipeline=True,
                notes="fused qkv_proj and gate_up_proj"),
     FamilySpec("olmo", pipeline=True, awq_folds=_LLAMA_FOLDS[2:], notes="norms without weights"),
@@ -185,7 +199,7 @@ def supporting(feature: str) -> tuple[str, ...]:
     """The model types that support *feature* (see ``FamilySpec.supports``), in registry order.
 
     >>> supporting("gguf")
-    ('llama', 'mistral', 'qwen2', 'qwen3')
+    ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
     """
     return tuple(t for t, s in FAMILIES.items() if s.supports(feature))
 
@@ -359,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["FamilySpec", "FAMILIES", "BLOCK_ROLES", "register", "unregister", "family_of", "require", "supporting",
+__all__ = ["FamilySpec", "FAMILIES", "BLOCK_ROLES", "NORM_ROLES", "register", "unregister", "family_of", "require", "supporting",
            "export_support", "find_blocks", "projection", "module", "model_path", "get_path", "set_path",
            "support_table", "render_doc"]
 

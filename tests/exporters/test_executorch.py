@@ -13,7 +13,7 @@ from edgellm.exporters.executorch import ExecuTorchExportConfig, export_executor
 from edgellm.models import load
 from edgellm.runtimes import open_runtime
 
-pytest.importorskip("executorch")
+import executorch  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,10 @@ def test_fp32_program_matches_torch_with_static_cache(llama1, pte_fp32):
     assert info["format"] == "edgellm-executorch/1" and 0 < rt.weight_bytes() < rt.file_bytes()
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma"])
 def test_other_families_lower_and_decode(family, tmp_path):
-    """Qwen2 (Q/K/V biases) and Qwen3 (Q/K RMSNorm per head, head_dim ≠ hidden / heads) through the static cache."""
+    """Qwen2 (Q/K/V biases), Qwen3 (Q/K RMSNorm per head, head_dim ≠ hidden / heads) and Gemma (embedding × √hidden,
+    norms 1 + w, GELU) through the static cache."""
     from conftest import make_tiny_decoder
 
     src = make_tiny_decoder(tmp_path / family, family)

@@ -13,7 +13,7 @@ from edgellm.exporters.onnx import OnnxExportConfig, export_onnx, fake_quantized
 from edgellm.models import load
 from edgellm.runtimes import open_runtime
 
-pytest.importorskip("onnxruntime")
+import onnxruntime  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_quantized_variants_are_verified_against_the_same_weights(tiny_llama, tm
     assert ("MatMulNBits" if variant == "int4" else "DynamicQuantizeMatMul") in ops or "MatMulInteger" in ops
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma"])
 def test_other_causal_families_export_and_decode(family, tmp_path):
     from conftest import make_tiny_decoder
 

@@ -14,8 +14,9 @@ heads of one KV head into the sequence axis instead of copying the cache per hea
 
 ``StaticCacheLM`` reuses the Hugging Face model's own modules (embeddings, rotary embedding,
 projections, norms, MLPs) and only rewrites the attention glue around the cache, so it holds for
-the Llama family (llama, qwen2, mistral without sliding window) and for qwen3 (its per-head Q/K
-RMSNorm is applied before rotary). Variants (torchao, as
+the Llama family (llama, qwen2, mistral without sliding window), for qwen3 (its per-head Q/K
+RMSNorm is applied before rotary) and for gemma (its embedding module scales by √hidden, its
+norms and GELU MLP are its own modules). Variants (torchao, as
 ExecuTorch's llama export does): ``fp32``; ``int8`` = 8-bit per-channel weights with dynamic
 8-bit activations (8da8w); ``int4`` = 4-bit weights in groups of ``group_size`` with dynamic
 8-bit activations (8da4w). The embedding table stays fp32.
@@ -187,7 +188,7 @@ def export_executorch_report(model, out, *, variant: str = "fp32", force: bool =
     emb = net.get_input_embeddings().weight
     out = Path(out)
     report: dict = {"variant": cfg.variant}
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(loaded.meta.source,)) as tmp:
         (tmp / EXECUTORCH.main).write_bytes(program)
         loaded.tokenizer.save_pretrained(tmp)
         n_layers, kv, hd = cache_shape(c)

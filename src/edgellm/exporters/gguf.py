@@ -2,8 +2,9 @@
 
 Supported: the families whose ``FamilySpec`` (``families.py``) lists ``gguf``: today ``llama`` and
 ``mistral`` (GGUF arch ``llama``, with the Q/K row permutation llama.cpp's interleaved rotary
-expects), ``qwen2`` (Q/K/V biases) and ``qwen3`` (per-head Q/K RMSNorm weights, head_dim not tied
-to hidden / heads). Each tensor's GGUF name comes from the role the family's spec gives its module
+expects), ``qwen2`` (Q/K/V biases), ``qwen3`` (per-head Q/K RMSNorm weights, head_dim not tied
+to hidden / heads) and ``gemma`` (norms written as ``1 + w``, as its ``norm_offset`` says and
+llama.cpp's converter does; llama.cpp scales the embedding by √hidden itself; always tied). Each tensor's GGUF name comes from the role the family's spec gives its module
 (q, k, ..., input_norm; embed, final_norm, lm_head) and gguf-py's ``TENSOR_NAMES``, so no HF
 attribute path is spelled here; metadata uses the same keys as llama.cpp's converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
 merges, pre-tokenizer name, special ids, add-BOS/EOS flags) with the chat template.
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeLLMError
-from ..families import FamilySpec, find_blocks, model_path, require
+from ..families import NORM_ROLES, FamilySpec, find_blocks, model_path, require
 from ..fileio import check_writable_target
 from .gguf_blocks import (QTYPES, BlockCodes, GridMismatch, dequantize_codes, from_quantized, pack, permute_qk, rtn,
                           unpermute_qk)
@@ -135,8 +136,9 @@ def tensor_names(model, spec: FamilySpec) -> dict[str, tuple[str, str]]:
                                f"fix FamilySpec('{spec.model_type}').gguf_arch or its {role} role")
         return gguf.TENSOR_NAMES[t].format(**fmt)
 
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))     # a tied head is not written
     out = {model_path(model, spec, w): (name(w, kind), w) for w, kind in MODEL_TENSORS.items()
-           if model_path(model, spec, w)}
+           if model_path(model, spec, w) and not (tied and w == "lm_head")}
     path, blocks = find_blocks(model)
     for i in range(len(blocks)):
         for role, kind in BLOCK_TENSORS.items():
@@ -222,11 +224,14 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
                                f"GGUF export writes the modules FamilySpec('{spec.model_type}') names, no extra ones")
         name, role = names[mod][0] + "." + suffix, names[mod][1]
         heads = {"q": n_head, "k": n_kv}.get(role) if spec.rope_permute_qk else None
+        offset = spec.norm_offset if role in NORM_ROLES and suffix == "weight" else 0.0   # llama.cpp stores 1 + w
         is_emb = name in ("token_embd.weight", "output.weight")
         qtype = cfg.embedding if is_emb else cfg.gguf_type
-        plan = _encode(name, src, qtype, cfg.requantize, heads)
+        plan = _encode(name, src + offset if offset else src, qtype, cfg.requantize, heads)
         if heads:   # keep the reference model in HF layout: undo the permutation on the reconstructed weights
             plan.weights = unpermute_qk(plan.weights, heads)
+        if offset:
+            plan.weights = plan.weights - offset
         plans.append(plan)
         by_hf[hf_name] = plan
     return plans, by_hf
@@ -325,7 +330,7 @@ def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = Fals
     arch = gguf_arch(loaded.model)
     if loaded.tokenizer is None:
         raise EdgeLLMError("the model has no tokenizer to embed in the GGUF", "export a folder with a tokenizer")
-    out = check_writable_target(out, force)
+    out = check_writable_target(out, force, inputs=(loaded.meta.source,))
     if out.suffix != ".gguf":
         raise EdgeLLMError(f"GGUF output '{out}' should end in .gguf", "use --out NAME.gguf")
     with torch.no_grad():

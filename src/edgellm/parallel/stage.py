@@ -11,8 +11,9 @@ layers and the model's forward (mask, rotary positions, cache) runs unchanged.
 Which families qualify (``FamilySpec.pipeline``: the forward is embed → blocks → final norm with
 nothing applied to ``inputs_embeds`` in between, so a slice fed with the previous rank's hidden
 states is exact) and where each keeps its embedding, blocks, final norm and head come from the
-family registry (``families.py``). Deliberately absent: families whose forward transforms
-``inputs_embeds`` (Gemma scales them): they are refused with a clear error.
+family registry (``families.py``). Gemma qualifies: transformers 5 applies its √hidden embedding
+scale inside the embedding module, which only rank 0 runs. Deliberately absent: families whose
+forward transforms ``inputs_embeds``: they are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def check_family(model: torch.nn.Module) -> FamilySpec:
 def plan_stages(spec, world: int, dtype: torch.dtype = torch.float32) -> tuple[list[range], list[int], int]:
     """Every rank's layer range and weight bytes, and the weight bytes read per decoded token over all
     ranks (the input embedding is looked up, one row, not read whole), from the config alone."""
-    from .placement import meta_model, plain_folder, split_layers
+    from ..placed import meta_model, plain_folder
+    from .placement import split_layers
 
     model = meta_model(plain_folder(spec), "causal-lm", dtype)
     check_family(model)
@@ -159,7 +161,8 @@ def load_stage(spec, rank: int, world: int, dtype: torch.dtype = torch.float32, 
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
 
-    from .placement import meta_model, plain_folder, split_layers
+    from ..placed import meta_model, plain_folder
+    from .placement import split_layers
 
     if not 0 <= rank < world:
         raise EdgeLLMError(f"rank {rank} is outside world size {world}", "ranks run from 0 to world size - 1")
