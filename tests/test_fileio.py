@@ -1,4 +1,4 @@
-"""fileio: atomic outputs leave nothing half-written, manifests catch changed files, sizes add up."""
+"""fileio: atomic outputs leave nothing half-written, the output guard, manifests catch changed files, sizes add up."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import pytest
 
 from edgellm.errors import EdgeLLMError
-from edgellm.fileio import (atomic_dir, atomic_file, check_writable_target, dir_bytes, sha256_file, verify_manifest,
-                            write_json, write_manifest)
+from edgellm.fileio import (atomic_dir, atomic_file, check_output, check_writable_target, dir_bytes, sha256_file,
+                            verify_manifest, write_json, write_manifest, written_by_edgellm)
 
 
 def leftovers(folder) -> list[str]:
@@ -37,16 +37,20 @@ def test_atomic_dir_keeps_the_old_folder_when_a_forced_rewrite_fails(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.bin").write_bytes(b"old")
+    write_manifest(out)                               # an edgellm output: --force may replace it
     with pytest.raises(KeyboardInterrupt), atomic_dir(out, force=True) as tmp:
         (tmp / "new.bin").write_bytes(b"new")
         raise KeyboardInterrupt
-    assert [p.name for p in out.iterdir()] == ["old.bin"] and leftovers(tmp_path) == []
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "old.bin"] and leftovers(tmp_path) == []
 
 
 def test_atomic_dir_force_semantics(tmp_path):
     out = tmp_path / "model"
     out.mkdir()
     (out / "old.bin").write_bytes(b"old")
+    with pytest.raises(EdgeLLMError, match="edgellm did not write it"), atomic_dir(out, force=True):
+        pass                                          # not edgellm's: --force does not replace it
+    write_manifest(out)
     with pytest.raises(EdgeLLMError, match="already exists") as e, atomic_dir(out):
         pass
     assert "--force" in e.value.hint
@@ -146,3 +150,57 @@ def test_dir_bytes_of_a_file_and_a_folder(tmp_path):
     assert dir_bytes(folder) == 1000 + len('{"a": 1}')
     write_manifest(folder)
     assert dir_bytes(folder) == 1000 + len('{"a": 1}') + (folder / "manifest.json").stat().st_size
+
+
+def test_check_output_refuses_inputs_and_protected_folders(tmp_path, monkeypatch):
+    model = make_folder(tmp_path)
+    write_manifest(model)                             # even an edgellm folder is protected when it is the input
+    for out, what in [(model, "is the input"), (model / "sub", "lies inside the input"),
+                      (tmp_path, "contains the input")]:
+        with pytest.raises(EdgeLLMError, match=what):
+            check_output(out, force=True, inputs=(str(model), "hub/id-not-on-disk"))
+    link = tmp_path / "link"
+    link.symlink_to(model)
+    with pytest.raises(EdgeLLMError, match="is the input"):
+        check_output(link, force=True, inputs=(model,))
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(EdgeLLMError, match="the home folder"):
+        check_output(home, force=True)
+    with pytest.raises(EdgeLLMError, match="holding the home folder"):
+        check_output(tmp_path, force=True)
+    with pytest.raises(EdgeLLMError, match="filesystem root"):
+        check_output("/", force=True)
+    repo = home / "repo"
+    (repo / ".git").mkdir(parents=True)
+    with pytest.raises(EdgeLLMError, match="repository root"):
+        check_output(repo, force=True)
+    assert check_output(repo / "out", force=True) == repo / "out"      # a new folder inside a repository is fine
+    assert check_output(tmp_path / "new" / "m", inputs=(model,)) == tmp_path / "new" / "m"
+
+
+def test_written_by_edgellm_recognises_only_its_own_outputs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert written_by_edgellm(empty)
+    user = make_folder(tmp_path)
+    assert not written_by_edgellm(user)
+    write_manifest(user)
+    assert written_by_edgellm(user)
+    (user / "manifest.json").write_text('{"format": "someone-else/1"}')
+    assert not written_by_edgellm(user)
+    sidecar = tmp_path / "m.onnx"
+    sidecar.mkdir()
+    (sidecar / "model.onnx").write_bytes(b"x")
+    (sidecar / "edgellm.json").write_text('{"format": "edgellm-onnx/1"}')
+    assert written_by_edgellm(sidecar)
+    ours, theirs = tmp_path / "r.json", tmp_path / "notes.json"
+    ours.write_text('{"format": "edgellm-bench/2"}')
+    theirs.write_text('{"a": 1}')
+    assert written_by_edgellm(ours) and not written_by_edgellm(theirs)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert not written_by_edgellm(tmp_path / "notes.txt") and not written_by_edgellm(tmp_path / "absent")
+    with pytest.raises(EdgeLLMError, match="edgellm did not write it"):
+        check_output(tmp_path / "notes.txt", force=True)
+    assert check_output(tmp_path / "notes.txt", force=True, own=True) == tmp_path / "notes.txt"

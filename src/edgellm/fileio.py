@@ -1,7 +1,9 @@
 """Atomic writes and content manifests.
 
 Outputs are written into a temporary sibling and renamed into place, so a failure or
-Ctrl-C never leaves a half-written file or folder behind. Inputs are never modified;
+Ctrl-C never leaves a half-written file or folder behind. ``check_output`` guards every output
+first: ``--force`` only ever replaces something edgellm wrote, never an input, the home folder, a
+repository root or ``/``. Inputs are never modified;
 ``read_yaml`` reads the YAML inputs (recipes, device profiles) with one error for both.
 """
 
@@ -18,11 +20,41 @@ from pathlib import Path
 from .errors import EdgeLLMError
 
 
-def check_writable_target(path: str | os.PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing output unless *force*; make sure the parent is writable."""
+def check_output(path: str | os.PathLike, force: bool = False, *, inputs=(), own: bool = False) -> Path:
+    """The one guard every output passes before anything is written; returns *path* (its parent created).
+
+    Refused with ``EdgeLLMError`` (the CLI's exit 2), nothing touched:
+
+    - ``/``, the home folder, a folder that holds either, and a repository root (a folder with
+      ``.git``), even with *force*;
+    - a path that is one of *inputs* (resolved, ``samefile``), holds one, or lies inside one;
+    - an existing path without *force*; with *force*, an existing non-empty folder or file that
+      edgellm did not write (``written_by_edgellm``). *own* skips that last check for paths the
+      caller names itself (a cache entry, a training checkpoint).
+
+    >>> check_output("out/model", inputs=("out/model",))        # doctest: +SKIP
+    Traceback (most recent call last):
+    edgellm.errors.EdgeLLMError: output 'out/model' is the input 'out/model'
+    """
     path = Path(path)
-    if path.exists() and not force:
-        raise EdgeLLMError(f"output '{path}' already exists", "choose another path or pass --force")
+    real = path.expanduser().resolve()
+    hint = "choose a new folder for --out"
+    if real == real.parent:
+        raise EdgeLLMError(f"output '{path}' is the filesystem root", hint)
+    home = Path.home().expanduser().resolve()
+    if real == home or home.is_relative_to(real):
+        raise EdgeLLMError(f"output '{path}' is {'the home folder' if real == home else 'a folder holding the home folder'}",
+                           hint)
+    if (real / ".git").exists():
+        raise EdgeLLMError(f"output '{path}' is a repository root (it holds .git)", hint)
+    for inp in inputs:
+        _check_not_input(path, real, inp)
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise EdgeLLMError(f"output '{path}' already exists", "choose another path or pass --force")
+        if not own and not written_by_edgellm(path):
+            raise EdgeLLMError(f"output '{path}' exists and edgellm did not write it (no edgellm manifest), so --force "
+                               "will not replace it", "choose a new path, or move it away yourself")
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +63,68 @@ def check_writable_target(path: str | os.PathLike, force: bool = False) -> Path:
     if not os.access(parent, os.W_OK):
         raise EdgeLLMError(f"output folder '{parent}' is not writable", "choose a writable --out")
     return path
+
+
+check_writable_target = check_output     # the older name, kept for its callers
+
+
+def _check_not_input(path: Path, real: Path, inp) -> None:
+    if inp is None or str(inp) == "":
+        return
+    src = Path(inp).expanduser()
+    if not src.exists():
+        return                            # a hub id or a built-in name: nothing on disk to protect here
+    rsrc = src.resolve()
+    hint = "write to a new path outside the input"
+    if real == rsrc or (path.exists() and os.path.samefile(path, src)):
+        raise EdgeLLMError(f"output '{path}' is the input '{inp}'", hint)
+    if rsrc.is_relative_to(real):
+        raise EdgeLLMError(f"output '{path}' contains the input '{inp}'", hint)
+    if real.is_relative_to(rsrc):
+        raise EdgeLLMError(f"output '{path}' lies inside the input '{inp}'", hint)
+
+
+_MARKERS = ("manifest.json", "edgellm.json", "results.json")     # content manifest, artifact sidecar, optimize's
+
+
+def written_by_edgellm(path: str | os.PathLike) -> bool:
+    """Whether *path* is empty or something edgellm wrote: a folder with an edgellm manifest, artifact sidecar
+    or results file; a GGUF with edgellm's ``edgellm.export`` key; a JSON file with an edgellm ``format``.
+
+    >>> written_by_edgellm("out/model")       # a folder edgellm saved     # doctest: +SKIP
+    True
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not any(path.iterdir()):
+            return True
+        return any(_edgellm_json(path / m) for m in _MARKERS)
+    if not path.is_file():
+        return False
+    if path.stat().st_size == 0:
+        return True
+    if path.suffix == ".json":
+        return _edgellm_json(path)
+    if path.suffix == ".gguf":
+        return _edgellm_gguf(path)
+    return False
+
+
+def _edgellm_json(path: Path) -> bool:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and str(obj.get("format", "")).startswith("edgellm-")
+
+
+def _edgellm_gguf(path: Path) -> bool:
+    try:
+        from gguf import GGUFReader
+
+        return "edgellm.export" in GGUFReader(path).fields
+    except Exception:  # noqa: BLE001 — not a readable GGUF, or no gguf package: not provably ours
+        return False
 
 
 def read_yaml(path: str | os.PathLike, what: str, hint: str = "check the path"):
@@ -51,13 +145,13 @@ def read_yaml(path: str | os.PathLike, what: str, hint: str = "check the path"):
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, force: bool = False):
-    """Yield a temporary folder next to *path*; on success it replaces *path*.
+def atomic_dir(path: str | os.PathLike, force: bool = False, *, inputs=(), own: bool = False):
+    """Yield a temporary folder next to *path*; on success it replaces *path* (``check_output`` guards it first).
 
     >>> with atomic_dir("out/model") as tmp:   # doctest: +SKIP
     ...     (tmp / "config.json").write_text("{}")
     """
-    path = check_writable_target(path, force)
+    path = check_output(path, force, inputs=inputs, own=own)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
@@ -74,9 +168,13 @@ def atomic_dir(path: str | os.PathLike, force: bool = False):
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, force: bool = True, mode: str = "w"):
-    """Yield an open temporary file next to *path*; renamed onto *path* when the block succeeds."""
-    path = check_writable_target(path, force)
+def atomic_file(path: str | os.PathLike, force: bool = True, mode: str = "w", *, inputs=(), own: bool = True):
+    """Yield an open temporary file next to *path*; renamed onto *path* when the block succeeds.
+
+    By default it overwrites (``own``: files edgellm names itself, such as a cache entry or a manifest);
+    a file the user named passes ``own=False`` so ``check_output`` keeps what edgellm did not write.
+    """
+    path = check_output(path, force, inputs=inputs, own=own)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
