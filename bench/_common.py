@@ -162,9 +162,10 @@ def write_result(name: str | os.PathLike, result: dict, *, machine: dict | None 
     >>> write_result("foundation", {"title": "...", "tables": [...]})   # doctest: +SKIP
     PosixPath('.../bench/results/foundation.json')
     """
-    from edgellm.fileio import write_json
+    from edgellm.fileio import check_output, write_json
 
     path = Path(name) if os.sep in str(name) or str(name).endswith(".json") else RESULTS / f"{name}.json"
+    check_output(path, force=True)      # replaces a results file edgellm wrote, never anything else
     out = write_json(path, {**result, **envelope(machine if machine is not None else result.get("machine"), command)})
     if render and path.resolve().parent == RESULTS.resolve():
         from bench.render import render as render_docs

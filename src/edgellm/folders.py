@@ -56,7 +56,7 @@ def save(loaded, out: str | os.PathLike, *, force: bool = False, edgellm_section
         writer = getattr(importlib.import_module(module), func)
         kw = {"edgellm_section": edgellm_section} if "edgellm_section" in inspect.signature(writer).parameters else {}
         return Path(writer(loaded, out, force=force, **kw))
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(getattr(getattr(loaded, "meta", None), "source", None),)) as tmp:
         if edgellm_section:
             loaded.model.config.edgellm = edgellm_section
         loaded.model.save_pretrained(tmp, safe_serialization=True)

@@ -35,7 +35,7 @@ def run(args) -> int:
     cfg = config_from_args(PruneConfig, args)
     from ..fileio import check_writable_target
 
-    check_writable_target(args.out, args.force)   # fail before the (slow) pruning, not after
+    check_writable_target(args.out, args.force, inputs=(args.model,))   # fail before the (slow) pruning, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load(args.model, **load_kwargs(args))

@@ -52,7 +52,7 @@ def run(args) -> int:
     from .flags import config_from_args
 
     cfg = config_from_args(QuantConfig, args)
-    check_writable_target(args.out, args.force)   # fail before the (slow) quantization, not after
+    check_writable_target(args.out, args.force, inputs=(args.model,))   # fail before the (slow) quantization, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load(args.model, **load_kwargs(args))

@@ -51,7 +51,7 @@ def save_checkpoint(run_dir: Path, step: int, container, optimizer, rng_state: d
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(path, force=True) as tmp:
+        with atomic_dir(path, force=True, own=True) as tmp:
             save_model(accelerator.unwrap_model(container), str(tmp / "state.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(rng_state, tmp / f"rng-{rank}.pt")

@@ -53,7 +53,7 @@ def write_outputs(student, out, logs: dict, result, force: bool, teacher: str | 
                "train_seconds": result.wall_seconds, "total_seconds": total_seconds, "final_loss": result.final_loss,
                "final_eval": result.evals[-1] if result.evals else None, "config": result.config,
                "kept_layers": student.meta.edgellm.get("kept_layers")}
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(student.meta.source,)) as tmp:
         student.model.config.edgellm = {"distill": {k: summary[k] for k in ("teacher", "steps", "tokens_seen", "kept_layers")}}
         student.model.save_pretrained(tmp, safe_serialization=True)
         if student.tokenizer is not None:

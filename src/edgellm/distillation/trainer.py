@@ -170,8 +170,12 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
         teacher.model.eval().requires_grad_(False).to(acc.device)
 
     out = Path(out) if out else None
-    if out is not None and out.exists() and not force and resume is None:
-        raise EdgeLLMError(f"output '{out}' already exists", "choose another --out or pass --force")
+    if out is not None:     # never an input, never something edgellm did not write (fileio.check_output)
+        from ..fileio import check_output
+
+        paths = [data, eval_data] + ([teacher.meta.source] if teacher is not None else [])
+        check_output(out, force or resume is not None, inputs=[student.meta.source] +
+                     [p for p in paths if isinstance(p, (str, Path))])
     run_dir = Path(run_dir) if run_dir else (out.with_name(out.name + ".run") if out else None)
     step, logs = 0, {"train.jsonl": [], "eval.jsonl": []}
     if resume is not None:

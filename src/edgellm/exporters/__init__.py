@@ -98,6 +98,7 @@ def export(model, config, out, *, force: bool = False, verify: bool = True, tole
     >>> r.verification["ppl"]["relative_diff"] < 0.02                                              # doctest: +SKIP
     True
     """
+    from ..fileio import check_output
     from ..models import Loaded, load
     from .verify import make_verifier
 
@@ -115,6 +116,7 @@ def export(model, config, out, *, force: bool = False, verify: bool = True, tole
         tol = tolerance if tolerance is not None else _resolve(tol_ref)(**options)
         verifier = make_verifier(runtime, tol, threads=threads, ppl_tokens=ppl_tokens)
     loaded = model if isinstance(model, Loaded) else load(model)
+    check_output(out, force, inputs=(loaded.meta.source,))     # before the (slow) export, not after
     out_obj = _resolve(fn_ref)(loaded, out, force=force, verify=verifier, **options)
     path, report = out_obj if isinstance(out_obj, tuple) else (out_obj, None)
     details = report.to_dict() if hasattr(report, "to_dict") else (report or {})

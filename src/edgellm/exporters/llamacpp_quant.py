@@ -83,7 +83,7 @@ def llama_quantize(src, dst, qtype: str, *, imatrix: dict[str, np.ndarray] | Non
     llama_cpp = import_llama_cpp()
     if qtype not in FTYPES:
         raise EdgeLLMError(f"unknown llama.cpp quantization type '{qtype}'", f"use one of: {', '.join(FTYPES)}")
-    src, dst = Path(src), check_writable_target(dst, force)
+    src, dst = Path(src), check_writable_target(dst, force, inputs=(src,))
     if not src.exists():
         raise EdgeLLMError(f"GGUF file '{src}' does not exist", "export an F32 or F16 GGUF first")
     params = llama_cpp.llama_model_quantize_default_params()

@@ -353,7 +353,7 @@ def export_onnx_report(model, out, *, variant: str = "fp32", force: bool = False
     net = plain_model(loaded.model).float().eval()
     out = Path(out)
     report: dict = {"variant": cfg.variant}
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(loaded.meta.source,)) as tmp:
         fp32 = tmp / (ONNX.main if cfg.variant == "fp32" else "fp32.onnx")
         if task == "causal-lm":
             info = _export_causal_lm(net, fp32, cfg.opset)

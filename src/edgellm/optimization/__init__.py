@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..fileio import check_writable_target
+from ..fileio import check_output
 from . import stages
 from .config import OptimizeConfig
 from .outputs import finish
@@ -48,7 +48,7 @@ def optimize(config: OptimizeConfig, out: str | Path, *, force: bool = False, pr
     >>> r["chosen"]["label"]                                                   # doctest: +SKIP
     'smollm2-135m · w4-gptq-g32 · llama.cpp'
     """
-    out = check_writable_target(out, force)
+    out = check_output(out, force, inputs=config.inputs())    # before the search, not after it
     search = Search(config, progress=progress)
     n_units = len(config.models) * (1 + len(search.recipes) * (2 + 3 * len(search.runtimes)))
     search.step.open(n_units)

@@ -54,6 +54,14 @@ class OptimizeConfig:
     cache: str | None = None
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
 
+    def inputs(self) -> tuple[str, ...]:
+        """The paths the search reads (models, recipes, data): ``--out`` may be none of them, nor hold or lie in one.
+
+        >>> OptimizeConfig(models=("out/w4",), eval_text="t.txt").inputs()
+        ('out/w4', 't.txt')
+        """
+        return tuple(p for p in (*self.models, *self.recipes, self.eval_text, self.tsv) if p)
+
     def __post_init__(self):
         if self.task not in TASKS:
             raise EdgeLLMError(f"unknown task '{self.task}'", f"use one of: {', '.join(TASKS)}")

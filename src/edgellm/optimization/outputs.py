@@ -27,7 +27,7 @@ def finish(search, out: Path, force: bool = False) -> dict:
     rows = search.rows
     chosen, explanation = choose(rows, search.constraints, search.cfg.objective, search.device.measured)
     result = results_dict(search, chosen, explanation)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=search.cfg.inputs()) as tmp:
         if chosen is not None:
             result["export"] = export_chosen(search, chosen, tmp / "model")
             result["export"]["path"] = str(out / Path(result["export"]["path"]).relative_to(tmp))

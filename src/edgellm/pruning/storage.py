@@ -97,7 +97,7 @@ def save_sparse(loaded, out: str | os.PathLike, *, force: bool = False, edgellm_
     section = {"format": "sparse", "sparse_tensors": n_sparse, **(edgellm_section or {})}
     cfg = model.config.to_dict()
     cfg["edgellm"] = section
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(getattr(getattr(loaded, "meta", None), "source", None),)) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"edgellm_shapes": json.dumps(shapes)})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         gen = getattr(model, "generation_config", None)

@@ -52,7 +52,7 @@ def save_quantized(loaded, out: str | os.PathLike, *, force: bool = False) -> Pa
     cfg = model.config.to_dict()
     cfg["architectures"] = [type(model).__name__]   # e.g. a classifier built on an encoder checkpoint
     cfg["edgellm"] = section
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, inputs=(getattr(getattr(loaded, "meta", None), "source", None),)) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "edgellm": "quantized/1"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         gen = getattr(model, "generation_config", None)
