@@ -85,7 +85,7 @@ def heldout(a, host) -> dict | None:
             if key in stored:
                 continue
             spec = heldout_artifact(name, folder, runtime, kind, work)
-            stored[key] = {**bench(spec, runtime=runtime, threads=a.threads, runs=a.runs), "measured_at": now_utc()}
+            stored[key] = {**bench(spec, runtime=runtime, threads=a.threads, runs=a.runs).to_dict(), "measured_at": now_utc()}
             rows_path.write_text(json.dumps(stored, indent=1, default=str))
             print(key, round(stored[key]["speed"]["decode_tok_s"]["median"], 2), flush=True)
     nets = {name: load(str(folder)).model for name, folder in models.items()}

@@ -51,7 +51,7 @@ def pick_threads(model, n_tokens: int) -> dict:
 
 
 def test_nll(loaded, tokens: int) -> dict:
-    p = evaluate(loaded, ctx=512, max_tokens=tokens, threads=torch.get_num_threads())["perplexity"]
+    p = evaluate(loaded, ctx=512, max_tokens=tokens, threads=torch.get_num_threads()).perplexity.to_dict()
     return {"mean_nll": p["mean_nll"], "perplexity": p["perplexity"], "tokens": p["n_tokens"], "ctx": p["ctx"],
             "seconds": p["seconds"]}
 

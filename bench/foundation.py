@@ -27,8 +27,8 @@ def main() -> None:
     if args.eval_json:
         ev = json.loads(Path(args.eval_json).read_text())
     else:
-        ev = evaluate("smollm2-135m", ctx=512, max_tokens=args.max_tokens, threads=args.threads, progress=True)
-    b = bench("smollm2-135m", threads=args.threads, runs=5)
+        ev = evaluate("smollm2-135m", ctx=512, max_tokens=args.max_tokens, threads=args.threads, progress=True).to_dict()
+    b = bench("smollm2-135m", threads=args.threads, runs=5).to_dict()
     p, s = ev["perplexity"], b["speed"]
     row = {"model": "smollm2-135m (fp32, PyTorch eager)", "threads": b["threads"],
            "perplexity": round(p["perplexity"], 3), "ctx": p["ctx"], "tokens": p["n_tokens"],

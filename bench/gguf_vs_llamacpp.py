@@ -128,14 +128,14 @@ def main() -> None:
             t = time.time()
             tp = evaluate(m, ctx=args.ctx, max_tokens=args.max_tokens, threads=args.threads, runtime="torch")
             timings["PyTorch ppl of the GPTQ 4-bit weights"] = time.time() - t
-            files[label]["torch_ppl"] = tp["perplexity"]["perplexity"]
+            files[label]["torch_ppl"] = tp.perplexity.perplexity
         log(f"{label}: {json.dumps(verification['ppl'])}")
         del m
 
     for label, f in files.items():
         t = time.time()
         ev = evaluate(str(f["path"]), ctx=args.ctx, max_tokens=args.max_tokens, threads=args.threads)
-        f["ppl"] = ev["perplexity"]
+        f["ppl"] = ev.perplexity.to_dict()
         f["bytes"] = Path(f["path"]).stat().st_size
         f["tensor_types"] = tensor_types(f["path"])
         f["measured_at"] = now_utc()
@@ -161,7 +161,7 @@ def run_speed(files: dict, speed: dict, order: list, args, timings: dict) -> Non
     order = order + [x for i in range(args.q4_repeats) for x in (pair if i % 2 == 0 else pair[::-1])]
     for label in order:
         t = time.time()
-        b = bench(str(files[label]["path"]), threads=args.threads, runs=args.runs, machine=False)
+        b = bench(str(files[label]["path"]), threads=args.threads, runs=args.runs, machine=False).to_dict()
         speed[label].append(b)
         files[label]["measured_at"] = now_utc()
         timings.setdefault(f"bench {label}", 0.0)

@@ -62,7 +62,7 @@ class Store:
 
 def ppl(loaded, args, tokens=None) -> float:
     r = evaluate(loaded, ctx=args.ctx, max_tokens=tokens or args.max_tokens, threads=args.threads, progress=False)
-    return r["perplexity"]["perplexity"]
+    return r.perplexity.perplexity
 
 
 def step_base(S, args):
@@ -134,7 +134,7 @@ def step_speed(S, args, key, names, gguf: bool = False):
         row = {}
         for name, spec in specs.items():
             b = bench(spec, runtime="llama.cpp" if gguf else "auto", threads=args.threads, runs=args.runs,
-                      machine=False, prompt_len=args.tokens, new_tokens=args.tokens)
+                      machine=False, prompt_len=args.tokens, new_tokens=args.tokens).to_dict()
             row[name] = {"decode": b["speed"]["decode_tok_s"], "prefill": b["speed"]["prefill_tok_s"],
                          "ttft_ms": b["speed"]["ttft_ms"], "peak_rss": b["peak_rss_bytes"],
                          "weight_bytes": b["speed"]["weight_bytes"]}

@@ -105,7 +105,7 @@ def main() -> None:
         t0 = time.time()
         try:
             spec = artifact(runtime, bits, work, source)
-            b = bench(str(spec), runtime=runtime, threads=args.threads, runs=args.runs)
+            b = bench(str(spec), runtime=runtime, threads=args.threads, runs=args.runs).to_dict()
             stored[key] = {"ok": True, "bench": b, "artifact": str(spec), "seconds": time.time() - t0,
                            "measured_at": now_utc()}
         except EdgeLLMError as e:

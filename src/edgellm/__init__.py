@@ -4,8 +4,8 @@ The public API, one call per capability::
 
     import edgellm
     m = edgellm.load("smollm2-135m")
-    r = edgellm.evaluate(m, ppl="wikitext-2/wiki.test.raw")
-    b = edgellm.bench("smollm2-135m", threads=2)
+    r = edgellm.evaluate(m, edgellm.EvalConfig(ppl="wikitext-2/wiki.test.raw"))   # -> EvalResult
+    b = edgellm.bench("smollm2-135m", edgellm.BenchConfig(runs=5), threads=2)      # -> BenchResult
 
 Names are imported lazily (explicit table below), so ``import edgellm`` stays light.
 """
@@ -27,7 +27,11 @@ _API = {
     "Loaded": "edgellm.models:Loaded",
     "EdgeLLMError": "edgellm.errors:EdgeLLMError",
     "evaluate": "edgellm.api:evaluate",
+    "EvalConfig": "edgellm.api:EvalConfig",
+    "EvalResult": "edgellm.api:EvalResult",
     "bench": "edgellm.measure.memory:bench",
+    "BenchConfig": "edgellm.measure.memory:BenchConfig",
+    "BenchResult": "edgellm.measure.memory:BenchResult",
     "open_runtime": "edgellm.runtimes:open_runtime",
     "export": "edgellm.exporters:export",
     "ExportResult": "edgellm.exporters:ExportResult",

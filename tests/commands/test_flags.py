@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import run_cli
 
+from edgellm.api import EvalConfig
 from edgellm.calibconfig import CalibConfig
 from edgellm.cli import build_parser
 from edgellm.commands.flags import add_config_flags, config_fields, config_from_args
@@ -14,6 +15,7 @@ from edgellm.distillation import DistillConfig
 from edgellm.exporters.executorch import ExecuTorchExportConfig
 from edgellm.exporters.gguf import GGUFExportConfig
 from edgellm.exporters.onnx import OnnxExportConfig
+from edgellm.measure import BenchConfig
 from edgellm.pruning import PruneConfig
 from edgellm.quantization import QuantConfig
 from edgellm.serving.app import ServeConfig
@@ -23,6 +25,7 @@ COMMANDS = {
     "quantize": [(QuantConfig, ())], "prune": [(PruneConfig, ())], "distill": [(DistillConfig, ())],
     "finetune": [(DistillConfig, ("alpha", "hidden_loss"))], "serve": [(ServeConfig, ())],
     "export": [(GGUFExportConfig, ()), (OnnxExportConfig, ()), (ExecuTorchExportConfig, ())],
+    "eval": [(EvalConfig, ())], "bench": [(BenchConfig, ())],
 }
 
 
@@ -93,6 +96,16 @@ def test_export_flags_build_the_format_config():
 def test_serve_flags_keep_their_old_names():
     a = _subparser("serve").parse_args(["m", "--model-name", "x", "--timeout", "5", "--port", "9000"])
     assert config_from_args(ServeConfig, a) == ServeConfig(model_id="x", timeout_s=5.0, port=9000)
+
+
+def test_eval_and_bench_flags_keep_their_old_names():
+    a = _subparser("eval").parse_args(["m", "--ppl", "t.txt", "--ctx", "64", "--max-tokens", "0", "--reference", "r"])
+    assert config_from_args(EvalConfig, a) == EvalConfig(ppl="t.txt", ctx=64, max_tokens=None, reference="r")
+    assert config_from_args(EvalConfig, _subparser("eval").parse_args(["m"])) == EvalConfig()
+    a = _subparser("bench").parse_args(["m", "--prompt-len", "16", "--new-tokens", "8", "--runs", "3", "--warmup", "0",
+                                        "--no-machine"])
+    assert config_from_args(BenchConfig, a) == BenchConfig(prompt_len=16, new_tokens=8, runs=3, warmup=0, machine=False)
+    assert config_from_args(BenchConfig, _subparser("bench").parse_args(["m"])) == BenchConfig()
 
 
 def test_bad_flag_value_is_one_line_exit_2(tiny_llama, tmp_path):

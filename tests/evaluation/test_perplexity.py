@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli
-from edgellm.api import evaluate
+from edgellm.api import EvalConfig, evaluate
 from edgellm.data import tokenize_file
 from edgellm.errors import EdgeLLMError
 from edgellm.evaluation import evaluate_lm, windows
@@ -50,14 +50,35 @@ def test_kl_formula():
 
 
 def test_self_agreement_is_perfect(tiny_llama, text_file):
-    res = evaluate(tiny_llama, ppl=text_file, ctx=64, max_tokens=256, reference=tiny_llama)
-    ag = res["perplexity"]["agreement"]
-    assert ag["top1"] == 1.0 and ag["kl"] < 1e-6
+    res = evaluate(tiny_llama, EvalConfig(ppl=text_file, ctx=64, max_tokens=256, reference=tiny_llama))
+    ag = res.perplexity.agreement
+    assert ag.top1 == 1.0 and ag.kl < 1e-6
+    assert res.reference == str(tiny_llama) and res.text == str(text_file)
+
+
+def test_keyword_form_is_the_config_form(tiny_llama, text_file):
+    rt = open_runtime(tiny_llama)
+    by_config = evaluate(rt, EvalConfig(ppl=text_file, ctx=64, max_tokens=128))
+    by_keywords = evaluate(rt, ppl=text_file, ctx=64, max_tokens=128)
+    over_config = evaluate(rt, EvalConfig(ppl=text_file, ctx=32), ctx=64, max_tokens=128)
+    assert by_config.perplexity.window_nlls == by_keywords.perplexity.window_nlls == over_config.perplexity.window_nlls
+    assert sorted(by_config.to_dict()) == ["model", "perplexity", "runtime", "text", "threads"]
+    with pytest.raises(EdgeLLMError, match="unknown option"):
+        evaluate(rt, ppl=text_file, windows=3)
+
+
+@pytest.mark.parametrize("fields, match", [({"ctx": 1}, "ctx"), ({"batch_size": 0}, "batch_size"),
+                                           ({"max_tokens": -5}, "max_tokens"),
+                                           ({"tsv": "a.tsv", "ppl": "b.txt"}, "does not go with")])
+def test_eval_config_rejects_bad_values(fields, match):
+    with pytest.raises(EdgeLLMError, match=match):
+        EvalConfig(**fields)
+    assert EvalConfig(max_tokens=0).max_tokens is None        # 0 = the whole text, as on the CLI
 
 
 def test_ctx_beyond_max_position(tiny_llama, text_file):
     with pytest.raises(EdgeLLMError, match="maximum position"):
-        evaluate(tiny_llama, ppl=text_file, ctx=1024)
+        evaluate(tiny_llama, EvalConfig(ppl=text_file, ctx=1024))
 
 
 def test_cli_eval_table_and_json(tiny_llama, text_file, tmp_path):
@@ -78,14 +99,14 @@ def test_cli_eval_empty_file(tiny_llama, tmp_path):
 
 
 def test_classifier_accuracy(tiny_bert_cls, tsv_file):
-    res = evaluate(tiny_bert_cls, tsv=tsv_file, batch_size=16)
-    c = res["classification"]
-    assert c["n"] == 64 and 0.0 <= c["accuracy"] <= 1.0
+    res = evaluate(tiny_bert_cls, EvalConfig(tsv=tsv_file, batch_size=16))
+    c = res.classification
+    assert c.n == 64 and 0.0 <= c.accuracy <= 1.0 and res.perplexity is None
+    assert sorted(res.to_dict()) == ["classification", "model", "runtime", "threads"]
 
 
 @pytest.mark.slow
 def test_smollm2_ppl_sane():
-    res = evaluate("smollm2-135m", ctx=512, max_tokens=2048)
-    p = res["perplexity"]
-    assert p["n_tokens"] == 2048 and p["n_windows"] == 4
-    assert 10 < p["perplexity"] < 60
+    p = evaluate("smollm2-135m", EvalConfig(ctx=512, max_tokens=2048)).perplexity
+    assert p.n_tokens == 2048 and p.n_windows == 4
+    assert 10 < p.perplexity < 60

@@ -3,7 +3,7 @@ import pytest
 from conftest import run_cli
 import time
 
-from edgellm.measure import bench, machine_info, measure_paired, measure_speed
+from edgellm.measure import BenchConfig, BenchResult, bench, machine_info, measure_paired, measure_speed
 from edgellm.errors import EdgeLLMError
 from edgellm.runtimes import open_runtime
 
@@ -51,15 +51,24 @@ def test_speed_rejects_too_long(tiny_llama):
 
 
 def test_bench_subprocess_reports_rss(tiny_llama):
-    r = bench(str(tiny_llama), threads=1, prompt_len=16, new_tokens=8, runs=5)
-    assert r["peak_rss_bytes"] > 50e6  # python + torch at least
-    assert r["file_bytes"] > 0 and 0 < r["bandwidth_utilisation"] < 1
-    assert r["machine"]["measured_bandwidth_GBps"] > 0.5
+    r = bench(str(tiny_llama), BenchConfig(prompt_len=16, new_tokens=8, runs=5), threads=1)
+    assert isinstance(r, BenchResult) and r.speed.runs == 5 and r.speed.new_tokens == 8
+    assert r.peak_rss_bytes > 50e6  # python + torch at least
+    assert r.file_bytes > 0 and 0 < r.bandwidth_utilisation < 1
+    assert r.machine["measured_bandwidth_GBps"] > 0.5
+    assert r.to_dict()["speed"]["decode_tok_s"]["median"] == r.speed.decode_tok_s.median
+
+
+def test_bench_config_and_keywords_are_checked():
+    with pytest.raises(EdgeLLMError, match="new_tokens"):
+        BenchConfig(new_tokens=1)
+    with pytest.raises(EdgeLLMError, match="unknown option"):
+        bench("any", rounds=3)
 
 
 def test_bench_subprocess_error_is_clean(tmp_path):
     with pytest.raises(EdgeLLMError, match="does not exist"):
-        bench(str(tmp_path / "missing"), runs=1)
+        bench(str(tmp_path / "missing"), runs=1, machine=False)
 
 
 def test_machine_info():
@@ -70,11 +79,17 @@ def test_machine_info():
 def test_cli_bench(tiny_llama, tmp_path):
     code, out, _ = run_cli("bench", tiny_llama, "--threads", 1, "--prompt-len", 16, "--new-tokens", 8,
                            "--json", tmp_path / "b.json")
-    assert code == 0 and "decode tok/s" in out and (tmp_path / "b.json").exists()
+    assert code == 0 and "decode tok/s" in out and "measured bandwidth" in out
+    import json
+
+    data = json.loads((tmp_path / "b.json").read_text())      # the keys the JSON has always had
+    assert {"spec", "source_path", "runtime", "threads", "device", "load_seconds", "file_bytes", "param_bytes",
+            "n_params", "speed", "peak_rss_bytes", "machine", "bandwidth_utilisation"} == set(data)
+    assert data["speed"]["prompt_tokens"] == 16
 
 
 @pytest.mark.slow
 def test_bench_smollm2_runs():
-    r = bench("smollm2-135m", threads=2, prompt_len=32, new_tokens=16, runs=5)
-    assert r["speed"]["decode_tok_s"]["median"] > 1
-    assert r["peak_rss_bytes"] > r["param_bytes"] * 0.9
+    r = bench("smollm2-135m", BenchConfig(prompt_len=32, new_tokens=16, runs=5), threads=2)
+    assert r.speed.decode_tok_s.median > 1
+    assert r.peak_rss_bytes > r.param_bytes * 0.9

@@ -1,4 +1,8 @@
-"""``edgellm bench MODEL``: size, peak RSS (fresh subprocess), prefill/TTFT/decode, bandwidth use."""
+"""``edgellm bench MODEL``: size, peak RSS (fresh subprocess), prefill/TTFT/decode, bandwidth use.
+
+The workload flags are generated from ``BenchConfig`` (``commands/flags.py``), so each default is stated
+there; ``--pipeline`` hands over to ``commands/pipeline.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,11 @@ from . import add_common, emit_json, load_kwargs
 
 
 def add_arguments(p) -> None:
+    from ..measure import BenchConfig
+    from .flags import add_config_flags
+
     p.add_argument("model", help="built-in name, model folder or artifact (.gguf, .onnx, .pte)")
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--runs", type=int, default=5, help="measured runs (median, min, max); at least 5 recommended")
-    p.add_argument("--warmup", type=int, default=1)
+    add_config_flags(p, BenchConfig)
     add_common(p)
     from . import pipeline
 
@@ -18,28 +22,33 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import dataclasses
+
+    from ..measure import BenchConfig, bench
+    from ..report.table import format_table, human_bytes
+    from .flags import config_from_args
+
+    cfg = config_from_args(BenchConfig, args)
     if getattr(args, "pipeline", None):
         from . import pipeline
 
+        vars(args).update(dataclasses.asdict(cfg))    # the workload flags, defaults filled in
         return pipeline.run(args)
-    from ..measure import bench
-    from ..report.table import format_table, human_bytes
-
-    r = bench(args.model, runtime=args.runtime, threads=args.threads, prompt_len=args.prompt_len,
-              new_tokens=args.new_tokens, runs=args.runs, warmup=args.warmup, device=args.device,
+    r = bench(args.model, cfg, runtime=args.runtime, threads=args.threads, device=args.device,
               load_kwargs=load_kwargs(args))
-    s, m = r["speed"], r["machine"]
-    print(format_table([{
-        "model": args.model, "runtime": r["runtime"], "threads": r["threads"],
-        "file": human_bytes(r["file_bytes"]), "params in memory": human_bytes(r["param_bytes"]),
-        "peak RSS": human_bytes(r["peak_rss_bytes"]),
-        "prefill tok/s": s["prefill_tok_s"]["median"], "TTFT ms": s["ttft_ms"]["median"],
-        "decode tok/s": s["decode_tok_s"]["median"],
-        "decode min-max": f"{s['decode_tok_s']['min']:.1f}-{s['decode_tok_s']['max']:.1f}",
-        "BW util": f"{100 * r['bandwidth_utilisation']:.1f}%",
-    }]))
-    print(f"machine: {m['cpu_model']}, {m['logical_cores']} cores, {human_bytes(m['ram_bytes'])} RAM, "
-          f"ISA {' '.join(m['isa_flags'])}, measured bandwidth {m['measured_bandwidth_GBps']:.1f} GB/s; "
-          f"runs={s['runs']} prompt={s['prompt_tokens']} new={s['new_tokens']} (median shown)")
-    emit_json(args, r)
+    s, m = r.speed, r.machine
+    row = {"model": args.model, "runtime": r.runtime, "threads": r.threads, "file": human_bytes(r.file_bytes),
+           "params in memory": human_bytes(r.param_bytes), "peak RSS": human_bytes(r.peak_rss_bytes),
+           "prefill tok/s": s.prefill_tok_s.median, "TTFT ms": s.ttft_ms.median, "decode tok/s": s.decode_tok_s.median,
+           "decode min-max": f"{s.decode_tok_s.min:.1f}-{s.decode_tok_s.max:.1f}"}
+    if m is not None:
+        row["BW util"] = f"{100 * r.bandwidth_utilisation:.1f}%"
+    print(format_table([row]))
+    workload = f"runs={s.runs} prompt={s.prompt_tokens} new={s.new_tokens} (median shown)"
+    if m is not None:
+        workload = (f"machine: {m['cpu_model']}, {m['logical_cores']} cores, {human_bytes(m['ram_bytes'])} RAM, "
+                    f"ISA {' '.join(m['isa_flags'])}, measured bandwidth {m['measured_bandwidth_GBps']:.1f} GB/s; "
+                    + workload)
+    print(workload)
+    emit_json(args, r.to_dict())
     return 0

@@ -1,4 +1,7 @@
-"""``edgellm eval MODEL``: perplexity (docs/design.md §4), KL/top-1 against --reference, accuracy on --tsv."""
+"""``edgellm eval MODEL``: perplexity (docs/design.md §4), KL/top-1 against --reference, accuracy on --tsv.
+
+The measurement flags are generated from ``EvalConfig`` (``commands/flags.py``), so each default is stated there.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +9,36 @@ from . import add_common, emit_json, load_kwargs
 
 
 def add_arguments(p) -> None:
+    from ..api import EvalConfig
+    from .flags import add_config_flags
+
     p.add_argument("model", help="built-in name, model folder or artifact (.gguf, .onnx, .pte)")
-    p.add_argument("--ppl", default=None, metavar="FILE", help="text file (default: wikitext-2/wiki.test.raw)")
-    p.add_argument("--ctx", type=int, default=512, help="window length in tokens (default 512)")
-    p.add_argument("--max-tokens", type=int, default=20480, help="tokens to score (default 20480; 0 = all)")
-    p.add_argument("--reference", default=None, metavar="MODEL", help="report KL and top-1 agreement against it")
-    p.add_argument("--tsv", default=None, metavar="FILE", help="sentence<TAB>label file: report accuracy")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-rows", type=int, default=None)
+    add_config_flags(p, EvalConfig)
     add_common(p)
 
 
 def run(args) -> int:
-    from ..api import evaluate
+    from ..api import EvalConfig, evaluate
     from ..report.table import format_table
+    from .flags import config_from_args
 
+    cfg = config_from_args(EvalConfig, args)
     kw = load_kwargs(args)
-    if args.tsv and "task" not in kw:
+    if cfg.tsv and "task" not in kw:
         kw["task"] = "classification"
-    res = evaluate(args.model, ppl=args.ppl, ctx=args.ctx, max_tokens=args.max_tokens or None, reference=args.reference,
-                   tsv=args.tsv, runtime=args.runtime, threads=args.threads, device=args.device,
-                   batch_size=args.batch_size, max_rows=args.max_rows, progress=True, load_kwargs=kw)
-    if "classification" in res:
-        c = res["classification"]
-        row = {"model": args.model, "runtime": res["runtime"], "accuracy": c["accuracy"], "rows": c["n"],
-               "examples/s": c["examples_per_s"], "batch": c["batch_size"]}
+    res = evaluate(args.model, cfg, runtime=args.runtime, threads=args.threads, device=args.device, progress=True,
+                   load_kwargs=kw)
+    if res.classification is not None:
+        c = res.classification
+        row = {"model": args.model, "runtime": res.runtime, "accuracy": c.accuracy, "rows": c.n,
+               "examples/s": c.examples_per_s, "batch": c.batch_size}
     else:
-        p = res["perplexity"]
-        row = {"model": args.model, "runtime": res["runtime"], "threads": res["threads"], "perplexity": p["perplexity"],
-               "mean NLL": p["mean_nll"], "ctx": p["ctx"], "tokens": p["n_tokens"], "seconds": p["seconds"]}
-        if p.get("agreement"):
-            row["KL(ref||model)"] = round(p["agreement"]["kl"], 5)
-            row["top-1 agree"] = p["agreement"]["top1"]
+        p = res.perplexity
+        row = {"model": args.model, "runtime": res.runtime, "threads": res.threads, "perplexity": p.perplexity,
+               "mean NLL": p.mean_nll, "ctx": p.ctx, "tokens": p.n_tokens, "seconds": p.seconds}
+        if p.agreement:
+            row["KL(ref||model)"] = round(p.agreement.kl, 5)
+            row["top-1 agree"] = p.agreement.top1
     print(format_table([row]))
-    emit_json(args, res)
+    emit_json(args, res.to_dict())
     return 0

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import EdgeLLMError
+from ..results import Result
 from ..models import Loaded, load
 from . import checkpoint as ckpt
 from . import fakequant
@@ -40,7 +41,7 @@ from .students import check_compatible, task_of
 
 
 @dataclass
-class DistillResult:
+class DistillResult(Result):
     out: str | None
     steps: int
     tokens_seen: int

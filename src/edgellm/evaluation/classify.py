@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
 from ..data import LabeledText
 from ..errors import EdgeLLMError
+from ..results import Result
 
 
 @dataclass
-class ClassifyResult:
+class ClassifyResult(Result):
     accuracy: float
     n: int
     seconds: float
     examples_per_s: float
     batch_size: int
     runtime: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def accuracy(runtime, rows: list[LabeledText], batch_size: int = 32, progress: bool = False) -> ClassifyResult:

@@ -15,18 +15,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import EdgeLLMError
+from ..results import Result
 from .agreement import AgreementResult, AgreementAccumulator
 
 
 @dataclass
-class PerplexityResult:
+class PerplexityResult(Result):
     perplexity: float
     mean_nll: float
     n_tokens: int          # tokens read (windows × ctx)
@@ -38,9 +39,6 @@ class PerplexityResult:
     agreement: AgreementResult | None = None
     window_nlls: list[float] = field(default_factory=list)   # summed NLL of each scored window, in order
     stopped: bool = False    # True when ``stop`` ended the pass before the last window
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def windows(ids: torch.Tensor, ctx: int, max_tokens: int | None = None) -> list[torch.Tensor]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import EdgeLLMError
+from ..results import Result
 
 # format -> (exporter "module:function", runtime that runs the artifact, "module:function" naming the
 # default tolerance from the exporter's options). An exporter is called as
@@ -33,7 +34,7 @@ RUNTIME_EXTRAS = {"llama.cpp": ("llama_cpp", "llamacpp"), "onnxruntime": ("onnxr
 
 
 @dataclass
-class ExportResult:
+class ExportResult(Result):
     path: Path
     format: str
     runtime: str
@@ -41,11 +42,6 @@ class ExportResult:
     seconds: float
     verification: dict | None = None
     details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 def _resolve(ref: str):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ..errors import EdgeLLMError
+from ..results import Result
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Stat:
 
 
 @dataclass
-class SpeedResult:
+class SpeedResult(Result):
     runtime: str
     threads: int | None
     prompt_tokens: int
@@ -40,9 +41,6 @@ class SpeedResult:
     ttft_ms: Stat
     decode_tok_s: Stat
     weight_bytes: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def fixed_prompt(vocab_size: int, prompt_len: int, seed: int = 0) -> torch.Tensor:

@@ -38,7 +38,7 @@ def bench_subprocess(spec, runtime: str, cfg) -> dict:
     from ..measure import bench
 
     return bench(str(spec), runtime=runtime, threads=cfg.threads, prompt_len=cfg.prompt_len, new_tokens=cfg.new_tokens,
-                 runs=cfg.speed_runs, warmup=1, machine=False)
+                 runs=cfg.speed_runs, warmup=1, machine=False).to_dict()
 
 
 def speed_in_process(spec, runtime: str, cfg) -> dict:

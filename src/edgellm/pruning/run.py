@@ -10,7 +10,7 @@ results, ``edgellm.models.save`` for structured ones) and any fine-tuning.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from ..calibrate import find_blocks, run_blockwise
 from ..data import calibration_windows
 from ..errors import EdgeLLMError
+from ..results import Result
 from ..families import get_path, projection
 from ..models import Loaded, count_params, model_bytes
 from . import structured as st
@@ -29,7 +30,7 @@ from .wanda import WandaMethod
 
 
 @dataclass
-class PruneResult:
+class PruneResult(Result):
     """What a pruning run did: sizes before and after, achieved sparsity, what was removed, time."""
 
     method: str
@@ -47,9 +48,6 @@ class PruneResult:
     calib_tokens: int
     removed: dict[str, Any] = field(default_factory=dict)   # layers / channels / heads taken out
     scores: list[float] = field(default_factory=list)       # depth: angular distance per original layer
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def prune(model, config: PruneConfig, *, progress: bool = True, calib_ids: torch.Tensor | None = None):

@@ -19,13 +19,14 @@ from torch import nn
 
 from ..calibconfig import FLAT_KEYS, nest_calib
 from ..errors import EdgeLLMError
+from ..results import Result
 from .config import QuantConfig
 from .linear import QuantizedLinear, quantized_linears, set_submodule
 from .rtn import rtn_quantize_weight
 
 
 @dataclass
-class QuantResult:
+class QuantResult(Result):
     method: str
     bits: int
     group_size: int | None
@@ -39,9 +40,6 @@ class QuantResult:
     calib_tokens: int = 0
     kernels: dict = field(default_factory=dict)     # kernel kind -> number of layers
     embeddings: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _is_quantized(model: nn.Module, loaded) -> bool:
