@@ -22,8 +22,8 @@ from transformers import AutoConfig
 from bench._common import RESULTS, now_utc, stamp, write_result
 from edgellm.measure import machine_info
 from edgellm.parallel.launch import bench_pipeline
-from edgellm.parallel.placement import plain_folder
 from edgellm.parallel.stage import plan_stages
+from edgellm.placed import plain_folder
 
 MiB = 2**20
 

