@@ -177,7 +177,7 @@ def test_pipeline_and_gguf_take_a_family_added_to_the_registry_only(fake_llama, 
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
         out, report = export_gguf_report(loaded, tmp_path / "fake.gguf", gguf_type="f32")
         assert report.architecture == "llama" and report.how == {"float": report.how["float"]}
-        llama_cpp = pytest.importorskip("llama_cpp")
+        import llama_cpp
         llm = llama_cpp.Llama(str(out), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
         llm.eval(ids[0].tolist())
         cpp = torch.tensor(llm.scores[:ids.shape[1]])

@@ -78,14 +78,12 @@ def test_two_processes_under_accelerate_launch(tiny_llama, text_file, tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    launcher = Path(sys.executable).with_name("accelerate")
-    if not launcher.exists():
-        pytest.skip("accelerate launcher not installed beside python")
+    # accelerate is a core dependency: its CLI runs as a module of this interpreter (no launcher script to look for)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29531", "-m", "edgellm.distillation", "--teacher", str(tiny_llama),
+    cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+           "-m", "edgellm.distillation", "--teacher", str(tiny_llama),
            "--student-from", str(tiny_llama), "--keep-layers", "2", "--data", str(text_file), "--out", str(tmp_path / "s"),
            "--json", str(tmp_path / "r.json"), *map(str, FLAGS)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

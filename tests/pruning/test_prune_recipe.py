@@ -23,7 +23,6 @@ def test_prune_recipes_parse(name):
 
 
 def test_yaml_recipe_prunes_then_quantizes(tiny_llama, text_file, tmp_path):
-    pytest.importorskip("edgellm.quantization.storage")
     from edgellm.quantization import save_quantized
 
     rec = load_recipe(RECIPES / "width25-w4-rtn-g32.yaml")
@@ -44,7 +43,6 @@ def test_yaml_recipe_prunes_then_quantizes(tiny_llama, text_file, tmp_path):
 
 def test_api_two_of_four_survives_symmetric_quantization(tiny_llama):
     """Zeros stay zero on a symmetric grid, so a 2:4 model stays 2:4 after 8-bit RTN."""
-    pytest.importorskip("edgellm.quantization.core")
     from edgellm.quantization import QuantConfig, quantize
 
     loaded = load(tiny_llama)

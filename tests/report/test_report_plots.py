@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("matplotlib")
+import matplotlib  # noqa: F401
 
 from edgellm.report.plots import pareto_plots  # noqa: E402
 

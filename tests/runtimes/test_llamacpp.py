@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: F401
 
 from conftest import run_cli  # noqa: E402
 from edgellm.errors import EdgeLLMError  # noqa: E402

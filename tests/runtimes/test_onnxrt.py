@@ -10,7 +10,7 @@ from edgellm.exporters.onnx import export_onnx
 from edgellm.runtimes import open_runtime
 from edgellm.runtimes.onnxrt import OnnxRuntime
 
-pytest.importorskip("onnxruntime")
+import onnxruntime  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_helpers import assert_openai_error, raw_get, raw_post  # noqa: E402
 
-openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
+import openai
+import fastapi  # noqa: E402, F401
 
 KEY = "test-key-123"
 MODEL = "tiny"
