@@ -26,6 +26,7 @@ COMMANDS = {
     "prune": ("edgellm.commands.prune", "prune: magnitude/Wanda/SparseGPT (unstructured, N:M) or depth/width/heads"),
     "plan": ("edgellm.commands.plan", "device map and bytes per device under memory budgets, or a pipeline split"),
     "device": ("edgellm.commands.device", "detect and measure this host; list and show device profiles"),
+    "rotate": ("edgellm.commands.rotate", "fold norm gains and rotate the residual stream (same logits, no privileged grid)"),
     "optimize": ("edgellm.commands.optimize", "search models x recipes x runtimes for the best fit to a device, with a report"),
 }
 

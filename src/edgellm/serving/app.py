@@ -282,6 +282,18 @@ def create_app(engine: Engine, config: ServeConfig):
         finally:
             job.cancelled.set()            # the client went away (or we are done): stop generating
 
+    async def _answer(request, req, prompt_ids, chunk, body):
+        """Queue *prompt_ids*; stream ``chunk(...)`` objects, or wait and return ``body(text, result)``."""
+        budget = _budget(req, len(prompt_ids))
+        processor, schema = await _processor(req, budget)
+        job, events = await _submit(request, req, prompt_ids, budget, processor)
+        if req.stream:
+            return StreamingResponse(_stream(request, job, events, chunk, schema, req.include_usage()),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        out, result = await _collect(request, job, events)
+        _check_output(out, schema)
+        return body(out, result)
+
     # -- endpoints --------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
@@ -302,53 +314,43 @@ def create_app(engine: Engine, config: ServeConfig):
             raise APIError(400, str(e), param="messages") from e
         with engine.tokenizer_lock:
             text, _ = render_chat(tokenizer, messages)
-        with engine.tokenizer_lock:
             prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        budget = _budget(req, len(prompt_ids))
-        processor, schema = await _processor(req, budget)
-        job, events = await _submit(request, req, prompt_ids, budget, processor)
         rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
-        if req.stream:
-            def chunk(text=None, finish=None, role=False):
-                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
-                return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": config.model_id,
-                        "system_fingerprint": f"edgellm-{runtime_name}",
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                     "finish_reason": finish if finish not in (None, "-") else None}]}
-            return StreamingResponse(_stream(request, job, events, chunk, schema, req.include_usage()),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        out, result = await _collect(request, job, events)
-        _check_output(out, schema)
-        return {"id": rid, "object": "chat.completion", "created": now, "model": config.model_id,
-                "system_fingerprint": f"edgellm-{runtime_name}",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": None,
-                             "finish_reason": result.finish_reason}],
-                "usage": _usage(result)}
+
+        def chunk(text=None, finish=None, role=False):
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            return {"id": rid, "object": "chat.completion.chunk", "created": now, "model": config.model_id,
+                    "system_fingerprint": f"edgellm-{runtime_name}",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                 "finish_reason": finish if finish not in (None, "-") else None}]}
+
+        def body(out, result):           # the chunk's fields, as a whole answer
+            return {**chunk(), "object": "chat.completion", "usage": _usage(result),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out}, "logprobs": None,
+                                 "finish_reason": result.finish_reason}]}
+
+        return await _answer(request, req, prompt_ids, chunk, body)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         _check_model(req.model)
         with engine.tokenizer_lock:
             prompt_ids = tokenizer(req.prompt)["input_ids"]
-        budget = _budget(req, len(prompt_ids))
-        processor, schema = await _processor(req, budget)
-        job, events = await _submit(request, req, prompt_ids, budget, processor)
         rid, now = "cmpl-" + uuid.uuid4().hex[:24], int(time.time())
         prefix = req.prompt if req.echo else ""
-        if req.stream:
-            def chunk(text=None, finish=None, role=False):
-                if role:
-                    return None if not prefix else chunk(text=prefix)
-                return {"id": rid, "object": "text_completion", "created": now, "model": config.model_id,
-                        "choices": [{"index": 0, "text": text or "", "logprobs": None,
-                                     "finish_reason": finish if finish not in (None, "-") else None}]}
-            return StreamingResponse(_stream(request, job, events, chunk, schema, req.include_usage()),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        out, result = await _collect(request, job, events)
-        _check_output(out, schema)
-        return {"id": rid, "object": "text_completion", "created": now, "model": config.model_id,
-                "choices": [{"index": 0, "text": prefix + out, "logprobs": None, "finish_reason": result.finish_reason}],
-                "usage": _usage(result)}
+
+        def chunk(text=None, finish=None, role=False):
+            if role:
+                return None if not prefix else chunk(text=prefix)
+            return {"id": rid, "object": "text_completion", "created": now, "model": config.model_id,
+                    "choices": [{"index": 0, "text": text or "", "logprobs": None,
+                                 "finish_reason": finish if finish not in (None, "-") else None}]}
+
+        def body(out, result):
+            return {**chunk(), "usage": _usage(result), "choices": [{"index": 0, "text": prefix + out, "logprobs": None,
+                                                                     "finish_reason": result.finish_reason}]}
+
+        return await _answer(request, req, prompt_ids, chunk, body)
 
     app.state.engine, app.state.config = engine, config
     return LogAndAuth(app, config.api_key)

@@ -13,6 +13,24 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def _refused(name: str, message: str):
+    """A validator of field *name* that refuses any set value with *message* (the client gets a 400).
+
+    >>> class R(BaseModel):
+    ...     tools: Optional[list] = None
+    ...     _no_tools = _refused("tools", "tools are not supported")
+    >>> R(tools=[]).tools, R().tools
+    ([], None)
+    """
+
+    def check(cls, v):
+        if v:
+            raise ValueError(message)
+        return v
+
+    return field_validator(name)(classmethod(check))
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -37,12 +55,7 @@ class _Request(BaseModel):
             raise ValueError("stop must be a non-empty string or a list of at most 4 non-empty strings")
         return stops
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not supported by this server")
-        return v
+    _no_logprobs = _refused("logprobs", "logprobs are not supported by this server")
 
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
@@ -96,12 +109,7 @@ class ChatRequest(_Request):
     response_format: Optional[ResponseFormat] = None
     tools: Optional[list[Any]] = None
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v):
-        if v:
-            raise ValueError("tools are not supported; use response_format with a JSON schema instead")
-        return v
+    _no_tools = _refused("tools", "tools are not supported; use response_format with a JSON schema instead")
 
     def budget(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
