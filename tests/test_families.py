@@ -202,3 +202,83 @@ def test_docs_table_is_generated_from_the_registry():
     assert families.render_doc(text) == text, "docs/families.md is stale: python -m edgellm.families --write docs/families.md"
     for spec in families.FAMILIES.values():
         assert f"`{spec.model_type}`" in text
+
+
+# -- Gemma, the family added as one registry entry: its CPU-side subsystems --------------------------------
+# (GGUF, ONNX, ExecuTorch, the pipeline and structured pruning run it in their own test files)
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory):
+    from conftest import make_tiny_decoder, synthetic_text
+
+    from edgellm.models import load
+
+    path = make_tiny_decoder(tmp_path_factory.mktemp("gemma") / "gemma", "gemma")
+    ids = load(path).tokenizer(synthetic_text(40, seed=7))["input_ids"][:96]     # text unseen in calibration
+    return SimpleNamespace(path=path, ids=torch.tensor([ids]))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _rel(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_awq_folds_into_gemma_norms_keep_the_float_model(tiny_gemma):
+    """AWQ folds 1/s into Gemma's norms as (1 + w)/s - 1 (norm_offset = 1): the float model is unchanged."""
+    from edgellm.models import load
+    from edgellm.quantization.awq import AWQMethod
+
+    model = load(tiny_gemma.path).model
+    ref = _logits(model, tiny_gemma.ids)
+    targets = {f"model.layers.{i}.{n}": m for i, b in enumerate(model.model.layers) for n, m in b.named_modules()
+               if isinstance(m, nn.Linear)}
+    cfg = SimpleNamespace(bits=3, group_size=32, symmetric=False, awq_grid=10, awq_tokens=256,
+                          calib=SimpleNamespace(seed=0), clip_search=False)
+    method = AWQMethod(targets, cfg, lambda *a: None)      # folds the scales, swaps nothing
+    run_blockwise(model, tiny_gemma.ids, method, progress=False)
+    folds = [e for e in method.log if e["producer"].endswith("layernorm")]
+    assert len(folds) == 4 and all(e["error"] < e["rtn_error"] for e in folds)   # non-trivial scales were folded
+    err = _rel(_logits(model, tiny_gemma.ids), ref)
+    assert err < 1e-5, err
+
+
+def _quantized_error(gemma, bits: int, method: str, calib: dict) -> float:
+    from edgellm.models import load
+    from edgellm.quantization import quantize, quantized_linears
+
+    m = load(gemma.path)
+    ref = _logits(m.model, gemma.ids)
+    _, res = quantize(m, bits=bits, group_size=32, method=method, progress=False, **calib)
+    assert res.n_linears == 14 and len(quantized_linears(m.model)) == 14          # 2 blocks x 7 projections
+    return _rel(_logits(m.model, gemma.ids), ref)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_gemma_quantizes_close_to_float(tiny_gemma, text_file, method):
+    calib = {} if method == "rtn" else dict(calib=str(text_file), calib_samples=8, calib_len=64)
+    err8, err4 = (_quantized_error(tiny_gemma, bits, method, calib) for bits in (8, 4))
+    assert err8 < 0.012 and err4 < 0.13, (err8, err4)            # relative logit error (RTN: 0.0072, 0.115)
+    if method != "rtn":                                          # calibrated methods beat RTN on unseen text
+        assert err4 < _quantized_error(tiny_gemma, 4, "rtn", {}), err4
+
+
+@pytest.mark.parametrize("cfg", ["wanda", "sparsegpt", "sparsegpt-2:4"])
+def test_gemma_prunes_unstructured(tiny_gemma, text_file, cfg):
+    from edgellm.calibconfig import CalibConfig
+    from edgellm.models import load
+    from edgellm.pruning import PruneConfig, prune
+
+    method, _, pattern = cfg.partition("-")
+    calib = CalibConfig(str(text_file), samples=8, seq_len=64)
+    m = load(tiny_gemma.path)
+    ref = _logits(m.model, tiny_gemma.ids)
+    _, r = prune(m, PruneConfig(method=method, sparsity=0.5, pattern=pattern or None, calib=calib), progress=False)
+    assert r.n_linears == 14 and r.achieved_sparsity == pytest.approx(0.5, abs=1e-9)
+    mag = load(tiny_gemma.path)
+    prune(mag, PruneConfig(method="magnitude", sparsity=0.5, pattern=pattern or None), progress=False)
+    err, mag_err = _rel(_logits(m.model, tiny_gemma.ids), ref), _rel(_logits(mag.model, tiny_gemma.ids), ref)
+    assert err < mag_err, (err, mag_err)          # calibrated pruning beats magnitude on the same model

@@ -3,7 +3,8 @@
 For linears that read the same input X, a scale ``s = mean|x|^α`` per input channel (normalised
 to geometric mean 1) makes salient channels' weights larger before rounding: ``W·diag(s)`` is
 quantized and ``X·diag(s)⁻¹`` fed to it, with ``diag(s)⁻¹`` folded into the operation that
-produces X (an RMSNorm/LayerNorm's weight and bias, or the rows of a preceding linear), so the
+produces X (an RMSNorm/LayerNorm's weight and bias, or the rows of a preceding linear; a norm that
+scales by ``1 + w``, as Gemma's does (``FamilySpec.norm_offset``), gets ``w ← (1 + w)/s − 1``), so the
 float model is unchanged and inference costs nothing extra. α is searched on a grid in [0, 1)
 to minimise the output error ``Σ‖X (W − Ŵ)ᵀ‖²``, computed from the covariance of a token
 subsample of X (``calibrate.InputSampleStats``). An optional clipping search then shrinks each
@@ -23,7 +24,7 @@ from torch import nn
 
 from ..calibrate import InputSampleStats, SharedInputs, current_family
 from .primitives import QuantizedWeight, _group_reduce, choose_qparams, effective_group, fake_quantize, quantize_weight
-from .rtn import shrink_search
+from .rtn import grouped, shrink_search
 
 
 def _output_error(dW: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
@@ -75,23 +76,31 @@ def awq_clip(W: torch.Tensor, X: torch.Tensor, bits: int, group_size: int | None
     W, X = W.float(), X.float()
     if group_size == -1:
         return torch.ones(W.shape[0], 1)
-    g = effective_group(W.shape[1], group_size)
-    starts = list(range(0, W.shape[1], g))
-    Cs = [X[:, a:a + g].t() @ X[:, a:a + g] / max(X.shape[0], 1) for a in starts]
+    Xg = grouped(X, effective_group(W.shape[1], group_size)).transpose(0, 1)        # [n_groups, n, g]
+    C = Xg.transpose(1, 2) @ Xg / max(X.shape[0], 1)                                  # [n_groups, g, g]
 
-    def group_error(D):
-        return torch.stack([((D[:, a:a + g] @ C) * D[:, a:a + g]).sum(1) for a, C in zip(starts, Cs)], 1)
+    def group_error(D, _rows):          # D: [candidates, rows, n_groups, g]
+        return (torch.einsum("crng,ngh->crnh", D, C) * D).sum(-1)
 
     return shrink_search(W, bits, group_size, symmetric, steps, max_shrink, group_error)
 
 
-def fold_scale(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor) -> None:
-    """Divide *producer*'s output channels by *s* and multiply the consumers' input columns by *s*."""
+def fold_scale(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor, norm_offset: float = 0.0) -> None:
+    """Divide *producer*'s output channels by *s* and multiply the consumers' input columns by *s*.
+
+    A norm producer that scales by ``norm_offset + w`` gets ``w ← (norm_offset + w)/s − norm_offset``.
+
+    >>> norm, lin = torch.nn.RMSNorm(4), torch.nn.Linear(4, 2)
+    >>> with torch.no_grad():
+    ...     fold_scale(norm, [lin], torch.tensor([1.0, 2.0, 4.0, 0.5]))
+    >>> norm.weight.tolist()
+    [1.0, 0.5, 0.25, 2.0]
+    """
     s = s.to(consumers[0].weight.dtype)
     if isinstance(producer, nn.Linear):
         producer.weight.div_(s.view(-1, 1))
     else:
-        producer.weight.div_(s)
+        producer.weight.add_(norm_offset).div_(s).sub_(norm_offset)
     if getattr(producer, "bias", None) is not None:
         producer.bias.div_(s)
     for lin in consumers:
@@ -153,7 +162,8 @@ class AWQMethod:
         """Search and fold scales for every foldable consumer group; returns {local name: s}."""
         c = self.cfg
         applied: dict[str, torch.Tensor] = {}
-        for prod_name, cons_names in current_family().awq_folds:
+        family = current_family()
+        for prod_name, cons_names in family.awq_folds:
             names = [n for n in cons_names if n in stats and n not in applied]
             if not names:
                 continue
@@ -167,7 +177,7 @@ class AWQMethod:
             X = self.sample_of(stats[names[0]][1])
             W = torch.cat([lin.weight for lin in consumers])
             s, err, base = awq_search_scale(W, X, c.bits, c.group_size, c.symmetric, c.awq_grid)
-            fold_scale(producer, consumers, s)
+            fold_scale(producer, consumers, s, family.norm_offset)
             self.log.append({"block": index, "producer": prod_name, "consumers": names, "error": err, "rtn_error": base})
             for n in names:
                 applied[n] = s
