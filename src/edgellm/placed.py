@@ -30,6 +30,7 @@ from .errors import EdgeLLMError
 from .fileio import verify_manifest
 from .modelfiles import (BUILTINS, auto_class, builtin_path, check_safetensors, gguf_cache_folder, has_tokenizer,
                          quiet_transformers, task_from_config)
+from .transforms.rotate import rotated_cache_folder
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -158,6 +159,8 @@ def plain_folder(spec) -> Path:
         path = builtin_path(name)
         if path.suffix == ".gguf":
             path = gguf_cache_folder(path)
+        if BUILTINS[name].rotate_seed is not None:
+            path = rotated_cache_folder(path, BUILTINS[name].rotate_seed)
     else:
         path = Path(name).expanduser()
     if not path.is_dir() or not (path / "config.json").exists() or not list(path.glob("*.safetensors")):

@@ -44,6 +44,9 @@ def gguf_path(spec) -> Path:
     from ..models import BUILTINS, builtin_path
 
     if isinstance(spec, (str, os.PathLike)) and str(spec) in BUILTINS:
+        if BUILTINS[str(spec)].rotate_seed is not None:     # derived from the shipped file: no GGUF of its own
+            raise EdgeLLMError(f"built-in '{spec}' has no GGUF file of its own",
+                               f"export it first: edgellm export {spec} --format gguf --out model.gguf")
         path = builtin_path(str(spec))
     elif isinstance(spec, (str, os.PathLike)):
         path = Path(spec).expanduser()
