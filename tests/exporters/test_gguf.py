@@ -85,7 +85,7 @@ def test_qk_permutation_roundtrip_and_config():
     assert not torch.equal(permute_qk(W, 4), W)
     assert GGUFExportConfig(gguf_type="f16").embedding == "f16"
     with pytest.raises(EdgeLLMError, match="unknown GGUF type"):
-        GGUFExportConfig(gguf_type="q3_k")
+        GGUFExportConfig(gguf_type="q3_k_m")
 
 
 # -- exports that run in llama.cpp --------------------------------------------------------------

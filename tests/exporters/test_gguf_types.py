@@ -135,3 +135,76 @@ def test_edgellm_codes_go_into_q5_exactly(bits, qtype, sym):
     if sym:
         with pytest.raises(GridMismatch, match="symmetric"):
             from_quantized(_qw(codes, scale, zero - 1, bits, 64, False), "q5_0")
+
+
+# -- exports that load and verify in llama.cpp ------------------------------------------------------
+llama_cpp = pytest.importorskip("llama_cpp")
+
+
+@pytest.fixture(scope="module")
+def tiny256(tmp_path_factory):
+    """Hidden 256 (q/k/v/o/gate/up rows tile K-quants) and intermediate 320 (ffn_down's rows need the fallback)."""
+    from conftest import make_tiny_llama
+    from edgellm.models import load
+
+    return load(make_tiny_llama(tmp_path_factory.mktemp("tiny256") / "llama", hidden_size=256, intermediate_size=320))
+
+
+@pytest.mark.parametrize("qtype", ["q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])
+def test_tiny_export_loads_and_verifies_in_llamacpp(tiny256, tmp_path, qtype):
+    from edgellm.exporters import export
+    from edgellm.exporters.gguf_types import FALLBACK
+    from edgellm.exporters.verify import TOLERANCES
+
+    out = tmp_path / f"m-{qtype}.gguf"
+    r = export(tiny256, "gguf", out, gguf_type=qtype, threads=2, ppl_tokens=512)
+    v = r.verification
+    assert v["passed"] and v["tokenizer_agrees"] and v["runtime"] == "llama.cpp"
+    # llama.cpp's logits against edgellm's own dequantized model: only the 8-bit activations differ
+    assert v["tolerance"] == TOLERANCES["int8-act"].__dict__
+    assert v["ppl"]["kl"] <= 5e-3 and abs(v["ppl"]["relative_diff"]) <= 1e-2
+    if qtype in ("q2_k", "q3_k"):   # the 2/3-bit weights move the model far more than llama.cpp's runtime does
+        assert v["vs_source"]["kl"] > 5 * v["ppl"]["kl"]
+    types = r.details["tensor_types"]
+    tensors = {t.name: t.tensor_type.name.lower() for t in gguf.GGUFReader(str(out)).tensors}
+    if qtype in KQUANTS:     # 3 layers: 18 linears of 256-wide rows, 3 ffn_down of 320-wide rows fall back
+        assert types == {qtype: 18, FALLBACK[qtype]: 3, "q8_0": 1, "f32": 7} or \
+            (FALLBACK[qtype] == "q8_0" and types == {qtype: 18, "q8_0": 4, "f32": 7})
+        assert r.details["fallbacks"] == {f"blk.{i}.ffn_down.weight": f"{qtype} -> {FALLBACK[qtype]}" for i in range(3)}
+        assert tensors["blk.0.ffn_down.weight"] == FALLBACK[qtype] and tensors["blk.0.attn_q.weight"] == qtype
+    else:
+        assert types == {qtype: 21, "q8_0": 1, "f32": 7} and not r.details["fallbacks"]
+    assert gguf.GGUFReader(str(out)).fields["general.file_type"].parts[-1][0] == \
+        {"q5_0": 8, "q5_1": 9, "iq4_nl": 25, "q2_k": 10, "q3_k": 11, "q4_k": 14, "q5_k": 16, "q6_k": 18}[qtype]
+
+
+def test_five_bit_codes_go_into_q5_0_exactly(tiny256, tmp_path):
+    import copy
+
+    import edgellm.quantization as qz
+    from edgellm.exporters import export
+
+    m = copy.deepcopy(tiny256)
+    qz.quantize(m, qz.QuantConfig(method="rtn", bits=5, group_size=32, symmetric=True), progress=False)
+    r = export(m, "gguf", tmp_path / "q5.gguf", gguf_type="q5_0", threads=2, ppl_tokens=512)
+    assert r.details["how"]["exact"] == 21 and not r.details["requantized"] and r.verification["passed"]
+
+
+def test_type_no_row_fits_is_one_line_exit_2(tiny_llama, tmp_path):
+    from conftest import run_cli
+
+    code, _, err = run_cli("export", tiny_llama, "--format", "gguf", "--gguf-type", "q4_k", "--out", tmp_path / "k.gguf")
+    assert code == 2 and "q4_k can tile" in err and "q5_0" in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "k.gguf").exists()
+
+
+def test_cli_reports_fallbacks(tiny256, tmp_path):
+    from conftest import run_cli
+
+    src = tmp_path / "src"
+    tiny256.model.save_pretrained(src)
+    tiny256.tokenizer.save_pretrained(src)
+    code, out, err = run_cli("export", src, "--format", "gguf", "--gguf-type", "q4_k", "--out", tmp_path / "k.gguf",
+                             "--no-verify")
+    assert code == 0, err
+    assert "fallback types" in out and "blk.2.ffn_down.weight q5_0" in out

@@ -81,5 +81,8 @@ def run(args) -> int:
     print(format_table([row]))
     if r.details.get("requantized"):
         print(f"re-quantized (grid did not match {r.details.get('gguf_type')}): {', '.join(r.details['requantized'])}")
+    if r.details.get("fallbacks"):
+        print(f"fallback types (rows {r.details.get('gguf_type')} cannot tile, as llama.cpp does): "
+              + ", ".join(f"{k} {v.split(' -> ')[1]}" for k, v in r.details["fallbacks"].items()))
     emit_json(args, r.to_dict())
     return 0

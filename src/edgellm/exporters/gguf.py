@@ -9,9 +9,12 @@ llama.cpp's converter does; llama.cpp scales the embedding by √hidden itself; 
 attribute path is spelled here; metadata uses the same keys as llama.cpp's converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
 merges, pre-tokenizer name, special ids, add-BOS/EOS flags) with the chat template.
 
-Weight types (``gguf_type``): f32, f16, q8_0, q4_0, q4_1. Norms and biases stay f32. For the
-8/4-bit types the token embedding (which is also the output head when tied) is q8_0 unless
-``embedding_type`` says otherwise, as llama.cpp does when Q6_K cannot tile a row.
+Weight types (``gguf_type``): f32, f16 and the quantized types of ``gguf_types`` (q8_0, q4_0, q4_1,
+q5_0, q5_1, iq4_nl, q2_k ... q6_k). Norms and biases stay f32. For the quantized types the token
+embedding (which is also the output head when tied) is q8_0 unless ``embedding_type`` says
+otherwise, as llama.cpp does when Q6_K cannot tile a row. A tensor whose rows the type cannot
+tile gets llama.cpp's fallback type (``gguf_types.fallback``: q4_k -> q5_0, ...), listed in the
+report's ``fallbacks``; a type that no tensor of the model can take is an error.
 edgellm's packed linears (modules with ``unpack()``) go in **as they are** when their grid is
 the block's grid (see ``gguf_blocks.from_quantized``); a packed weight on another grid is an
 error unless ``requantize=True``, and then every such tensor is listed in the report. Plain
@@ -19,7 +22,7 @@ float weights are quantized with ggml's reference round-to-nearest, bit-exact wi
 
 The file is written to a temporary ``.gguf`` next to *out*, verified (when a verifier is
 given) against a PyTorch copy holding exactly the written weights, and renamed into place
-only then. The tokenizer metadata comes from ``gguf_tokenizer``. Deliberately absent: K-quants, SentencePiece tokenizers, rope scaling
+only then. The tokenizer metadata comes from ``gguf_tokenizer``. Deliberately absent: SentencePiece tokenizers, rope scaling
 (llama3/yarn), mixture-of-experts and multimodal models.
 """
 
@@ -40,12 +43,14 @@ import torch
 from ..errors import EdgeLLMError
 from ..families import NORM_ROLES, FamilySpec, find_blocks, model_path, require
 from ..fileio import check_writable_target
-from .gguf_blocks import (QTYPES, BlockCodes, GridMismatch, dequantize_codes, from_quantized, pack, permute_qk, rtn,
-                          unpermute_qk)
+from .gguf_blocks import GridMismatch, dequantize_codes, permute_qk, unpermute_qk
+from .gguf_types import TYPES as QTYPES
+from .gguf_types import block_of, fallback, from_quantized, pack, rtn
 from .gguf_tokenizer import tokenizer_metadata
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}          # llama_ftype
+GGUF_TYPES = ("f32", "f16") + QTYPES
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,   # llama_ftype
+             "q3_k": 11, "q4_k": 14, "q5_k": 16, "q6_k": 18, "iq4_nl": 25}    # (K: the _S presets, all one type)
 # family role -> gguf-py MODEL_TENSOR (block roles get ``bid``)
 BLOCK_TENSORS = {"q": "ATTN_Q", "k": "ATTN_K", "v": "ATTN_V", "o": "ATTN_OUT", "gate": "FFN_GATE", "up": "FFN_UP",
                  "down": "FFN_DOWN", "input_norm": "ATTN_NORM", "post_attention_norm": "FFN_NORM",
@@ -86,6 +91,7 @@ class GGUFTensorPlan:
     data: np.ndarray                 # float32/float16 array, or uint8 blocks [rows, bytes]
     weights: torch.Tensor            # what llama.cpp reconstructs (HF layout, for the reference model)
     how: str                         # "float", "exact" (our codes), "rtn", "requantized", "dequantized"
+    requested: str | None = None     # the type asked for, when its rows forced llama.cpp's fallback type
 
 
 @dataclass
@@ -98,6 +104,7 @@ class GGUFExportReport:
     tensor_types: dict = field(default_factory=dict)     # gguf type -> count
     how: dict = field(default_factory=dict)              # how -> count
     requantized: list = field(default_factory=list)
+    fallbacks: dict = field(default_factory=dict)        # tensor -> "q4_k -> q5_0" (rows the type cannot tile)
     seconds: float = 0.0
     verification: dict | None = None
 
@@ -201,8 +208,7 @@ def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | N
         except GridMismatch as e:
             raise EdgeLLMError(f"tensor '{name}' cannot be stored as {qtype}: {e}", "use --gguf-type f16 or f32") from e
     if permute_heads:   # a row permutation: codes and per-block scales move with their rows
-        bc = BlockCodes(bc.qtype, permute_qk(bc.codes, permute_heads), permute_qk(bc.d, permute_heads),
-                        permute_qk(bc.m, permute_heads) if bc.m is not None else None)
+        bc = bc.rows(lambda t: permute_qk(t, permute_heads))
     return GGUFTensorPlan(name, qtype, pack(bc), bc.dequantize(), how)
 
 
@@ -226,14 +232,22 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
         heads = {"q": n_head, "k": n_kv}.get(role) if spec.rope_permute_qk else None
         offset = spec.norm_offset if role in NORM_ROLES and suffix == "weight" else 0.0   # llama.cpp stores 1 + w
         is_emb = name in ("token_embd.weight", "output.weight")
-        qtype = cfg.embedding if is_emb else cfg.gguf_type
+        qtype = asked = cfg.embedding if is_emb else cfg.gguf_type
+        shape = (src if isinstance(src, torch.Tensor) else src.codes).shape
+        if len(shape) == 2:                 # llama.cpp's convert_incompatible_tensor: rows the type cannot tile
+            qtype = fallback(asked, shape[1])
         plan = _encode(name, src + offset if offset else src, qtype, cfg.requantize, heads)
+        plan.requested = asked if qtype != asked else None
         if heads:   # keep the reference model in HF layout: undo the permutation on the reconstructed weights
             plan.weights = unpermute_qk(plan.weights, heads)
         if offset:
             plan.weights = plan.weights - offset
         plans.append(plan)
         by_hf[hf_name] = plan
+    t = cfg.gguf_type
+    if t in QTYPES and not any(p.gguf_type == t for p in plans):
+        raise EdgeLLMError(f"no weight of this model has rows that {t} can tile (a multiple of {block_of(t)})",
+                           f"use --gguf-type {fallback(t, 32) if fallback(t, 32) != t else 'f16'} (llama.cpp's fallback) or f16")
     return plans, by_hf
 
 
@@ -336,12 +350,14 @@ def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = Fals
     with torch.no_grad():
         plans, by_hf = plan_tensors(loaded.model, cfg)
     report = GGUFExportReport(path=str(out), gguf_type=cfg.gguf_type, embedding_type=cfg.embedding, architecture=arch,
-                              file_bytes=0, requantized=[p.name for p in plans if p.how == "requantized"])
+                              file_bytes=0, requantized=[p.name for p in plans if p.how == "requantized"],
+                              fallbacks={p.name: f"{p.requested} -> {p.gguf_type}" for p in plans if p.requested})
     for p in plans:
         report.tensor_types[p.gguf_type] = report.tensor_types.get(p.gguf_type, 0) + 1
         report.how[p.how] = report.how.get(p.how, 0) + 1
     provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "embedding_type": cfg.embedding,
-                  "how": report.how, "requantized": report.requantized, "source_edgellm": loaded.meta.edgellm or {}}
+                  "how": report.how, "requantized": report.requantized, "fallbacks": report.fallbacks,
+                  "source_edgellm": loaded.meta.edgellm or {}}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.tmp-", suffix=".gguf", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -83,7 +83,7 @@ def make_qkx2(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: 
         scale = torch.where(better, this_s, scale)
         mn = torch.where(better, this_m, mn)
     scale = torch.where(flat, torch.zeros_like(scale), scale)
-    return scale, -mn
+    return scale, 0.0 - mn
 
 
 def make_qx(x: torch.Tensor, nmax: int, w: torch.Tensor | None = None) -> torch.Tensor:
