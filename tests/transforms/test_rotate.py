@@ -220,3 +220,33 @@ def test_rotation_takes_weights_off_the_asymmetric_4bit_g32_grid(folders):
 
 def test_public_api():
     assert edgellm.rotate is rotate and edgellm.RotateConfig is RotateConfig and edgellm.RotateResult is RotateResult
+
+
+def test_rotated_builtin_is_built_once_into_the_cache(folders, tmp_path, monkeypatch):
+    """``smollm2-135m-rotated`` is the shipped model rotated with seed 0; shown here on a tiny stand-in."""
+    import edgellm.models as models
+    import edgellm.optimization.cache as search_cache
+    from edgellm.modelfiles import BUILTINS, BuiltinModel
+    from edgellm.runtimes.llamacpp import gguf_path
+
+    real = BUILTINS["smollm2-135m-rotated"]
+    assert real.rotate_seed == 0 and real.relative == BUILTINS["smollm2-135m"].relative
+    src = folders("llama-96")
+    monkeypatch.setenv("EDGELLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(BUILTINS, "tiny-plain", BuiltinModel("x", "x", "m", "causal-lm", "tiny"))
+    monkeypatch.setitem(BUILTINS, "tiny-rotated", BuiltinModel("x", "x", "m", "causal-lm", "tiny", rotate_seed=0))
+    monkeypatch.setattr(models, "builtin_path", lambda name: src)
+    a = load("tiny-rotated")
+    folder = Path(a.meta.source)
+    assert folder.parent == tmp_path / "cache" / "rotated" and a.meta.kind == "builtin" and "rotated once" in a.meta.origin
+    assert json.loads((folder / "config.json").read_text())["edgellm"]["rotation"]["seed"] == 0
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    b = load("tiny-rotated")                                               # from the cache, not built again
+    assert b.meta.source == a.meta.source and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    plain = load(src)
+    assert float((logits(b.model) - logits(plain.model)).abs().max()) < 1e-4
+    assert not torch.allclose(b.model.model.embed_tokens.weight, plain.model.model.embed_tokens.weight)
+    monkeypatch.setattr(search_cache, "builtin_path", lambda name: src)   # optimize's cache tells the two apart
+    assert search_cache.model_fingerprint("tiny-rotated") != search_cache.model_fingerprint("tiny-plain")
+    with pytest.raises(EdgeLLMError, match="no GGUF file of its own"):
+        gguf_path("smollm2-135m-rotated")

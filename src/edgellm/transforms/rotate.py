@@ -261,10 +261,11 @@ def provenance(result: RotateResult) -> dict:
     return {k: getattr(result, k) for k in ("seed", "rotation", "untied", "max_logit_diff", "probe_tokens")}
 
 
-def rotated_folder(src, out, seed: int = 0, *, force: bool = False):
-    """Rotate the plain fp32 HF causal-LM folder *src* into the folder *out* (atomic; with manifest); returns *out*.
+ROTATED_CACHE_VERSION = 1     # bump when the transform changes: cached rotated built-ins are rebuilt
 
-    What the built-in ``smollm2-135m-rotated`` is made of (``edgellm.models`` calls it once, into its cache).
+
+def rotated_folder(src, out, seed: int = 0, *, force: bool = False, own: bool = False):
+    """Rotate the plain fp32 HF causal-LM folder *src* into the folder *out* (atomic; with manifest); returns *out*.
 
     >>> rotated_folder(Path("smollm2-fp32"), Path("smollm2-rotated"), seed=0)     # doctest: +SKIP
     PosixPath('smollm2-rotated')
@@ -279,12 +280,32 @@ def rotated_folder(src, out, seed: int = 0, *, force: bool = False):
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     new, result = rotate(model, RotateConfig(seed=seed))
     new.config.edgellm = {"rotation": provenance(result)}
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, own=own, inputs=(src,)) as tmp:
         new.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
         write_manifest(tmp)
     return Path(out)
 
 
+def rotated_cache_folder(src, seed: int = 0):
+    """The folder *src* rotated with *seed*, built once into ``cache_dir()/rotated`` (a built-in's ``rotate_seed``).
+
+    What ``edgellm.load("smollm2-135m-rotated")`` reads: SmolLM2's fp32 cache folder, rotated with seed 0.
+
+    >>> rotated_cache_folder(gguf_cache_folder(builtin_path("smollm2-135m")), 0).parent.name   # doctest: +SKIP
+    'rotated'
+    """
+    from pathlib import Path
+
+    from ..modelfiles import cache_dir
+
+    src = Path(src)
+    folder = cache_dir() / "rotated" / f"{src.name}-seed{seed}-v{ROTATED_CACHE_VERSION}"
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return rotated_folder(src, folder, seed, force=True, own=True)
+
+
 __all__ = ["RotateConfig", "RotateResult", "rotate", "check_rotatable", "fold_and_rotate", "provenance",
-           "rotated_folder"]
+           "rotated_folder", "rotated_cache_folder"]
