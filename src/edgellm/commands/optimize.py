@@ -35,6 +35,8 @@ def add_arguments(p) -> None:
                    help="skip a candidate whose same weights on another runtime are predicted this many times faster "
                         "and no larger (a large value evaluates every runtime)")
     p.add_argument("--cache", default=None, help="result cache for resuming (default ~/.cache/edgellm/optimize)")
+    p.add_argument("--fresh", action="store_true",
+                   help="measure every figure again instead of reusing the cache (built artifacts are still reused)")
     p.add_argument("--out", required=True, help="output folder (report.html, results.json, model/)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -56,7 +58,7 @@ def config_from_args(args):
         screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs,
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
-        dominance_margin=args.dominance_margin)
+        dominance_margin=args.dominance_margin, fresh=args.fresh)
 
 
 def run(args) -> int:
@@ -64,7 +66,7 @@ def run(args) -> int:
     import sys
 
     from ..optimization import optimize
-    from ..report.html import summary_rows
+    from ..report.html import cache_note, summary_rows
     from ..report.table import format_table
 
     cfg = config_from_args(args)
@@ -90,6 +92,8 @@ def run(args) -> int:
         print("cost model on this host, max |decode prediction error|: "
               f"{'-' if seq is None else f'{100 * seq:.1f}%'} predicted before each measurement (calibrated ones), "
               f"{'-' if loo is None else f'{100 * loo:.1f}%'} leave-one-out")
+    if cache_note(result):
+        print(cache_note(result))
     for s in result["budget"]["skipped"]:
         print(f"skipped: {s}")
     print(f"elapsed {result['elapsed_s'] / 60:.1f} min; report: {os.path.join(result['out'], 'report.html')}")

@@ -53,6 +53,7 @@ class OptimizeConfig:
     reject_factor: float = 2.0
     cache: str | None = None
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
+    fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
 
     def inputs(self) -> tuple[str, ...]:
         """The paths the search reads (models, recipes, data): ``--out`` may be none of them, nor hold or lie in one.
@@ -72,6 +73,15 @@ class OptimizeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise EdgeLLMError(f"{name} must be a positive number (got {v!r})", f"fix --{name.replace('_', '-')}")
+        for name in ("max_ram", "max_ttft_ms", "max_rows"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise EdgeLLMError(f"{name} must be a positive number (got {v!r})",
+                                   f"fix --{name.replace('_', '-')}, or leave it out")
+        for name in ("max_quality_loss", "min_decode_tok_s"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise EdgeLLMError(f"{name} cannot be negative (got {v!r})", f"fix --{name.replace('_', '-')}")
         if self.dominance_margin < 1:
             raise EdgeLLMError(f"dominance_margin must be at least 1 (got {self.dominance_margin!r})",
                                "use 1.25 (the default), or a large value to evaluate every runtime")

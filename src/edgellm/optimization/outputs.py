@@ -42,7 +42,7 @@ def finish(search, out: Path, force: bool = False) -> dict:
 
 def results_dict(search, chosen, explanation) -> dict:
     """results.json's content: the config, the device and host, every row, the choice, the calibration and timings."""
-    rows = [r.to_dict() for r in search.rows]
+    rows = [with_provenance(search, r) for r in search.rows]
     base = next((r for r in search.rows if search.is_base(r)
                  and r.status == "measured"), None)
     vs_base = None
@@ -68,7 +68,7 @@ def results_dict(search, chosen, explanation) -> dict:
         "runtimes": search.runtimes,
         "recipes": [r.name for r in search.recipes],
         "rows": rows,
-        "chosen": chosen.to_dict() if chosen is not None else None,
+        "chosen": with_provenance(search, chosen) if chosen is not None else None,
         "vs_base": vs_base,
         "infeasible": explanation,
         "calibration": search.calibration.to_dict(),
@@ -79,7 +79,33 @@ def results_dict(search, chosen, explanation) -> dict:
         "timings": {f"{k[0]}|{k[1]}": v for k, v in search.budget.timings.items()},
         "steps": search.step.seconds,
         "notes": notes(search),
+        "cache": {"fresh": search.cfg.fresh, "host": search.entries.host, "code": search.entries.code,
+                  "from_cache": sum(bool(r["from_cache"]) for r in rows)},
     }
+
+
+# the entry field holding a row's full-protocol quality, by task (LM?) and runtime
+QUALITY_FIELDS = {(True, "torch"): "nlls", (False, "torch"): "flags", (True, "llama.cpp"): "gguf_nlls",
+                  (False, "llama.cpp"): "gguf_flags", (False, "onnxruntime"): "onnx_flags"}
+
+
+def with_provenance(search, row) -> dict:
+    """The row's dict with where its figures come from: ``provenance`` per figure (quality; speed and RAM when
+    measured on the host) as ``{"measured_at", "from_cache"}``, ``from_cache`` (any figure reused from the cache)
+    and ``measured_at`` (the oldest figure's UTC time)."""
+    d = row.to_dict()
+    recipe = search.recipe(row.recipe)
+    prov = {}
+    if row.quality and row.model in search.entries.fingerprints:
+        field = QUALITY_FIELDS.get((search.lm, row.runtime))
+        if field and (p := search.entries.provenance(row.model, recipe, field)):
+            prov["quality"] = p
+    if row.status == "measured" and (p := search.entries.provenance(row.model, recipe, f"speed_{row.runtime}")):
+        prov["speed"] = p
+    times = [p["measured_at"] for p in prov.values() if p.get("measured_at")]
+    d.update(provenance=prov, from_cache=any(p["from_cache"] for p in prov.values()),
+             measured_at=min(times) if times else None)
+    return d
 
 
 def notes(search) -> list[str]:

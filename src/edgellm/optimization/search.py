@@ -61,10 +61,11 @@ class Search:
         self.recipes = search_recipes(config)
         self.constraints = constraints_for(config, self.device)
         cache = ResultCache(config.cache or cache_dir() / "optimize")
-        self.entries = Entries(cache, self.protocol())
+        self.entries = Entries(cache, self.protocol(), fresh=config.fresh)   # keyed by the code versions too
         # host measurements of earlier runs calibrate this one; a candidate is never calibrated on itself
         self.host_id = {"cpu": self.host.details.get("cpu_model"), "threads": config.threads,
-                        "torch": self.host.details.get("torch")}
+                        "torch": self.host.details.get("torch"), "host": self.entries.host_key,
+                        "code": self.entries.protocol["code"]}
         self.calibration_path = cache.root / f"host-calibration-{config.task}.json"
         self.calibration = Calibration.load(self.calibration_path, self.host_id)
         self.budget = Budget(config.budget_minutes)

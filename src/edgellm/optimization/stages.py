@@ -171,7 +171,8 @@ def measure_row(search, row) -> None:
                      cfg.new_tokens)
     speed_key = f"speed_{row.runtime}"
     settings = {"runs": cfg.speed_runs, "prompt_len": cfg.prompt_len, "new_tokens": cfg.new_tokens,
-                "threads": cfg.threads, "in_process": cfg.speed_in_process}
+                "threads": cfg.threads, "in_process": cfg.speed_in_process,
+                "host": search.entries.host_key}     # another host (or, via the entry key, other code) measures again
     if e.get(speed_key, {}).get("settings") != settings:
         search.step(f"speed {row.recipe} ({row.runtime})")
         e[speed_key] = {"settings": settings, "result": row_speed(search, row)}

@@ -1,7 +1,8 @@
 """The optimize report: one self-contained HTML page (tables + the Pareto plots beside it) and the summary table.
 
 Every speed/RAM figure carries its provenance: "measured" (on this host) or "predicted" (cost
-model); a non-host device's figures are all predictions and the page says so at the top.
+model); a non-host device's figures are all predictions and the page says so at the top. Figures
+reused from the optimize cache say so ("cached") with the UTC time they were measured.
 Deliberately absent: JavaScript and external assets (the page opens offline, from disk).
 """
 
@@ -26,6 +27,29 @@ def _pct(v) -> str:
 
 def _num(v, d: int = 1) -> str:
     return "-" if v is None else f"{v:.{d}f}"
+
+
+def when(stamp: str | None) -> str:
+    """A UTC stamp for a table cell.
+
+    >>> when("2026-11-30T09:41:11Z")
+    '2026-11-30 09:41Z'
+    """
+    return "-" if not stamp else stamp[:16].replace("T", " ") + "Z"
+
+
+def cache_note(result: dict) -> str | None:
+    """One line saying how many candidates' figures came from the cache and when they were measured, or None.
+
+    >>> cache_note({"rows": [{"from_cache": True, "measured_at": "2026-11-30T09:41:11Z"}]})
+    'figures of 1 candidate(s) come from the cache, measured 2026-11-30 09:41Z to 2026-11-30 09:41Z (UTC); --fresh measures them again'
+    """
+    stamps = sorted(r["measured_at"] for r in result.get("rows", []) if r.get("from_cache") and r.get("measured_at"))
+    n = sum(bool(r.get("from_cache")) for r in result.get("rows", []))
+    if not n:
+        return None
+    span = f", measured {when(stamps[0])} to {when(stamps[-1])} (UTC)" if stamps else ""
+    return f"figures of {n} candidate(s) come from the cache{span}; --fresh measures them again"
 
 
 def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
@@ -54,7 +78,8 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
         speed = r.get("decode_tok_s") if lm else r.get("examples_per_s")
         row["decode tok/s" if lm else "examples/s"] = _num(speed)
         row["TTFT ms"] = _num(r.get("ttft_ms"), 0)
-        row["figures"] = src
+        row["figures"] = src + ("; cached" if r.get("from_cache") else "")
+        row["measured at"] = when(r.get("measured_at"))
         row["pick"] = "CHOSEN" if r.get("chosen") else ("pareto" if r.get("pareto") else "")
         out.append(row)
     return out
@@ -121,6 +146,8 @@ def write_report(result: dict, path: Path) -> Path:
                                                                             r["shortfalls"].items())}
                              for r in inf.get("closest", [])]))
     parts.append("<h2>Candidates</h2>" + _table(summary_rows(result), classes))
+    if cache_note(result):
+        parts.append(f"<p class='note'>{html.escape(cache_note(result))}.</p>")
     for p in result.get("plots", []):
         if p.endswith(".svg"):
             parts.append(f"<h2>Pareto frontier</h2><img id='pareto' src='{html.escape(p)}' alt='Pareto plot'>")
