@@ -48,6 +48,31 @@ def test_stages_chain_to_the_full_model(tiny_llama, one_thread, world):
     assert torch.equal(nxt[:, -1], ref.logits[:, -1])
 
 
+@pytest.mark.parametrize("family", ["mistral", "gemma"])
+def test_other_families_chain_to_the_full_model(family, tmp_path, one_thread):
+    """Mistral (untied head on the last rank) and Gemma (its √hidden embedding scale runs on rank 0 only)."""
+    from conftest import make_tiny_decoder
+
+    src = make_tiny_decoder(tmp_path / family, family)
+    full = load(src).model
+    stages = [load_stage(src, r, 2) for r in range(2)]
+    assert [s.layers for s in stages] == [range(0, 1), range(1, 2)]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    caches = [s.new_cache() for s in stages]
+    x = ids
+    for s, c in zip(stages, caches):
+        x = s.forward(x, c)
+    with torch.no_grad():
+        out = full(ids, use_cache=True)
+    assert torch.equal(x, out.logits)
+    nxt = x[:, -1].argmax(-1, keepdim=True)
+    for s, c in zip(stages, caches):     # one decode step through both ranks' caches
+        nxt = s.forward(nxt, c, logits_to_keep=1)
+    with torch.no_grad():
+        ref = full(out.logits[:, -1].argmax(-1, keepdim=True), cache=out.past_key_values, use_cache=True)
+    assert torch.equal(nxt[:, -1], ref.logits[:, -1])
+
+
 def test_two_process_gloo_matches_single_process(tiny_llama, tmp_path, one_thread):
     logits_file = tmp_path / "logits.safetensors"
     r = launch_local(["generate", str(tiny_llama), "--prompt-seeds", "12", "--batch", "4", "--micro-batches", "4",

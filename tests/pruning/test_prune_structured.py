@@ -40,9 +40,12 @@ def _masked_original(path, structure, removed):
     PruneConfig(structure="width", ratio=0.5, method="magnitude"),
     PruneConfig(structure="heads", ratio=0.5),
 ], ids=["depth", "width-wanda", "width-magnitude", "heads-gqa"])
-def test_structured_model_loads_with_from_pretrained_and_matches_masked_original(tiny_llama, tmp_path, cfg):
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_structured_model_loads_with_from_pretrained_and_matches_masked_original(request, family, tmp_path, cfg):
+    """Llama, and Gemma (head_dim 32 ≠ hidden / heads, GELU MLP, norms 1 + w, 2 layers)."""
     from transformers import AutoModelForCausalLM
 
+    tiny_llama = request.getfixturevalue(f"tiny_{family}")
     loaded = load(tiny_llama)
     before = count_params(loaded.model)
     _, r = prune(loaded, cfg, calib_ids=CALIB, progress=False)
@@ -57,6 +60,13 @@ def test_structured_model_loads_with_from_pretrained_and_matches_masked_original
     # decoding with the KV cache also works on the smaller model
     gen = plain.generate(IDS[:1, :5], max_new_tokens=4, do_sample=False)
     assert gen.shape == (1, 9)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory):
+    from conftest import make_tiny_decoder
+
+    return make_tiny_decoder(tmp_path_factory.mktemp("gemma") / "gemma", "gemma")
 
 
 def test_heads_removed_uniformly_per_kv_group(tiny_llama):
