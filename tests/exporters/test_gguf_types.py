@@ -208,3 +208,24 @@ def test_cli_reports_fallbacks(tiny256, tmp_path):
                              "--no-verify")
     assert code == 0, err
     assert "fallback types" in out and "blk.2.ffn_down.weight q5_0" in out
+
+
+@pytest.mark.parametrize("ftype,qtype", [("q2_k", "q2_k"), ("q3_k_s", "q3_k"), ("q4_k_s", "q4_k"), ("q5_k_s", "q5_k"),
+                                         ("q6_k", "q6_k"), ("iq4_nl", "iq4_nl"), ("q5_0", "q5_0")])
+def test_rtn_matches_llama_cpps_own_quantizer(tiny256, tmp_path, ftype, qtype):
+    """llama.cpp's llama_model_quantize (no imatrix) on the same F32 GGUF: same error, mostly the same bytes."""
+    from edgellm.exporters import export
+    from edgellm.exporters.llamacpp_quant import llama_quantize
+
+    f32 = export(tiny256, "gguf", tmp_path / "f32.gguf", gguf_type="f32", verify=False).path
+    llama_quantize(f32, tmp_path / "q.gguf", ftype)
+    src = {t.name: t for t in gguf.GGUFReader(str(f32)).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "q.gguf")).tensors}
+    name = "blk.1.ffn_gate.weight"
+    assert theirs[name].tensor_type.name.lower() == qtype
+    W = torch.from_numpy(np.array(src[name].data).astype(np.float32))
+    ours, ref = pack(rtn(W, qtype)), np.array(theirs[name].data)
+    mse = lambda b: float(((torch.from_numpy(_gguf_dequant(b, qtype)) - W) ** 2).mean())   # noqa: E731
+    assert mse(ours) <= 1.005 * mse(ref)
+    nb = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype.upper()]][1]
+    assert (ours.reshape(-1, nb) == ref.reshape(-1, nb)).all(-1).mean() >= 0.8

@@ -16,7 +16,7 @@ q6_k    16 × 16      6 (−32..31)  int8 sc               (d·sc)·(q−32)
 
 ``fit(qtype, x, importance)`` chooses the codes of the scales for rows *x* [rows, 256·k]: the
 sub-block scales with ggml's own searches (``make_qkx2_quants`` for the types with a min,
-``make_qx_quants`` for the symmetric ones; this module's vectorised versions), then the
+``make_q3_quants`` for q3_k, ``make_qx_quants`` for q6_k; this module's vectorised versions), then the
 super-scales ``d = max/…`` rounded to fp16 and the sub-block codes rounded onto them, as
 ``quantize_row_q*_K_ref`` does. With *importance* (a per-column weight, e.g. llama.cpp's
 imatrix: mean x² of the inputs) the searches weigh each column by ``importance·sqrt(σ² + w²)``
@@ -115,6 +115,39 @@ def make_qx(x: torch.Tensor, nmax: int, w: torch.Tensor | None = None) -> torch.
     return torch.where(zero, torch.zeros_like(scale), scale)
 
 
+def make_q3(x: torch.Tensor, nmax: int = 4) -> torch.Tensor:
+    """ggml's ``make_q3_quants`` (do_rmse) on every row of x [N, n]: make_qx's start, then up to 5 passes
+    that move one weight at a time to the level that most improves the x²-weighted fit.
+
+    >>> float(make_q3(torch.tensor([[-4., 2., 0., 1.]])))
+    1.0
+    """
+    idx = x.abs().argmax(-1, keepdim=True)
+    mx = torch.gather(x, -1, idx).squeeze(-1)
+    zero = x.abs().amax(-1) < EPS
+    mx = torch.where(zero, torch.ones_like(mx), mx)
+    w = x * x
+    L = torch.round((-nmax / mx)[:, None] * x).clamp(-nmax, nmax - 1)
+    slx_all, sl2_all = (w * x * L).sum(-1), (w * L * L).sum(-1)
+    one = torch.ones_like(slx_all)
+    for _ in range(5):
+        changed = torch.zeros_like(zero)
+        for i in range(x.shape[1]):
+            wi, xi, li = w[:, i], x[:, i], L[:, i]
+            slx = slx_all - wi * xi * li
+            sl2 = sl2_all - wi * li * li
+            new = torch.round(xi * sl2 / torch.where(slx > 0, slx, one)).clamp(-nmax, nmax - 1)
+            slx_n, sl2_n = slx + wi * xi * new, sl2 + wi * new * new
+            ok = (slx > 0) & (new != li) & (sl2_n > 0) & (slx_n * slx_n * sl2_all > slx_all * slx_all * sl2_n)
+            L[:, i] = torch.where(ok, new, li)
+            slx_all, sl2_all = torch.where(ok, slx_n, slx_all), torch.where(ok, sl2_n, sl2_all)
+            changed |= ok
+        if not bool(changed.any()):
+            break
+    scale = torch.where(sl2_all > 0, slx_all / torch.where(sl2_all > 0, sl2_all, one), torch.zeros_like(slx_all))
+    return torch.where(zero, torch.zeros_like(scale), scale)
+
+
 def _unsigned_super(v: torch.Tensor, nlev: int, clamp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-negative sub-block values v [S, n_sub] -> (fp16 super-scale [S], codes [S, n_sub]) as ggml's _ref does."""
     mx = v.amax(-1)
@@ -176,7 +209,7 @@ def fit(qtype: str, x: torch.Tensor, importance: torch.Tensor | None = None) -> 
         dmin, mn = _unsigned_super(mins.reshape(rows * nsb, n_sub), nsc, clamp=True)
         out.update(dmin=dmin.reshape(rows, nsb), mn=mn.reshape(rows, nsb * n_sub))
     elif qtype == "q3_k":
-        scales = make_qx(xs, 4, qw)
+        scales = make_q3(xs) if qw is None else make_qx(xs, 4, qw)
         d, sc = _signed_super(scales.reshape(rows * nsb, n_sub), 32, 31)
         sc = sc + 32
     else:                                                                             # q6_k

@@ -25,7 +25,10 @@ from ..fileio import check_writable_target
 
 FTYPES = {"f32": "LLAMA_FTYPE_ALL_F32", "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
           "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
-          "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+          "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
+          "iq4_nl": "LLAMA_FTYPE_MOSTLY_IQ4_NL", "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K", "q3_k_s": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
+          "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
+          "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
 
 
 class _ImatrixMethod:
