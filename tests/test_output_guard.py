@@ -49,6 +49,7 @@ COMMANDS = {
                                           "--steps", 1, "--batch-size", 4, "--val-rows", 8, "--quiet"]),
     "export": ("llama", lambda w, i, o: ["export", i, "--format", "gguf", "--no-verify",
                                          "--out", o if o.suffix == ".gguf" or o.exists() else o.with_suffix(".gguf")]),
+    "rotate": ("llama", lambda w, i, o: ["rotate", i, "--out", o]),
     "optimize": ("llama", lambda w, i, o: ["optimize", "--model", i, "--eval-text", w["text"], "--no-progress",
                                            "--cache", w["root"] / "cache", "--out", o]),
 }

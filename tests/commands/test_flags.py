@@ -19,13 +19,14 @@ from edgellm.measure import BenchConfig
 from edgellm.pruning import PruneConfig
 from edgellm.quantization import QuantConfig
 from edgellm.serving.app import ServeConfig
+from edgellm.transforms import RotateConfig
 
 # command -> the config classes its flags are generated from (and the fields it leaves out on purpose)
 COMMANDS = {
     "quantize": [(QuantConfig, ())], "prune": [(PruneConfig, ())], "distill": [(DistillConfig, ())],
     "finetune": [(DistillConfig, ("alpha", "hidden_loss"))], "serve": [(ServeConfig, ())],
     "export": [(GGUFExportConfig, ()), (OnnxExportConfig, ()), (ExecuTorchExportConfig, ())],
-    "eval": [(EvalConfig, ())], "bench": [(BenchConfig, ())],
+    "eval": [(EvalConfig, ())], "bench": [(BenchConfig, ())], "rotate": [(RotateConfig, ())],
 }
 
 
