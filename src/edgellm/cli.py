@@ -69,6 +69,7 @@ def _main(argv: list[str]) -> int:
         parser.print_help()
         return 2
     try:
+        check_numbers(args)
         return importlib.import_module(args._module).run(args) or 0
     except EdgeLLMError as e:
         if args.debug:
@@ -78,6 +79,31 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
+
+
+def check_numbers(args) -> None:
+    """Every numeric flag is finite and at most 10^15 in size, and ``--threads`` is at least 1.
+
+    A backstop under the configs' own checks (which bound each field by its meaning), so that nan, inf
+    or 10^30 never reaches torch as a seed, a size or a thread count.
+
+    >>> check_numbers(argparse.Namespace(threads=2, lr=1e-4))
+    """
+    import math
+
+    from .errors import EdgeLLMError
+
+    for dest, v in vars(args).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise EdgeLLMError(f"{flag} {v} is not a finite number", f"give {flag} a real number")
+        if abs(v) > 1e15:
+            raise EdgeLLMError(f"{flag} {v:.3g} is absurdly large", f"give {flag} a realistic value")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise EdgeLLMError(f"--threads must be at least 1 (got {threads})", "pass --threads N with N ≥ 1, or leave it out")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,11 @@ def _load_folder(path: Path, task: str | None, num_labels: int, dtype, allow_pic
     except (ValueError, KeyError) as e:
         raise EdgeLLMError(f"cannot load '{path}' as a {task} model: {str(e).splitlines()[0]}",
                            "check the architecture and --task") from e
+    except RuntimeError as e:       # transformers' "size mismatch": config.json disagrees with the weights' shapes
+        if "mismatch" not in str(e):
+            raise
+        raise EdgeLLMError(f"the weights in '{path}' do not match its config.json (tensor shapes differ)",
+                           "restore the config.json saved with these weights") from e
     except OSError as e:
         raise EdgeLLMError(f"cannot read the weights in '{path}': {str(e).splitlines()[0]}",
                            "re-create the model folder") from e

@@ -28,6 +28,12 @@ def run(args) -> int:
     from ..report.table import format_table, human_bytes
     from .flags import config_from_args
 
+    from . import pipeline
+    from ..placed import parse_max_memory
+
+    pipeline.check_flags(args)            # before any process starts
+    if getattr(args, "max_memory", None):
+        parse_max_memory(args.max_memory)
     cfg = config_from_args(BenchConfig, args)
     if getattr(args, "pipeline", None):
         from . import pipeline

@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--max-finalists", type=int, default=4)
+    p.add_argument("--paired-rounds", type=int, default=10,
+                   help="paired speed rounds that decide between the two best when their measured spreads overlap")
     p.add_argument("--dominance-margin", type=float, default=1.25,
                    help="skip a candidate whose same weights on another runtime are predicted this many times faster "
                         "and no larger (a large value evaluates every runtime)")
@@ -58,7 +60,7 @@ def config_from_args(args):
         screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs,
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
-        dominance_margin=args.dominance_margin, fresh=args.fresh)
+        dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds)
 
 
 def run(args) -> int:
@@ -66,7 +68,7 @@ def run(args) -> int:
     import sys
 
     from ..optimization import optimize
-    from ..report.html import cache_note, summary_rows
+    from ..report.html import cache_note, confidence_line, summary_rows
     from ..report.table import format_table
 
     cfg = config_from_args(args)
@@ -79,6 +81,8 @@ def run(args) -> int:
         if vb:
             msg += f", {vb['size_ratio']:.2f}x smaller and {vb['speed_ratio']:.2f}x faster than {vb['base']}"
         print(msg + f") -> {result['export']['path']}")
+        if result.get("pick_confidence"):
+            print(confidence_line(result["pick_confidence"]))
     else:
         inf = result["infeasible"]
         c = inf["constraints"].get(inf["binding"], {})

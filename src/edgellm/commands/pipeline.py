@@ -20,6 +20,25 @@ def add_arguments(p) -> None:
     p.add_argument("--micro-batches", default="1", help="with --pipeline --batch: micro-batches in flight (list: 1,2,4)")
 
 
+def check_flags(args) -> None:
+    """``--pipeline`` N ≥ 2, ``--batch`` ≥ 0 and ``--micro-batches`` positive integers: checked before any process starts.
+
+    >>> from argparse import Namespace
+    >>> check_flags(Namespace(pipeline=2, batch=4, micro_batches="1,2"))
+    """
+    from ..errors import EdgeLLMError
+
+    if args.pipeline is not None and not 2 <= args.pipeline <= 64:
+        raise EdgeLLMError(f"--pipeline must be 2 to 64 processes (got {args.pipeline})",
+                           "use --pipeline 2 or more (at most one per layer), or leave it out")
+    if args.batch < 0:
+        raise EdgeLLMError(f"--batch cannot be negative (got {args.batch})", "use --batch 0 (no batch run) or a batch size")
+    for part in str(args.micro_batches).split(","):
+        if not (part.strip().isdigit() and 1 <= int(part) <= 1024):
+            raise EdgeLLMError(f"--micro-batches '{args.micro_batches}' is not a list of integers from 1 to 1024",
+                               "use e.g. --micro-batches 1,2,4")
+
+
 def run(args) -> int:
     """``edgellm bench MODEL --pipeline N``: print per-rank memory and the speed table."""
     r = bench_pipeline(args.model, args.pipeline, threads=args.threads, prompt_len=args.prompt_len,

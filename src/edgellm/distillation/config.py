@@ -100,6 +100,11 @@ class DistillConfig:
             raise EdgeLLMError(f"mixed_precision '{self.mixed_precision}' is unknown", f"use one of {', '.join(MIXED_PRECISION)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise EdgeLLMError(f"min_lr_ratio must lie in [0, 1] (got {self.min_lr_ratio})", "use e.g. 0.1")
+        for name in ("weight_decay", "max_grad_norm", "hidden_weight", "seed"):
+            if not getattr(self, name) >= 0:           # also refuses nan
+                raise EdgeLLMError(f"{name} must be ≥ 0 (got {getattr(self, name)})", f"fix --{name.replace('_', '-')}")
+        if self.max_length < 2:
+            raise EdgeLLMError(f"max_length must be ≥ 2 tokens (got {self.max_length})", "use e.g. --max-length 128")
 
     def replace(self, **changes) -> "DistillConfig":
         return dataclasses.replace(self, **changes)

@@ -53,6 +53,7 @@ class OptimizeConfig:
     reject_factor: float = 2.0
     cache: str | None = None
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
+    paired_rounds: int = 10                    # paired speed rounds when the finalists' spreads overlap
     fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
 
     def inputs(self) -> tuple[str, ...]:
@@ -69,7 +70,7 @@ class OptimizeConfig:
         if not self.models:
             raise EdgeLLMError("no model to optimize", "pass --model NAME (repeatable)")
         for name in ("budget_minutes", "threads", "ctx", "screen_tokens", "full_tokens", "screen_rows", "speed_runs",
-                     "prompt_len", "new_tokens", "max_finalists", "reject_factor", "verify_tokens"):
+                     "prompt_len", "new_tokens", "max_finalists", "reject_factor", "verify_tokens", "paired_rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise EdgeLLMError(f"{name} must be a positive number (got {v!r})", f"fix --{name.replace('_', '-')}")
@@ -78,6 +79,8 @@ class OptimizeConfig:
             if v is not None and not v > 0:
                 raise EdgeLLMError(f"{name} must be a positive number (got {v!r})",
                                    f"fix --{name.replace('_', '-')}, or leave it out")
+        if self.max_ram is not None and self.max_ram > 1 << 50:
+            raise EdgeLLMError(f"max_ram {self.max_ram:.3g} bytes is absurd (over 1 PiB)", "give --max-ram like 2GiB")
         for name in ("max_quality_loss", "min_decode_tok_s"):
             v = getattr(self, name)
             if v is not None and not v >= 0:

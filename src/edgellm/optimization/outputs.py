@@ -1,5 +1,7 @@
 """After the search: the pick (or why nothing fits), the chosen model's export, and the outputs in ``DIR``.
 
+When the speed pick's measured spread overlaps the runner-up's, paired rounds decide it
+(``pick.settle_noise``) and ``results.json["pick_confidence"]`` says how sure the pick is.
 Everything lands in a temporary sibling of ``DIR`` first (``fileio.atomic_dir``): ``model/`` (the
 chosen artifact, verified again where it lies, with a manifest), ``results.json``, ``report.html``
 and the Pareto plots; the folder appears only when all of it is written.
@@ -15,7 +17,7 @@ from ..fileio import atomic_dir, write_json
 from ..report.html import write_report
 from ..report.plots import pareto_plots
 from .deploy import export_chosen
-from .pick import choose
+from .pick import choose, settle_noise
 
 
 def finish(search, out: Path, force: bool = False) -> dict:
@@ -26,7 +28,13 @@ def finish(search, out: Path, force: bool = False) -> dict:
     """
     rows = search.rows
     chosen, explanation = choose(rows, search.constraints, search.cfg.objective, search.device.measured)
+    confidence = None
+    if chosen is not None and search.device.measured and search.lm:
+        chosen, confidence = settle_noise(rows, chosen, search.constraints, search.cfg.objective, speed_spreads(search),
+                                          lambda row: open_row(search, row), search.cfg.paired_rounds,
+                                          search.cfg.prompt_len, search.cfg.new_tokens)
     result = results_dict(search, chosen, explanation)
+    result["pick_confidence"] = confidence
     with atomic_dir(out, force=force, inputs=search.cfg.inputs()) as tmp:
         if chosen is not None:
             result["export"] = export_chosen(search, chosen, tmp / "model")
@@ -38,6 +46,27 @@ def finish(search, out: Path, force: bool = False) -> dict:
         write_report(result, tmp / "report.html")
     result["out"] = str(out)
     return result
+
+
+def speed_spreads(search) -> dict:
+    """label -> (min, max) of the measured decode tok/s runs of every row measured on the host."""
+    out = {}
+    for row in search.rows:
+        if row.status == "measured":
+            s = (search.entry(row).get(f"speed_{row.runtime}") or {}).get("result", {}).get("speed", {})
+            d = s.get("decode_tok_s") or {}
+            if d.get("min") is not None and d.get("max") is not None:
+                out[row.label] = (d["min"], d["max"])
+    return out
+
+
+def open_row(search, row):
+    """The row's artifact opened on its runtime, in this process (for paired speed rounds)."""
+    from ..runtimes import open_runtime
+
+    spec = row.artifact or row.model
+    return open_runtime(spec, runtime=row.runtime, threads=search.cfg.threads,
+                        **({"device": "cpu"} if row.runtime == "torch" else {}))
 
 
 def results_dict(search, chosen, explanation) -> dict:

@@ -8,12 +8,16 @@ come from the CLI flags and the device profile. When nothing meets every constra
 the most candidates (ties: the one missed by the smallest margin), and ranks the closest
 candidates by their summed relative shortfall. ``choose`` applies all of it to the search's
 rows; ``same_weights_dominator`` is the search's shortcut past a runtime predicted to lose.
-Deliberately absent: weighted scalar scores (the pick is lexicographic on a named objective, so it
+``settle_noise`` keeps a speed pick honest: when the pick's and the runner-up's measured decode
+spreads (min..max of their runs) overlap, the two are run in paired rounds (``measure_paired``),
+the faster by the median per-round ratio is picked, and the pick's confidence is reported (the
+fraction of rounds it won, the median ratio and its IQR). Deliberately absent: weighted scalar scores (the pick is lexicographic on a named objective, so it
 can be explained).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass
 
 from ..errors import EdgeLLMError
@@ -222,3 +226,58 @@ def choose(rows: list, constraints: Constraints, objective: str, device_measured
     e = explain_infeasible([r.to_dict() for r in cands], constraints, missing_ok=not pool)
     return None, {"binding": e["binding"], "constraints": e["constraints"],
                   "closest": [dict(cands[i].to_dict(), shortfalls=f) for i, f in zip(e["closest"], e["shortfalls"])]}
+
+
+def spreads_overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """Whether two measured (low, high) ranges overlap; unknown ranges do not.
+
+    >>> spreads_overlap((9.0, 11.0), (10.5, 12.0)), spreads_overlap((9.0, 10.0), (10.5, 12.0))
+    (True, False)
+    """
+    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+
+
+def settle_noise(rows: list, chosen, constraints: Constraints, objective: str, spreads: dict, open_row,
+                 rounds: int = 10, prompt_len: int = 128, new_tokens: int = 128):
+    """Decide a speed pick that noise could have made: returns (the pick, its confidence dict).
+
+    *spreads* maps a row's label to its measured (min, max) decode tok/s; *open_row(row)* opens its runtime.
+    When the chosen row's spread overlaps the runner-up's (the best other eligible feasible row), both run
+    *rounds* paired rounds; the runner-up becomes the pick when its median per-round ratio is above 1.
+
+    >>> pick_row, conf = settle_noise(rows, chosen, Constraints(), "speed", spreads, open_row)   # doctest: +SKIP
+    >>> conf["decided_by"], conf["pick_won"]                                                     # doctest: +SKIP
+    ('paired rounds', 0.8)
+    """
+    if objective != "speed":
+        return chosen, {"contested": False, "decided_by": f"objective {objective} (speed only breaks ties)"}
+    pool = [r for r in rows if r is not chosen and eligible(r, True)]
+    j = pick([r.to_dict() for r in pool], constraints, objective)
+    if j is None:
+        return chosen, {"contested": False, "decided_by": "the only feasible candidate"}
+    other = pool[j]
+    mine, theirs = spreads.get(chosen.label), spreads.get(other.label)
+    conf = {"runner_up": other.label, "spreads": {chosen.label: mine, other.label: theirs}}
+    if not spreads_overlap(mine, theirs):
+        return chosen, dict(conf, contested=False, decided_by="medians (the measured spreads do not overlap)"
+                            if mine and theirs else "medians (no measured spread)")
+    from ..measure import measure_paired
+
+    rts = {}
+    try:
+        rts = {chosen.label: open_row(chosen), other.label: open_row(other)}
+        res = measure_paired(rts, rounds=rounds, prompt_len=prompt_len, new_tokens=new_tokens)
+    finally:
+        for rt in rts.values():
+            if hasattr(rt, "close"):
+                rt.close()
+    ratios = res["ratios"][other.label]["decode"]["per_round"]           # runner-up / chosen, per round
+    switched = statistics.median(ratios) > 1
+    if switched:
+        chosen.chosen, other.chosen = False, True
+        chosen, other = other, chosen
+    won = [r if switched else 1 / r for r in ratios]                      # the pick / the other, per round
+    q = statistics.quantiles(won, n=4) if len(won) > 1 else [won[0]] * 3
+    return chosen, dict(conf, contested=True, decided_by="paired rounds", rounds=len(won), switched=switched,
+                        pick_won=sum(w > 1 for w in won) / len(won), median_ratio=statistics.median(won),
+                        iqr=[q[0], q[2]], runner_up=other.label)

@@ -109,6 +109,8 @@ class PruneConfig:
             s = float(self.sparsity)
             if not 0.0 <= s < 1.0 or s != s:
                 raise EdgeLLMError(f"sparsity {self.sparsity} is outside [0, 1)", "use a fraction such as 0.5")
+            if s == 0:
+                raise EdgeLLMError("sparsity 0 prunes nothing", "use a fraction such as 0.5")
         if self.pattern is not None:
             n, m = parse_pattern(self.pattern)
             if self.sparsity is not None and abs(float(self.sparsity) - (1 - n / m)) > 1e-9:

@@ -52,6 +52,20 @@ def cache_note(result: dict) -> str | None:
     return f"figures of {n} candidate(s) come from the cache{span}; --fresh measures them again"
 
 
+def confidence_line(c: dict) -> str:
+    """How sure the pick is, in one line (``results.json["pick_confidence"]``).
+
+    >>> confidence_line({"contested": True, "runner_up": "b", "rounds": 10, "pick_won": 0.8, "median_ratio": 1.04,
+    ...                  "iqr": [1.01, 1.06], "switched": False})
+    'pick confidence: won 8 of 10 paired rounds against b, median speed ratio 1.040 (IQR 1.010-1.060)'
+    """
+    if not c.get("contested"):
+        return f"pick decided by {c['decided_by']}" + (f" (runner-up: {c['runner_up']})" if c.get("runner_up") else "")
+    return (f"pick confidence: won {round(c['pick_won'] * c['rounds'])} of {c['rounds']} paired rounds against "
+            f"{c['runner_up']}, median speed ratio {c['median_ratio']:.3f} (IQR {c['iqr'][0]:.3f}-{c['iqr'][1]:.3f})"
+            + ("; the paired rounds overturned the medians' pick" if c.get("switched") else ""))
+
+
 def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
     """The summary table (one dict per candidate), shared by the terminal and the report.
 
@@ -133,6 +147,8 @@ def write_report(result: dict, path: Path) -> Path:
         extra = (f" — {vb['size_ratio']:.2f}× smaller and {vb['speed_ratio']:.2f}× faster than {html.escape(vb['base'])}"
                  if vb else "")
         parts.append(f"<h2>Chosen: {html.escape(ch['label'])}</h2><p>quality loss {_pct(ch['quality_loss'])}{extra}.</p>")
+        if result.get("pick_confidence"):
+            parts.append(f"<p>{html.escape(confidence_line(result['pick_confidence']))}.</p>")
         exp = result.get("export") or {}
         if exp:
             v = exp.get("verification") or {}
