@@ -3,6 +3,8 @@
 Every speed/RAM figure carries its provenance: "measured" (on this host) or "predicted" (cost
 model); a non-host device's figures are all predictions and the page says so at the top. Figures
 reused from the optimize cache say so ("cached") with the UTC time they were measured.
+llama.cpp's own quantizer's reference rows (``results.json["references"]``) are listed with the
+candidates, marked "reference", and the pick is compared with each (``comparison_line``).
 Deliberately absent: JavaScript and external assets (the page opens offline, from disk).
 """
 
@@ -14,10 +16,25 @@ from pathlib import Path
 
 from .table import human_bytes
 
+
+def comparison_line(c: dict) -> str:
+    """One line comparing the pick with a reference row (``results.json["vs_reference"]`` item).
+
+    >>> comparison_line({"reference": "llama.cpp Q4_0 + imatrix (reference)", "size_ratio": 0.9, "quality_loss": 0.02,
+    ...                  "reference_quality_loss": 0.05, "loss_ratio": 0.4, "speed_ratio": 1.01, "speed_paired": True})
+    'vs llama.cpp Q4_0 + imatrix (reference): size 0.90x, quality loss +2.00% vs +5.00% (0.40x), decode speed 1.01x (paired)'
+    """
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    return (f"vs {c['reference']}: size {x(c['size_ratio'])}, quality loss {100 * c['quality_loss']:+.2f}% vs "
+            f"{100 * c['reference_quality_loss']:+.2f}% ({x(c['loss_ratio'])}), decode speed {x(c['speed_ratio'])} "
+            f"({'paired' if c.get('speed_paired') else 'medians'})")
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f0f0}td.l,th.l{text-align:left}tr.chosen{background:#e3f6e3;font-weight:bold}
-tr.pareto td:first-child{border-left:4px solid #1f77b4}.pred{color:#a05a00;font-style:italic}
+tr.pareto td:first-child{border-left:4px solid #1f77b4}tr.reference{background:#fdf0e6;font-style:italic}.pred{color:#a05a00;font-style:italic}
 .note{background:#fff8e0;padding:.5em 1em;border-left:4px solid #e0b000}img{max-width:100%}"""
 
 
@@ -74,7 +91,7 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
     """
     lm = result.get("config", {}).get("task", "text-generation") == "text-generation"
     out = []
-    for r in result["rows"]:
+    for r in result["rows"] + result.get("references", []):
         if not all_rows and r["status"] == "dropped":
             continue
         src = "measured" if r.get("measured") else "predicted"
@@ -94,7 +111,8 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
         row["TTFT ms"] = _num(r.get("ttft_ms"), 0)
         row["figures"] = src + ("; cached" if r.get("from_cache") else "")
         row["measured at"] = when(r.get("measured_at"))
-        row["pick"] = "CHOSEN" if r.get("chosen") else ("pareto" if r.get("pareto") else "")
+        row["pick"] = "CHOSEN" if r.get("chosen") else ("pareto" if r.get("pareto") else
+                                                        "reference" if r.get("reference") else "")
         out.append(row)
     return out
 
@@ -125,8 +143,9 @@ def write_report(result: dict, path: Path) -> Path:
 
     dev = result["device"]
     lm = result["config"]["task"] == "text-generation"
-    shown = [r for r in result["rows"] if r["status"] != "dropped"]
-    classes = ["chosen" if r.get("chosen") else ("pareto" if r.get("pareto") else "") for r in shown]
+    shown = [r for r in result["rows"] + result.get("references", []) if r["status"] != "dropped"]
+    classes = ["chosen" if r.get("chosen") else ("pareto" if r.get("pareto") else
+                                                 "reference" if r.get("reference") else "") for r in shown]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgellm optimize report</title>"
              f"<style>{STYLE}</style></head><body>",
              "<h1>edgellm optimize</h1>",
@@ -149,6 +168,11 @@ def write_report(result: dict, path: Path) -> Path:
         parts.append(f"<h2>Chosen: {html.escape(ch['label'])}</h2><p>quality loss {_pct(ch['quality_loss'])}{extra}.</p>")
         if result.get("pick_confidence"):
             parts.append(f"<p>{html.escape(confidence_line(result['pick_confidence']))}.</p>")
+        if result.get("vs_reference"):
+            parts.append("<h3>Against llama.cpp's own quantizer</h3><p>The pick / each reference (importance matrix "
+                         "from the same calibration text, measured in this run on llama.cpp):</p><ul>"
+                         + "".join(f"<li>{html.escape(comparison_line(c))}</li>" for c in result["vs_reference"])
+                         + "</ul>")
         exp = result.get("export") or {}
         if exp:
             v = exp.get("verification") or {}
