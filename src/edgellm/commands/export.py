@@ -84,5 +84,9 @@ def run(args) -> int:
     if r.details.get("fallbacks"):
         print(f"fallback types (rows {r.details.get('gguf_type')} cannot tile, as llama.cpp does): "
               + ", ".join(f"{k} {v.split(' -> ')[1]}" for k, v in r.details["fallbacks"].items()))
+    if r.details.get("mix"):
+        from ..exporters.gguf_mix import summary
+
+        print(summary(r.details["mix"]) + " (per tensor: --json)")
     emit_json(args, r.to_dict())
     return 0

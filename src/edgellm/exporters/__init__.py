@@ -60,8 +60,8 @@ def require_runtime(runtime: str) -> None:
 def export_config(format: str, **options):
     """The export config for *format* built from keyword *options* (unknown ones raise ``EdgeLLMError``).
 
-    >>> export_config("gguf", gguf_type="q8_0")
-    GGUFExportConfig(gguf_type='q8_0', embedding_type=None, requantize=False)
+    >>> export_config("gguf", gguf_type="q8_0").gguf_type
+    'q8_0'
     """
     if format not in EXPORTERS:
         raise EdgeLLMError(f"unknown export format '{format}'", f"use one of: {', '.join(EXPORTERS)}")

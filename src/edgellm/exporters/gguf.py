@@ -14,7 +14,8 @@ q5_0, q5_1, iq4_nl, q2_k ... q6_k). Norms and biases stay f32. For the quantized
 embedding (which is also the output head when tied) is q8_0 unless ``embedding_type`` says
 otherwise, as llama.cpp does when Q6_K cannot tile a row. A tensor whose rows the type cannot
 tile gets llama.cpp's fallback type (``gguf_types.fallback``: q4_k -> q5_0, ...), listed in the
-report's ``fallbacks``; a type that no tensor of the model can take is an error.
+report's ``fallbacks``; a type that no tensor of the model can take is an error. ``tensor_types``
+pins single tensors' types; a budget (``target_bpw``/``max_bytes``) has ``gguf_mix`` choose them all.
 edgellm's packed linears (modules with ``unpack()``) go in **as they are** when their grid is
 the block's grid (see ``gguf_blocks.from_quantized``); a packed weight on another grid is an
 error unless ``requantize=True``, and then every such tensor is listed in the report. Plain
@@ -40,9 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..calibconfig import CalibConfig, config_field
 from ..errors import EdgeLLMError
 from ..families import NORM_ROLES, FamilySpec, find_blocks, model_path, require
 from ..fileio import check_writable_target
+from . import gguf_mix
 from .gguf_blocks import GridMismatch, dequantize_codes, permute_qk, unpermute_qk
 from .gguf_types import TYPES as QTYPES
 from .gguf_types import block_of, fallback, from_quantized, pack, rtn
@@ -62,7 +65,9 @@ MODEL_TENSORS = {"embed": "TOKEN_EMBD", "final_norm": "OUTPUT_NORM", "lm_head": 
 class GGUFExportConfig:
     """*gguf_type* for the 2-D weights; *embedding_type* for the token embedding / output head
     (default: q8_0 for 8/4-bit files, else *gguf_type*); *requantize* allows re-encoding edgellm
-    weights whose grid is not the block's (reported per tensor).
+    weights whose grid is not the block's (reported per tensor); *tensor_types* pins HF tensors' types
+    (a mapping or ``NAME=TYPE`` strings); *target_bpw* or *max_bytes* (whole file) asks for a mix
+    from *ladder* chosen on *calib* by ``gguf_mix`` (see docs/gguf.md, Mixed precision).
 
     >>> GGUFExportConfig(gguf_type="q4_0").embedding
     'q8_0'
@@ -71,11 +76,18 @@ class GGUFExportConfig:
     gguf_type: str = "f16"
     embedding_type: str | None = None
     requantize: bool = False
+    tensor_types: tuple[str, ...] = config_field((), "HF_TENSOR=TYPE: that tensor's type (repeatable)", metavar="NAME=TYPE")
+    target_bpw: float | None = config_field(None, "mix: each tensor's type from --ladder, measured on --calib-*, so the "
+                                            "whole file has at most this many bits per weight")
+    max_bytes: int | str | None = config_field(None, "mix: as --target-bpw, a byte budget for the whole file (e.g. 100MB)")
+    ladder: tuple[str, ...] = config_field(gguf_mix.DEFAULT_LADDER, "types a budgeted mix chooses from (repeatable)")
+    calib: CalibConfig = field(default_factory=CalibConfig)
 
     def __post_init__(self):
         for v in (self.gguf_type, self.embedding_type):
             if v is not None and v not in GGUF_TYPES:
                 raise EdgeLLMError(f"unknown GGUF type '{v}'", f"use one of: {', '.join(GGUF_TYPES)}")
+        gguf_mix.normalize_fields(self)
 
     @property
     def embedding(self) -> str:
@@ -105,6 +117,7 @@ class GGUFExportReport:
     how: dict = field(default_factory=dict)              # how -> count
     requantized: list = field(default_factory=list)
     fallbacks: dict = field(default_factory=dict)        # tensor -> "q4_k -> q5_0" (rows the type cannot tile)
+    mix: dict | None = None                              # a budgeted mix: gguf_mix.MixPlan.to_dict()
     seconds: float = 0.0
     verification: dict | None = None
 
@@ -218,7 +231,7 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
     c = model.config
     names = tensor_names(model, spec)
     n_head, n_kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    plans, by_hf = [], {}
+    plans, by_hf, pinned = [], {}, gguf_mix.type_map(cfg)
     for hf_name, src in source_tensors(model).items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
@@ -232,7 +245,7 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
         heads = {"q": n_head, "k": n_kv}.get(role) if spec.rope_permute_qk else None
         offset = spec.norm_offset if role in NORM_ROLES and suffix == "weight" else 0.0   # llama.cpp stores 1 + w
         is_emb = name in ("token_embd.weight", "output.weight")
-        qtype = asked = cfg.embedding if is_emb else cfg.gguf_type
+        qtype = asked = pinned.get(hf_name) or (cfg.embedding if is_emb else cfg.gguf_type)
         shape = (src if isinstance(src, torch.Tensor) else src.codes).shape
         if len(shape) == 2:                 # llama.cpp's convert_incompatible_tensor: rows the type cannot tile
             qtype = fallback(asked, shape[1])
@@ -318,9 +331,8 @@ def write_gguf(path: Path, model, tok, plans: list[GGUFTensorPlan], cfg: GGUFExp
     w.close()
 
 
-def export_gguf(model, out, *, gguf_type: str = "f16", force: bool = False, verify=None,
-                embedding_type: str | None = None, requantize: bool = False) -> Path:
-    """Export *model* (a spec or ``Loaded``) to the GGUF file *out*.
+def export_gguf(model, out, *, force: bool = False, verify=None, **options) -> Path:
+    """Export *model* (a spec or ``Loaded``) to the GGUF file *out*; *options* are ``GGUFExportConfig`` fields.
 
     *verify*, when given, is called as ``verify(tmp_gguf, reference_loaded)`` before the file is
     renamed into place (the reference holds exactly the written weights); if it raises, nothing
@@ -329,17 +341,17 @@ def export_gguf(model, out, *, gguf_type: str = "f16", force: bool = False, veri
     >>> export_gguf("smollm2-135m", "out/smollm2-q4_0.gguf", gguf_type="q4_0")   # doctest: +SKIP
     PosixPath('out/smollm2-q4_0.gguf')
     """
-    return export_gguf_report(model, out, gguf_type=gguf_type, force=force, verify=verify,
-                              embedding_type=embedding_type, requantize=requantize)[0]
+    return export_gguf_report(model, out, force=force, verify=verify, **options)[0]
 
 
-def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = False, verify=None,
-                       embedding_type: str | None = None, requantize: bool = False) -> tuple[Path, GGUFExportReport]:
-    """``export_gguf`` that also returns the ``GGUFExportReport`` (types, exact/requantized tensors, verification)."""
+def export_gguf_report(model, out, *, force: bool = False, verify=None, progress: bool = False,
+                       **options) -> tuple[Path, GGUFExportReport]:
+    """``export_gguf`` that also returns the ``GGUFExportReport`` (types, exact/requantized tensors, a budgeted
+    mix's per-tensor types and predicted loss, verification)."""
     from ..models import Loaded, load
 
     t0 = time.perf_counter()
-    cfg = GGUFExportConfig(gguf_type=gguf_type, embedding_type=embedding_type, requantize=requantize)
+    cfg = GGUFExportConfig(**options)
     loaded = model if isinstance(model, Loaded) else load(model)
     arch = gguf_arch(loaded.model)
     if loaded.tokenizer is None:
@@ -347,11 +359,15 @@ def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = Fals
     out = check_writable_target(out, force, inputs=(loaded.meta.source,))
     if out.suffix != ".gguf":
         raise EdgeLLMError(f"GGUF output '{out}' should end in .gguf", "use --out NAME.gguf")
+    mix = gguf_mix.plan_mix(loaded, cfg, names=tensor_names(loaded.model, gguf_family(loaded.model)), write=write_gguf,
+                            progress=progress) if gguf_mix.budgeted(cfg) else None     # every tensor's type first
+    cfg = mix.config if mix else cfg
     with torch.no_grad():
         plans, by_hf = plan_tensors(loaded.model, cfg)
     report = GGUFExportReport(path=str(out), gguf_type=cfg.gguf_type, embedding_type=cfg.embedding, architecture=arch,
                               file_bytes=0, requantized=[p.name for p in plans if p.how == "requantized"],
-                              fallbacks={p.name: f"{p.requested} -> {p.gguf_type}" for p in plans if p.requested})
+                              fallbacks={p.name: f"{p.requested} -> {p.gguf_type}" for p in plans if p.requested},
+                              mix=mix.to_dict() if mix else None)
     for p in plans:
         report.tensor_types[p.gguf_type] = report.tensor_types.get(p.gguf_type, 0) + 1
         report.how[p.how] = report.how.get(p.how, 0) + 1
@@ -366,6 +382,7 @@ def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = Fals
     os.chmod(tmp, 0o666 & ~umask)             # mkstemp makes 0600; the artifact is an ordinary file
     try:
         write_gguf(tmp, loaded.model, loaded.tokenizer, plans, cfg, loaded.meta.name, provenance)
+        gguf_mix.check_size(mix, tmp)
         if verify is not None:
             exact = all(p.how in ("float", "exact") for p in plans) and cfg.gguf_type == "f32" and cfg.embedding == "f32"
             ref_model = loaded.model if exact and not any(callable(getattr(m, "unpack", None)) for m in loaded.model.modules()) \
@@ -382,13 +399,14 @@ def export_gguf_report(model, out, *, gguf_type: str = "f16", force: bool = Fals
     return out, report
 
 
-def verify_tolerance(gguf_type: str = "f16", embedding_type: str | None = None, **_) -> str:
-    """The named verification tolerance for a GGUF of *gguf_type* (see ``verify.TOLERANCES``).
+def verify_tolerance(**options) -> str:
+    """The named verification tolerance for a GGUF written from ``GGUFExportConfig(**options)`` (``verify.TOLERANCES``).
 
-    llama.cpp multiplies Q8_0/Q4_0/Q4_1 weights with activations quantized to 8 bits, and F16
-    weights with fp16 activations; only an all-F32 file is compared at fp32 tolerance.
+    llama.cpp multiplies quantized weights with activations quantized to 8 bits, and F16 weights
+    with fp16 activations; only an all-F32 file is compared at fp32 tolerance. A mix takes its
+    loosest member type's tolerance.
     """
-    types = {gguf_type, GGUFExportConfig(gguf_type=gguf_type, embedding_type=embedding_type).embedding}
+    types = gguf_mix.member_types(GGUFExportConfig(**options))
     if types & set(QTYPES):
         return "int8-act"
     return "f16" if "f16" in types else "f32"
