@@ -15,7 +15,8 @@ A method with ``sequential = True`` gets "true sequential" calibration inside ea
 the block's linears are split into stages by the input they read (q/k/v, then o, then gate/up,
 then down for a Llama block; found by running the block once, no names assumed), and each
 stage is observed and changed before the next one is observed, so o_proj calibrates on the
-already-pruned q/k/v's outputs. A stage's pass stops right after its last linear.
+already-pruned q/k/v's outputs. Every statistics pass (a stage's, or the whole block's) stops
+as soon as each observed linear has had its input, before the last one's product.
 
 Peak memory is the model plus one batch of block activations. Model families differ only
 by data: the family registry (``families.py``) says where the blocks are (``find_blocks``,
@@ -101,11 +102,8 @@ class BlockInputs:
 
     def run(self, block: nn.Module) -> list[torch.Tensor]:
         """Outputs of *block* for every sample (hidden states only)."""
-        outs = []
-        for h, kw in zip(self.hidden, self.kwargs):
-            out = block(h, **kw)
-            outs.append(out[0] if isinstance(out, (tuple, list)) else out)
-        return outs
+        outs = [block(h, **kw) for h, kw in zip(self.hidden, self.kwargs)]
+        return [out[0] if isinstance(out, (tuple, list)) else out for out in outs]
 
 
 @torch.no_grad()
@@ -115,11 +113,7 @@ def capture_block_inputs(model: nn.Module, calib: torch.Tensor, blocks: nn.Modul
 
     def grab(_module, args, kw):
         h = args[0] if args else kw.pop("hidden_states")
-        kw = dict(kw)
-        kw.pop("hidden_states", None)
-        kw.pop("cache", None)
-        kw.pop("past_key_values", None)
-        kw.pop("past_key_value", None)
+        kw = {k: v for k, v in kw.items() if k not in ("hidden_states", "cache", "past_key_values", "past_key_value")}
         kw["use_cache"] = False
         hidden.append(h.detach())
         kwargs.append(kw)
@@ -173,9 +167,8 @@ def _run_blocks(blocks: nn.ModuleList, inputs: "BlockInputs", method: BlockMetho
                 acc = method.new_stats(name, linears[name])
                 if acc is not None:
                     stats[name] = (linears[name], acc)
-            handles = [linears[n].register_forward_hook(_feeder(acc)) for n, (_, acc) in stats.items()]
-            if sequential and stats:       # nothing after this stage's last linear matters for its statistics
-                handles.append(linears[stage[-1]].register_forward_hook(_stop))
+            handles = [linears[n].register_forward_pre_hook(_feeder(acc)) for n, (_, acc) in stats.items()]
+            handles += _stop_when_all_seen(block, [linears[n] for n in stats])
             try:
                 if stats:  # nothing to observe: skip the statistics pass
                     inputs.feed(block)
@@ -183,8 +176,10 @@ def _run_blocks(blocks: nn.ModuleList, inputs: "BlockInputs", method: BlockMetho
                 for h in handles:
                     h.remove()
             outputs = method.apply_block(i, block, stats, inputs)
-        # a method that left the block unchanged may hand back the outputs it computed anyway
-        inputs.hidden = outputs if outputs is not None else inputs.run(block)
+        # a method that left the block unchanged may hand back the outputs it computed anyway; the last
+        # block's outputs feed nothing
+        last = i == len(blocks) - 1
+        inputs.hidden = outputs if outputs is not None else [] if last else inputs.run(block)
 
 
 @torch.no_grad()
@@ -220,12 +215,25 @@ def tensor_key(x: torch.Tensor) -> tuple:
     return x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride())
 
 
-def _stop(_module, _args, _output):
-    raise _StopForward
+def _stop_when_all_seen(block: nn.Module, observed: list[nn.Linear]) -> list:
+    """Pre-hooks that end a sample's pass once every observed linear got its input (statistics need
+    nothing after that: a Llama block's statistics pass skips down_proj's product and the residual)."""
+    seen: set[int] = set()
+
+    def start(_module, _args):
+        seen.clear()
+
+    def check(module, _args):
+        seen.add(id(module))
+        if len(seen) == len(observed):
+            raise _StopForward
+
+    return [block.register_forward_pre_hook(start)] + [lin.register_forward_pre_hook(check) for lin in observed] \
+        if observed else []
 
 
 def _feeder(acc: Stats):
-    def hook(_module, args, _output):
+    def hook(_module, args):
         x = args[0]
         acc.add(x.detach().reshape(-1, x.shape[-1]))
     return hook
@@ -234,21 +242,43 @@ def _feeder(acc: Stats):
 class HessianStats:
     """Running ``H = 2/n · Σ xᵀx`` over a linear's inputs (GPTQ, SparseGPT), in float32.
 
+    H is symmetric, so only its block upper triangle is multiplied: with b column blocks that is
+    (b+1)/2b of the full product (5/8 at b = 4, used from 512 inputs up); reading ``H`` mirrors it.
+
     >>> s = HessianStats(4); s.add(torch.randn(10, 4)); s.H.shape
     torch.Size([4, 4])
     """
 
-    def __init__(self, in_features: int, device=None):
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+    def __init__(self, in_features: int, device=None, blocks: int | None = None):
+        self._upper = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        blocks = blocks or (4 if in_features >= 512 else 1)
+        self._edges = sorted({round(in_features * j / blocks) for j in range(blocks + 1)})
+        self._H = None
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
         m = x.shape[0]
-        self.H.mul_(self.n / (self.n + m))
+        self._upper.mul_(self.n / (self.n + m))
         self.n += m
         x = x * (2.0 / self.n) ** 0.5
-        self.H.addmm_(x.t(), x)
+        if len(self._edges) == 2:
+            self._upper.addmm_(x.t(), x)
+        else:
+            for a, b in zip(self._edges[:-1], self._edges[1:]):
+                self._upper[:b, a:b].addmm_(x[:, :b].t(), x[:, a:b])
+        self._H = None
+
+    @property
+    def H(self) -> torch.Tensor:
+        if self._H is None and self._upper is not None:
+            self._H = self._upper if len(self._edges) == 2 else \
+                torch.triu(self._upper) + torch.triu(self._upper, 1).t()
+        return self._H
+
+    @H.setter
+    def H(self, value) -> None:          # ``stats.H = None`` frees it
+        self._H = self._upper = value
 
 
 class InputNormStats:
@@ -279,27 +309,46 @@ class InputSampleStats:
     """A uniform random subsample (without replacement) of a linear's input rows, at most *max_rows*.
 
     Priority sampling: every row gets a seeded random key and the *max_rows* smallest keys are
-    kept, so the sample does not depend on how the rows were batched. AWQ searches its scales on it.
+    kept (in arrival order), so the sample does not depend on how the rows were batched. AWQ
+    searches its scales on it. Once *max_rows* rows are held, a new row is copied only if its key
+    beats the current cut-off; the kept rows are compacted lazily (``x`` and ``keys`` compact).
 
     >>> s = InputSampleStats(4, max_rows=8); s.add(torch.randn(20, 4)); s.x.shape
     torch.Size([8, 4])
     """
 
     def __init__(self, in_features: int, max_rows: int = 4096, seed: int = 0, device=None):
-        self.max_rows = max_rows
-        self.x = torch.zeros(0, in_features, dtype=torch.float32, device=device)
-        self.keys = torch.zeros(0, dtype=torch.float32, device=device)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.n = 0
+        self.max_rows, self.gen, self.n = max_rows, torch.Generator().manual_seed(seed), 0
+        self._x = torch.zeros(0, in_features, dtype=torch.float32, device=device)
+        self._keys = torch.zeros(0, dtype=torch.float32, device=device)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._cut = None                 # the max_rows-th smallest key at the last compaction
 
     def add(self, x: torch.Tensor) -> None:
-        keys = torch.rand(x.shape[0], generator=self.gen).to(self.keys.device)
-        xs, ks = torch.cat([self.x, x.float()]), torch.cat([self.keys, keys])
+        self.n += x.shape[0]
+        keys = torch.rand(x.shape[0], generator=self.gen).to(self._keys.device)
+        if self._cut is not None:        # a row whose key is above the cut-off can never be kept
+            keep = keys < self._cut
+            x, keys = x[keep].float(), keys[keep]
+        self._pending.append((x.to(torch.float32, copy=True) if self._cut is None else x, keys))
+        if sum(k.numel() for _, k in self._pending) >= self.max_rows:
+            self._compact()
+
+    def _compact(self) -> None:
+        xs = torch.cat([self._x] + [p[0] for p in self._pending])
+        ks = torch.cat([self._keys] + [p[1] for p in self._pending])
         if ks.numel() > self.max_rows:
             idx = ks.topk(self.max_rows, largest=False).indices.sort().values
             xs, ks = xs[idx], ks[idx]
-        self.x, self.keys = xs, ks
-        self.n += x.shape[0]
+        self._cut = ks.max() if ks.numel() >= self.max_rows else None
+        self._x, self._keys, self._pending = xs, ks, []
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The kept rows ``[≤ max_rows, in_features]``, in arrival order."""
+        if self._pending:
+            self._compact()
+        return self._x
 
 
 class SharedInputs:

@@ -7,8 +7,10 @@ produces X (an RMSNorm/LayerNorm's weight and bias, or the rows of a preceding l
 scales by ``1 + w``, as Gemma's does (``FamilySpec.norm_offset``), gets ``w ← (1 + w)/s − 1``), so the
 float model is unchanged and inference costs nothing extra. α is searched on a grid in [0, 1)
 to minimise the output error ``Σ‖X (W − Ŵ)ᵀ‖²``, computed from the covariance of a token
-subsample of X (``calibrate.InputSampleStats``). An optional clipping search then shrinks each
-group's range to minimise the same output error, group by group (block-diagonal covariance).
+subsample of X (``calibrate.InputSampleStats``), or, before GPTQ, from the Hessian GPTQ accumulates
+anyway (every token; ``H/2 = XᵀX/n``); only the symmetric covariance's block upper triangle is
+multiplied. An optional clipping search then shrinks each group's range to minimise the same
+output error, group by group (block-diagonal covariance), all shrink candidates at once.
 
 Which operation produces which linears' input is model-family data (``FamilySpec.awq_folds`` in
 the family registry, read through ``calibrate.current_family()``), checked against shapes;
@@ -23,13 +25,27 @@ import torch
 from torch import nn
 
 from ..calibrate import InputSampleStats, SharedInputs, current_family
-from .primitives import QuantizedWeight, _group_reduce, choose_qparams, effective_group, fake_quantize, quantize_weight
+from .primitives import QuantizedWeight, _group_reduce, choose_qparams, effective_group, quantize_weight
 from .rtn import grouped, shrink_search
 
 
-def _output_error(dW: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """``trace(ΔW C ΔWᵀ)`` = mean output error ‖X ΔWᵀ‖²/n for ``C = XᵀX/n``."""
-    return ((dW @ C) * dW).sum()
+def _triangle_error(dW: torch.Tensor, Ch: torch.Tensor, edges: list[int]) -> float:
+    """``trace(ΔW C ΔWᵀ)`` from the block upper triangle of the symmetric C: ``2·Σ_j ⟨ΔW_{:, ≤j} Ch_{≤j, j}, ΔW_j⟩``
+    where *Ch* is C with its diagonal blocks halved (``_halved_diagonal``). With b column blocks that is
+    (b+1)/2b of the full product's work (5/8 at b = 4)."""
+    total = 0.0
+    for a, b in zip(edges[:-1], edges[1:]):
+        total += ((dW[:, :b] @ Ch[:b, a:b]) * dW[:, a:b]).sum().item()
+    return 2.0 * total
+
+
+def _halved_diagonal(C: torch.Tensor, blocks: int = 4) -> tuple[torch.Tensor, list[int]]:
+    k = C.shape[0]
+    edges = sorted({round(k * j / blocks) for j in range(blocks + 1)})
+    Ch = C.clone()
+    for a, b in zip(edges[:-1], edges[1:]):
+        Ch[a:b, a:b] *= 0.5
+    return Ch, edges
 
 
 @torch.no_grad()
@@ -44,10 +60,29 @@ def awq_search_scale(W: torch.Tensor, X: torch.Tensor, bits: int, group_size: in
     >>> e1 <= e0
     True
     """
-    W, X = W.float(), X.float()
+    X = X.float()
     C = X.t() @ X / max(X.shape[0], 1)
-    x_mean = X.abs().mean(0).clamp_min(1e-8)
-    g = effective_group(W.shape[1], group_size)
+    return awq_search_scale_stats(W, C, X.abs().mean(0), bits, group_size, symmetric, grid)
+
+
+@torch.no_grad()
+def awq_search_scale_stats(W: torch.Tensor, C: torch.Tensor, x_mean: torch.Tensor, bits: int, group_size: int | None,
+                           symmetric: bool, grid: int = 20) -> tuple[torch.Tensor, float, float]:
+    """``awq_search_scale`` from the input statistics: ``C = XᵀX/n [in, in]`` and ``mean|x| [in]``.
+
+    Each α costs one fake quantization of ``W·diag(s)`` (in its grouped layout) and the output
+    error from C's block upper triangle (``_triangle_error``).
+
+    >>> X = torch.randn(128, 64); C = X.T @ X / 128
+    >>> awq_search_scale_stats(torch.randn(16, 64), C, X.abs().mean(0), 4, 32, True)[0].shape
+    torch.Size([64])
+    """
+    W = W.float()
+    out, k = W.shape
+    x_mean = x_mean.float().clamp_min(1e-8)
+    g = effective_group(k, group_size)
+    Ch, edges = _halved_diagonal(C.float())
+    qmax = 2 ** bits - 1
     best = (None, float("inf"))
     base = None
     for i in range(grid):
@@ -56,8 +91,10 @@ def awq_search_scale(W: torch.Tensor, X: torch.Tensor, bits: int, group_size: in
         s = s / (s.max() * s.min()).sqrt()
         Ws = W * s
         sc, z = choose_qparams(Ws, bits, group_size, symmetric)
-        Wq = fake_quantize(Ws, sc, z, bits, g) / s
-        err = _output_error(W - Wq, C).item()
+        S, Z = sc.unsqueeze(-1), z.unsqueeze(-1).float()
+        Wg = grouped(Ws, g)
+        Wq = (Wg / S).round_().add_(Z).clamp_(0, qmax).sub_(Z).mul_(S).reshape(out, -1)[:, :k] / s
+        err = _triangle_error(W - Wq, Ch, edges)
         if i == 0:
             base = err
         if err < best[1]:
@@ -120,16 +157,21 @@ def _producer_ok(producer: nn.Module | None, consumers: list[nn.Linear]) -> bool
 
 
 class _Both:
-    """Hessian and input sample together (GPTQ with AWQ pre-scaling)."""
+    """GPTQ with AWQ pre-scaling: the Hessian GPTQ needs and each channel's Σ|x|, over every token.
 
-    def __init__(self, k, max_rows, seed):
+    AWQ's covariance is then ``H/2`` (no token subsample, no second product)."""
+
+    def __init__(self, k):
         from ..calibrate import HessianStats
 
-        self.hessian, self.sample = HessianStats(k), InputSampleStats(k, max_rows, seed)
+        self.hessian = HessianStats(k)
+        self.abs_sum = torch.zeros(k, dtype=torch.float64)
+        self.n = 0
 
     def add(self, x):
         self.hessian.add(x)
-        self.sample.add(x)
+        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
+        self.n += x.shape[0]
 
 
 class AWQMethod:
@@ -142,8 +184,7 @@ class AWQMethod:
     def __init__(self, targets: dict, cfg, on_done, with_hessian: bool = False):
         self.by_id = {id(m): name for name, m in targets.items()}
         self.cfg, self.on_done = cfg, on_done
-        make = (lambda k: _Both(k, cfg.awq_tokens, cfg.calib.seed)) if with_hessian else \
-            (lambda k: InputSampleStats(k, cfg.awq_tokens, cfg.calib.seed))
+        make = _Both if with_hessian else (lambda k: InputSampleStats(k, cfg.awq_tokens, cfg.calib.seed))
         self.shared = SharedInputs(make)
         self.log: list[dict] = []
 
@@ -153,9 +194,13 @@ class AWQMethod:
         return self.shared.proxy(linear.in_features)
 
     @staticmethod
-    def sample_of(proxy) -> torch.Tensor:
+    def input_stats(proxy) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C = XᵀX/n, mean|x|)`` of a linear's inputs: from the Hessian (with GPTQ) or the token sample."""
         st = proxy.stats
-        return st.sample.x if isinstance(st, _Both) else st.x
+        if isinstance(st, _Both):
+            return st.hessian.H / 2, (st.abs_sum / max(st.n, 1)).float()
+        X = st.x
+        return X.t() @ X / max(X.shape[0], 1), X.abs().mean(0)
 
     @torch.no_grad()
     def scale_block(self, index, block, stats) -> dict[str, torch.Tensor]:
@@ -174,9 +219,9 @@ class AWQMethod:
             consumers = [stats[n][0] for n in names]
             if not _producer_ok(producer, consumers):
                 continue
-            X = self.sample_of(stats[names[0]][1])
+            C, x_mean = self.input_stats(stats[names[0]][1])
             W = torch.cat([lin.weight for lin in consumers])
-            s, err, base = awq_search_scale(W, X, c.bits, c.group_size, c.symmetric, c.awq_grid)
+            s, err, base = awq_search_scale_stats(W, C, x_mean, c.bits, c.group_size, c.symmetric, c.awq_grid)
             fold_scale(producer, consumers, s, family.norm_offset)
             self.log.append({"block": index, "producer": prod_name, "consumers": names, "error": err, "rtn_error": base})
             for n in names:
@@ -187,7 +232,7 @@ class AWQMethod:
         c = self.cfg
         applied = self.scale_block(index, block, stats)
         for local, (lin, proxy) in stats.items():
-            X = self.sample_of(proxy)
+            X = proxy.stats.x
             if local in applied:
                 X = X / applied[local]
             W = lin.weight.detach()

@@ -4,8 +4,9 @@ layer's inputs ``H = 2/n·XᵀX``.
 
 ``gptq_quantize_weight(W, H, ...)`` is the math (one layer, plain tensors). ``GPTQMethod`` is the
 plumbing for ``calibrate.run_blockwise``: Hessians from the block's inputs (shared by linears that
-read the same tensor: q/k/v, gate/up), then every selected linear of the block is quantized and
-swapped for a ``QuantizedLinear``, so later blocks calibrate on the quantized model.
+read the same tensor: q/k/v, gate/up, which are then quantized as one stacked matrix, one column
+sweep for all: rows are independent in GPTQ), then every selected linear of the block is quantized
+and swapped for a ``QuantizedLinear``, so later blocks calibrate on the quantized model.
 
 Details: dead inputs (``H_jj = 0``) are zeroed; dampening adds ``damp·mean(diag H)`` to the
 diagonal; lazy batch updates in blocks of ``block_size`` columns (rounded to a multiple of the
@@ -19,6 +20,7 @@ Deliberately left out: per-linear "true sequential" re-runs inside a block.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -62,13 +64,11 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int, group_size
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
     L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)   # Hinv: [in, in], upper Cholesky of H⁻¹
-    codes = torch.zeros(out_f, K, dtype=torch.int32)
     qmax = 2 ** bits - 1
     with _one_thread():
-        _gptq_columns(W, Hinv, codes, scale, zero, perm, g, grouped, static_groups, bits, symmetric, mse_clip,
-                      block_size, qmax)
-    inv = torch.argsort(perm)
-    codes = codes[:, inv]
+        Q = _gptq_columns(W.t().contiguous(), Hinv, scale, zero, perm, g, grouped and not static_groups, bits,
+                          symmetric, mse_clip, block_size, qmax)
+    codes = Q.t()[:, torch.argsort(perm)]
     return make_quantized_weight(W, codes, scale, zero, bits, group_size, symmetric)
 
 
@@ -84,31 +84,47 @@ def _one_thread():
         torch.set_num_threads(n)
 
 
-def _gptq_columns(W, Hinv, codes, scale, zero, perm, g, grouped, static_groups, bits, symmetric, mse_clip,
-                  block_size, qmax):
-    """The GPTQ sweep: quantize columns in order, spreading each column's error (lazy block updates)."""
-    K = W.shape[1]
-    B = max(g, (block_size // g) * g) if grouped else block_size
+def _gptq_columns(Wt, Hinv, scale, zero, perm, g, dynamic_groups, bits, symmetric, mse_clip, block_size, qmax):
+    """The GPTQ sweep over ``Wt = Wᵀ [in, out]`` (permuted; column i of W is the contiguous row ``Wt[i]``):
+    quantize columns in order, spreading each one's error onto the rest (lazy block updates).
+
+    Per column: ``q = clamp(round(w/s) + z)``, ``e = (w − s(q − z)) / Hinv[i, i]``, then the block's later
+    columns take ``− e·Hinv[i, j]``; after a block, one product updates every later column. Grids fixed up
+    front are gathered per column once (``S``, ``Z``); *dynamic_groups* fills each group's grid when its
+    first column is reached. Returns the codes ``[in, out]`` (permuted order), float.
+    """
+    K = Wt.shape[0]
+    B = max(g, (block_size // g) * g) if dynamic_groups else block_size
+    cols = perm // g
+    S = scale.t()[cols].contiguous()                    # [in, out]: the grid of each (permuted) column
+    Z = zero.t()[cols].float().contiguous()
+    Q = torch.empty_like(Wt)
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
+        W1, Err1, Hinv1 = Wt[i1:i2], torch.empty_like(Wt[i1:i2]), Hinv[i1:i2, i1:i2]
+        d = Hinv1.diagonal().tolist()
         for i in range(i2 - i1):
-            col = int(perm[i1 + i])
-            gi = col // g
-            if grouped and not static_groups and col % g == 0:
+            if dynamic_groups and (i1 + i) % g == 0:
                 end = min(i + g, i2 - i1)
-                s, z = _qparams(W1[:, i:end], bits, None, symmetric, mse_clip)
+                s, z = _qparams(W1[i:end].t(), bits, None, symmetric, mse_clip)
+                gi = (i1 + i) // g
                 scale[:, gi], zero[:, gi] = s[:, 0], z[:, 0]
-            w = W1[:, i]
-            s, z = scale[:, gi], zero[:, gi].float()
-            q = (torch.round(w / s) + z).clamp_(0, qmax)
-            codes[:, i1 + i] = q.to(torch.int32)
-            err = (w - s * (q - z)) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+                S[i1 + i:i1 + i + end - i], Z[i1 + i:i1 + i + end - i] = s[:, 0], z[:, 0].float()
+            w, s, z = W1[i], S[i1 + i], Z[i1 + i]
+            q = torch.round(w / s).add_(z).clamp_(0, qmax)
+            Q[i1 + i] = q
+            err = torch.sub(w, q.sub_(z).mul_(s)).div_(d[i])
+            Err1[i] = err
+            if i + 1 < i2 - i1:
+                W1[i + 1:] -= Hinv1[i, i + 1:].unsqueeze(1) * err.unsqueeze(0)
+        Wt[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
+    return Q
+
+
+def row_slice(qw: QuantizedWeight, a: int, b: int) -> QuantizedWeight:
+    """Rows ``a:b`` of a packed-weight record (the output channels of one of several stacked linears)."""
+    return dataclasses.replace(qw, codes=qw.codes[a:b].contiguous(), scale=qw.scale[a:b].contiguous(),
+                               zero=qw.zero[a:b].contiguous())
 
 
 class GPTQMethod:
@@ -135,17 +151,28 @@ class GPTQMethod:
     def apply_block(self, index, block, stats, block_inputs):
         c = self.cfg
         applied = self.awq.scale_block(index, block, stats) if self.awq is not None else {}
+        # linears with one Hessian (one input) and one AWQ scale are quantized as one stacked matrix:
+        # GPTQ treats rows independently, so this is the per-linear result with one column sweep
+        groups: dict[tuple, list[str]] = {}
         for local, (lin, proxy) in stats.items():
             st = proxy.stats
+            groups.setdefault((id(st) if st is not None else id(lin), id(applied.get(local))), []).append(local)
+        for names in groups.values():
+            lins = [stats[n][0] for n in names]
+            st = stats[names[0]][1].stats
             st = getattr(st, "hessian", st)
-            H = st.H if st is not None else torch.zeros(lin.in_features, lin.in_features)
-            if local in applied:          # inputs are now X·diag(s)⁻¹, so H becomes diag(s)⁻¹ H diag(s)⁻¹
-                s = applied[local]
+            H = st.H if st is not None else torch.zeros(lins[0].in_features, lins[0].in_features)
+            if names[0] in applied:       # inputs are now X·diag(s)⁻¹, so H becomes diag(s)⁻¹ H diag(s)⁻¹
+                s = applied[names[0]]
                 H = H / (s.view(-1, 1) * s.view(1, -1))
-            qw = gptq_quantize_weight(lin.weight, H, c.bits, c.group_size, c.symmetric, damp=c.damp,
-                                      block_size=c.block_size, act_order=c.act_order, static_groups=c.static_groups,
-                                      mse_clip=c.mse_clip)
-            self.on_done(self.by_id[id(lin)], block, local, qw, lin)
+            qw = gptq_quantize_weight(torch.cat([lin.weight for lin in lins]), H, c.bits, c.group_size, c.symmetric,
+                                      damp=c.damp, block_size=c.block_size, act_order=c.act_order,
+                                      static_groups=c.static_groups, mse_clip=c.mse_clip)
+            start = 0
+            for name, lin in zip(names, lins):
+                part = qw if len(lins) == 1 else row_slice(qw, start, start + lin.out_features)
+                start += lin.out_features
+                self.on_done(self.by_id[id(lin)], block, name, part, lin)
         self.shared.reset()
         if self.awq is not None:
             self.awq.shared.reset()

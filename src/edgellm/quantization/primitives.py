@@ -76,8 +76,14 @@ def _amax(x, d):
 
 
 def _signed_extreme(x, d):
-    idx = x.abs().argmax(dim=d, keepdim=True)
-    return x.gather(d, idx).squeeze(d)
+    """The signed value of largest magnitude; a tie between +m and −m goes to the first, as in GGUF's reference."""
+    hi, lo = x.amax(dim=d), x.amin(dim=d)
+    out = torch.where(hi >= -lo, hi, lo)
+    tie = (hi == -lo) & (hi != 0)
+    if tie.any():
+        first = x.gather(d, x.abs().argmax(dim=d, keepdim=True)).squeeze(d)
+        out = torch.where(tie, first, out)
+    return out
 
 
 def to_fp16_scale(scale: torch.Tensor) -> torch.Tensor:
