@@ -10,6 +10,9 @@ Calibrated sections hold a nested ``calib:`` mapping (``CalibConfig``: data, sam
 seed); the older flat keys (``calib: FILE``, ``calib_samples``, ``calib_len``, ``seed``) map
 onto it. An unknown key raises ``EdgeLLMError``.
 
+A ``gguf:`` section (``GGUFExportConfig``) is no step: it names the GGUF type (or budgeted mix)
+``edgellm optimize`` writes the candidate as on llama.cpp, from the weights the steps leave.
+
 ``apply_recipe(loaded, recipe)`` runs the steps in order on a copy-free, in-place model
 (load a fresh model per recipe). Distillation needs a teacher and data, so ``apply_recipe``
 runs it only when given ``distill_data``.
@@ -31,6 +34,7 @@ SECTIONS = {
     "prune": "edgellm.pruning.config:PruneConfig",
     "distill": "edgellm.distillation.config:DistillConfig",
     "quantize": "edgellm.quantization.config:QuantConfig",
+    "gguf": "edgellm.exporters.gguf:GGUFExportConfig",     # the GGUF file a llama.cpp candidate is written as
 }
 
 

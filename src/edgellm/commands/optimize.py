@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cache", default=None, help="result cache for resuming (default ~/.cache/edgellm/optimize)")
     p.add_argument("--fresh", action="store_true",
                    help="measure every figure again instead of reusing the cache (built artifacts are still reused)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="leave out the reference rows: llama.cpp's own Q4_K_M and Q4_0 with an importance matrix")
     p.add_argument("--out", required=True, help="output folder (report.html, results.json, model/)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -60,7 +62,8 @@ def config_from_args(args):
         screen_rows=args.screen_rows, max_rows=args.max_rows, speed_runs=args.speed_runs,
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
-        dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds)
+        dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds,
+        reference=not args.no_reference)
 
 
 def run(args) -> int:
@@ -68,7 +71,7 @@ def run(args) -> int:
     import sys
 
     from ..optimization import optimize
-    from ..report.html import cache_note, confidence_line, summary_rows
+    from ..report.html import cache_note, comparison_line, confidence_line, summary_rows
     from ..report.table import format_table
 
     cfg = config_from_args(args)
@@ -83,6 +86,8 @@ def run(args) -> int:
         print(msg + f") -> {result['export']['path']}")
         if result.get("pick_confidence"):
             print(confidence_line(result["pick_confidence"]))
+        for c in result.get("vs_reference") or []:
+            print(comparison_line(c))
     else:
         inf = result["infeasible"]
         c = inf["constraints"].get(inf["binding"], {})

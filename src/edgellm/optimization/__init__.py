@@ -14,12 +14,16 @@ quality and speed can be measured). In order:
    is first predicted, so the report holds prediction-vs-measurement errors, then calibrates.
 5. **Pareto** frontier over quality × size × speed; **pick** the best candidate meeting every
    constraint (or explain the binding one); **export** it to ``DIR/model`` and verify it there.
+   For a causal LM on llama.cpp, llama.cpp's own Q4_K_M and Q4_0 with an importance matrix from the
+   same calibration text are built, scored and timed in the same run as **reference rows**
+   (``reference``): shown beside the candidates and compared with the pick, never picked.
 6. Write ``DIR/results.json``, ``DIR/report.html`` (+ plots) atomically, and print a summary.
 
 The package, by concern: ``config`` (``OptimizeConfig``), ``space`` (the candidates and their
 predictions), ``cache`` (the resumable measurement cache), ``quality`` (scores against the base),
 ``build`` and ``deploy`` (artifacts per runtime), ``speed``, ``stages`` (screen, full protocol,
-speed), ``pick`` (Pareto front and choice), ``budget`` (the clock), ``search`` (the state the
+speed), ``reference`` (llama.cpp's own quantizer as reference rows), ``pick`` (Pareto front and
+choice), ``budget`` (the clock), ``search`` (the state the
 stages share) and ``outputs`` (results.json, the report, the exported model).
 
 The time budget is checked before every step; steps that no longer fit are skipped and listed.
@@ -32,7 +36,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..fileio import check_output
-from . import stages
+from . import reference, stages
 from .config import OptimizeConfig
 from .outputs import finish
 from .search import Search
@@ -55,10 +59,14 @@ def optimize(config: OptimizeConfig, out: str | Path, *, force: bool = False, pr
     try:
         for spec in config.models:
             search.load_base(spec)
+        reference.build(search)
+        search.recipes += reference.mix_recipes(search)
         search.rows = plan_rows(search)
         stages.screen(search)
         stages.full(search)
+        reference.evaluate(search)
         stages.measure(search)
+        reference.measure(search)
         stages.final_predictions(search)
         search.step("pick, export and report")
     finally:

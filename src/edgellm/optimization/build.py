@@ -60,11 +60,17 @@ def export_onnx_candidate(src, variant: str, out: Path, threads: int) -> dict:
 
 def export_gguf_candidate(folder: Path, recipe, out: Path, threads: int, ppl_tokens: int = 1024,
                           text: str | None = None) -> dict:
-    """Export a built candidate folder to GGUF, verified on llama.cpp against the exact weights."""
+    """Export a built candidate folder to GGUF, verified on llama.cpp against the exact weights.
+
+    A recipe's ``gguf`` section (``GGUFExportConfig``) gives every export option (a type written onto its own
+    grid, or a budgeted mix); otherwise the type is the one that holds the recipe's codes exactly.
+    """
     gtype = gguf_type_for(recipe)
+    g = recipe.steps.get("gguf")
+    options = {f.name: getattr(g, f.name) for f in dataclasses.fields(g)} if g is not None else {"gguf_type": gtype}
     tolerance = "f16" if gtype in ("f16", "f32") else "int8-act"
     verify = make_verifier("llama.cpp", tolerance, threads=threads, ppl_tokens=ppl_tokens, text=text)
-    path, report = export_gguf_report(str(folder), out, gguf_type=gtype, force=True, verify=verify)
+    path, report = export_gguf_report(str(folder), out, force=True, verify=verify, **options)
     return {"path": str(path), "gguf_type": gtype, "report": report.to_dict()}
 
 

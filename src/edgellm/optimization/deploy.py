@@ -1,7 +1,8 @@
 """Candidates on the deployment runtimes: export, score, size, time, and the chosen one's final export.
 
-A llama.cpp candidate is its built folder exported to the recipe's exact GGUF block type and
-scored through llama.cpp; an ONNX Runtime classifier is exported as fp32 or dynamic int8 and scored
+A llama.cpp candidate is its built folder exported to the recipe's exact GGUF block type (or, for
+a recipe's ``gguf`` section, the base's weights written as that type or mix) and scored through
+llama.cpp, screened there too when its weights exist only in the GGUF (``llamacpp_screen``); an ONNX Runtime classifier is exported as fp32 or dynamic int8 and scored
 through ONNX Runtime. Exact stats (bytes read per token, file size) and speed come from the
 artifact on its own runtime. ``export_chosen`` copies the picked artifact to ``DIR/model`` and
 verifies it there. The functions take the running ``Search``.
@@ -22,7 +23,7 @@ from ..runtimes import open_runtime
 from ..runtimes.torch import TorchRuntime
 from .build import export_gguf_candidate, export_onnx_candidate
 from .quality import cls_quality, cls_summary, lm_quality, lm_summary
-from .space import Row
+from .space import Row, base_weights
 from .speed import bench_subprocess, classifier_speed, speed_in_process
 
 
@@ -59,14 +60,41 @@ def _scored(search, row: Row, path: Path, runtime: str, key: str, what: str) -> 
     return cls_summary(e[key], base.reference)
 
 
-def llamacpp_quality(search, row: Row, recipe) -> dict:
-    """Export the built candidate to its GGUF block type (verified on llama.cpp), then the full protocol there."""
-    src = Path(row.model if recipe.is_identity else row.artifact)
-    path = _exported(search, row, "gguf", ".gguf", f"export {recipe.name} to GGUF",
+def _gguf(search, row: Row, recipe) -> Path:
+    """The row's GGUF, exported once (verified on llama.cpp) from the base or the built folder."""
+    src = Path(row.model if base_weights(recipe) else row.artifact)
+    return _exported(search, row, "gguf", ".gguf", f"export {recipe.name} to GGUF",
                      lambda out: export_gguf_candidate(src, recipe, out, search.cfg.threads, search.cfg.verify_tokens,
                                                        search.cfg.eval_text))
+
+
+def llamacpp_quality(search, row: Row, recipe) -> dict:
+    """Export the built candidate to its GGUF block type (verified on llama.cpp), then the full protocol there."""
+    path = _gguf(search, row, recipe)
     key = "gguf_nlls" if search.lm else "gguf_flags"
     return _scored(search, row, path, "llama.cpp", key, f"full {recipe.name} (llama.cpp)")
+
+
+def llamacpp_screen(search, row: Row, recipe) -> dict:
+    """The screen of a candidate whose weights exist only in its GGUF (a ``gguf`` recipe section): export it,
+    then score the screen's windows on llama.cpp with early rejection; the full protocol resumes from them."""
+    path = _gguf(search, row, recipe)
+    base, e = search.bases[row.model], search.entry(row)
+    if len(e.get("gguf_nlls", [])) < base.screen and not e.get("rejected_at"):
+        search.step(f"screen {recipe.name} (llama.cpp)")
+        rt = open_runtime(str(path), runtime="llama.cpp", threads=search.cfg.threads)
+        try:
+            res = lm_quality(rt, base.data, base.reference, search.constraints.max_quality_loss, base.screen,
+                             search.cfg.reject_factor, done=e.get("gguf_nlls"), full=False)
+        finally:
+            if hasattr(rt, "close"):
+                rt.close()
+        e["gguf_nlls"] = res["nlls"]
+        if res["early_rejected"]:
+            e["rejected_at"] = len(res["nlls"])
+        search.save(row)
+    return lm_summary(e["gguf_nlls"][: base.screen], base.reference, base.data[0].numel() - 1,
+                      rejected=bool(e.get("rejected_at")))
 
 
 def onnx_quality(search, row: Row, recipe) -> dict:
@@ -81,7 +109,7 @@ def exact_stats(search, row: Row) -> ModelStats:
     """The cost model's inputs read off the artifact itself on its runtime (bytes per token, file size)."""
     recipe = search.recipe(row.recipe)
     task = {"task": "classification"} if not search.lm else {}
-    loaded = search.bases[row.model].loaded if recipe.is_identity else load(search.entry(row)["build"]["path"], **task)
+    loaded = search.bases[row.model].loaded if base_weights(recipe) else load(search.entry(row)["build"]["path"], **task)
     if row.runtime == "torch":
         rt = TorchRuntime(loaded, device="cpu", threads=search.cfg.threads)
         return stats_from_model(loaded.model, row.kind, rt.weight_bytes(), model_bytes(loaded.model), rt.file_bytes())
@@ -117,7 +145,7 @@ def export_chosen(search, row, dest: Path) -> dict:
     task = {"task": "classification"} if not search.lm else {}
     # the export module's standard check: 4,096 tokens (fewer when the search's own protocol reads fewer)
     vkw = {"ppl_tokens": min(4096, search.cfg.full_tokens), "text": search.cfg.eval_text, "ctx": search.cfg.ctx}
-    source = base.loaded if recipe.is_identity else load(search.entry(row)["build"]["path"], **task)
+    source = base.loaded if base_weights(recipe) else load(search.entry(row)["build"]["path"], **task)
     threads = search.cfg.threads
     if row.runtime == "llama.cpp":
         dest.mkdir(parents=True)
@@ -125,7 +153,10 @@ def export_chosen(search, row, dest: Path) -> dict:
         shutil.copy2(row.artifact, target)
         write_manifest(dest)
         tol = "f16" if row.kind in ("f16", "f32") else "int8-act"
-        check = verify_artifact(str(target), source, "llama.cpp", tol, threads=threads, **vkw)
+        if "gguf" in recipe.steps:      # rounded at export: only the exporter's own reference holds these weights
+            check = _same_file(target, Path(row.artifact), (row.build.get("gguf") or {}).get("report", {}))
+        else:
+            check = verify_artifact(str(target), source, "llama.cpp", tol, threads=threads, **vkw)
     elif row.runtime == "onnxruntime":
         from ..exporters.onnx import verify_classifier
 
@@ -145,6 +176,18 @@ def export_chosen(search, row, dest: Path) -> dict:
         else:
             check = _verify_classifier(dest, source, base.data[:64], threads)
     return {"path": str(target), "runtime": row.runtime, "verification": check}
+
+
+def _same_file(copy: Path, original: Path, report: dict) -> dict:
+    """A GGUF rounded at export was verified inside the search against the exact weights it holds; its copy
+    passes when it is byte-identical to that file."""
+    from ..fileio import sha256_file
+
+    same = sha256_file(copy) == sha256_file(original)
+    if not same:
+        raise EdgeLLMError(f"the copy '{copy}' differs from the verified GGUF '{original}'", "re-run with --force")
+    return {"passed": True, "how": "byte-identical copy of the GGUF verified on llama.cpp inside the search",
+            "search_verification": report.get("verification")}
 
 
 def _verify_classifier(folder: Path, source, rows, threads: int) -> dict:

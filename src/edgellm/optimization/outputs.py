@@ -2,6 +2,8 @@
 
 When the speed pick's measured spread overlaps the runner-up's, paired rounds decide it
 (``pick.settle_noise``) and ``results.json["pick_confidence"]`` says how sure the pick is.
+llama.cpp's own quantizer's rows are ``results.json["references"]`` (never picked), and
+``["vs_reference"]`` compares the pick with each (``reference.compare``).
 Everything lands in a temporary sibling of ``DIR`` first (``fileio.atomic_dir``): ``model/`` (the
 chosen artifact, verified again where it lies, with a manifest), ``results.json``, ``report.html``
 and the Pareto plots; the folder appears only when all of it is written.
@@ -16,6 +18,7 @@ from pathlib import Path
 from ..fileio import atomic_dir, write_json
 from ..report.html import write_report
 from ..report.plots import pareto_plots
+from . import reference
 from .deploy import export_chosen
 from .pick import choose, settle_noise
 
@@ -35,12 +38,14 @@ def finish(search, out: Path, force: bool = False) -> dict:
                                           search.cfg.prompt_len, search.cfg.new_tokens)
     result = results_dict(search, chosen, explanation)
     result["pick_confidence"] = confidence
+    result["vs_reference"] = reference.compare(search, chosen, lambda row: open_row(search, row))
     with atomic_dir(out, force=force, inputs=search.cfg.inputs()) as tmp:
         if chosen is not None:
             result["export"] = export_chosen(search, chosen, tmp / "model")
             result["export"]["path"] = str(out / Path(result["export"]["path"]).relative_to(tmp))
         result["plots"] = pareto_plots([r.to_dict() for r in rows], tmp, search.lm,
-                                       predicted=not search.device.measured)
+                                       predicted=not search.device.measured,
+                                       references=[r.to_dict() for r in search.references])
         result["elapsed_s"] = search.budget.elapsed()
         write_json(tmp / "results.json", result)
         write_report(result, tmp / "report.html")
@@ -97,6 +102,7 @@ def results_dict(search, chosen, explanation) -> dict:
         "runtimes": search.runtimes,
         "recipes": [r.name for r in search.recipes],
         "rows": rows,
+        "references": [with_provenance(search, r) for r in search.references],   # never picked
         "chosen": with_provenance(search, chosen) if chosen is not None else None,
         "vs_base": vs_base,
         "infeasible": explanation,

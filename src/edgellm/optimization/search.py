@@ -71,6 +71,8 @@ class Search:
         self.budget = Budget(config.budget_minutes)
         self.step = Steps(progress)
         self.rows: list[Row] = []
+        self.references: list[Row] = []           # llama.cpp's own quantizer (reference.py): never picked
+        self.reference_recipes: dict = {}         # their pseudo-recipes, by name
         self.bases: dict[str, Base] = {}
         self.stats: dict[int, ModelStats] = {}
 
@@ -86,6 +88,8 @@ class Search:
         return {"task": c.task, "tsv": c.tsv or "sst-2 dev", "max_rows": c.max_rows}
 
     def recipe(self, name: str):
+        if name in self.reference_recipes:
+            return self.reference_recipes[name]
         return next(r for r in self.recipes if r.name == name)
 
     def entry(self, row: Row) -> dict:

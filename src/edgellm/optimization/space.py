@@ -5,13 +5,18 @@ recipe as the reference); the runtimes are those the task can be measured on, th
 and this host can run. ``gguf_type_for`` / ``onnx_variant_for`` say which exact artifact form a
 recipe takes on llama.cpp / ONNX Runtime (a recipe without one is dropped for that runtime), and
 ``plan_rows`` predicts every candidate on the device with the cost model, dropping those that
-cannot fit even at the best case. Deliberately absent: runtimes this host cannot run (their
-quality and speed could not be measured).
+cannot fit even at the best case. A recipe with a ``gguf`` section (``GGUFExportConfig``: a GGUF
+type written round-to-nearest onto its own grid, or a budgeted per-tensor mix) is a llama.cpp-only
+candidate: its weights exist only in the GGUF file, so its bytes are predicted per tensor from the
+type's block size (``gguf_estimate``) and it is screened on llama.cpp (``deploy.llamacpp_screen``).
+The default LM space holds fp32, 8- and 4-bit RTN, the 4- and 5-bit GGUF types q5_0, q5_k, q4_k and
+iq4_nl, 2:4 sparsity and depth pruning (the budgeted mix joins it in ``reference.mix_recipes``).
+Deliberately absent: runtimes this host cannot run (their quality and speed could not be measured).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..devices.stats import estimate_stats, recipe_kind
@@ -25,7 +30,8 @@ RECIPE_DIR = Path(__file__).resolve().parents[3] / "recipes"
 DEFAULT_RECIPES = {
     # GPTQ (about 6 minutes on 2 cores for SmolLM2) is left out so the default search fits 15 minutes: add
     # recipes/w4-gptq-g32-sym-fast.yaml with --recipes and a larger --budget-minutes
-    "text-generation": ("fp32.yaml", "w8-rtn-g32.yaml", "w4-rtn-g32-sym.yaml", "magnitude-2of4.yaml", "depth25.yaml"),
+    "text-generation": ("fp32.yaml", "w8-rtn-g32.yaml", "q5_k-rtn.yaml", "q5_0-rtn.yaml", "q4_k-rtn.yaml",
+                        "iq4_nl-rtn.yaml", "w4-rtn-g32-sym.yaml", "magnitude-2of4.yaml", "depth25.yaml"),
     "classification": ("fp32.yaml", "w8-rtn.yaml", "w8a8.yaml", "w4-rtn-g32-sym.yaml"),
 }
 
@@ -63,6 +69,7 @@ class Row:
     build: dict = field(default_factory=dict)
     pareto: bool = False
     chosen: bool = False
+    reference: bool = False        # llama.cpp's own quantizer (reference.py): shown, never picked
 
     @property
     def label(self) -> str:
@@ -128,7 +135,12 @@ def plan_rows(search) -> list[Row]:
                         row.kind = gguf_type_for(recipe)
                     elif rt == "onnxruntime":
                         row.kind = onnx_variant_for(recipe)
+                    elif "gguf" in recipe.steps:
+                        raise EdgeLLMError(f"recipe '{recipe.name}' is a GGUF file type: it runs on llama.cpp only",
+                                           "search it with --runtimes llama.cpp")
                     est = estimate_stats(base.model, recipe, rt)
+                    if "gguf" in recipe.steps and rt == "llama.cpp":
+                        est = gguf_estimate(base.model, recipe.steps["gguf"], est)
                 except EdgeLLMError as e:
                     row.status, row.reason = "dropped", str(e)
                     continue
@@ -142,8 +154,53 @@ def plan_rows(search) -> list[Row]:
     return rows
 
 
+def base_weights(recipe) -> bool:
+    """Whether the recipe leaves the base model's weights as they are (identity, a ``gguf`` section alone, a reference)."""
+    return not set(recipe.steps) & {"prune", "distill", "quantize"}
+
+
+def gguf_estimate(model, g, est):
+    """*est* (the recipe's llama.cpp estimate at f16) with the bytes of GGUF config *g*: each 2-D weight at its
+    type's bits per weight (llama.cpp's fallback where the rows do not tile), 1-D tensors f32; a budgeted mix
+    at its budget. Bytes read per decoded token scale with the file (the token embedding read once per token).
+
+    >>> gguf_estimate(model, GGUFExportConfig(gguf_type="q4_k"), est).file_bytes     # doctest: +SKIP
+    """
+    from ..exporters.gguf_types import TYPES, bits_per_weight, fallback
+
+    def bpw(t: str, row: int) -> float:
+        if t in TYPES:
+            t = fallback(t, row)
+        return {"f32": 32.0, "f16": 16.0}.get(t) or bits_per_weight(t)
+
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    total = per_token = 0.0
+    for name, p in model.named_parameters():
+        if p.dim() != 2:
+            b = 4.0 * p.numel()
+        else:
+            b = p.numel() * bpw(g.embedding if "embed" in name or name.startswith("lm_head") else g.gguf_type,
+                                p.shape[1]) / 8
+        total += b
+        per_token += 0 if "embed_tokens" in name and not tied else b
+    budget = getattr(g, "max_bytes", None) or (getattr(g, "target_bpw", None) or 0) * \
+        sum(p.numel() for p in model.parameters()) / 8
+    if budget:
+        per_token, total = per_token * budget / total, budget
+    return replace(est, kind=gguf_type_of(g), file_bytes=int(total), memory_bytes=int(total),
+                   weight_bytes_per_token=int(per_token))
+
+
+def gguf_type_of(g) -> str:
+    """The row kind of GGUF config *g*: its type, or ``mix`` for a budgeted per-tensor mix."""
+    return "mix" if getattr(g, "max_bytes", None) or getattr(g, "target_bpw", None) else g.gguf_type
+
+
 def gguf_type_for(recipe) -> str:
-    """The GGUF block type that holds a recipe's weights exactly (f16 when nothing is quantized)."""
+    """The GGUF block type that holds a recipe's weights exactly (f16 when nothing is quantized); a recipe's
+    ``gguf`` section names it outright (``mix`` for a budgeted mix)."""
+    if "gguf" in recipe.steps:
+        return gguf_type_of(recipe.steps["gguf"])
     q = recipe.steps.get("quantize")
     if q is None:
         return "f16"

@@ -2,15 +2,16 @@
 
 1. **Screen**: build each surviving (model, recipe) once, into the cache, and score its quality on
    PyTorch over the first windows (rows), rejecting early when the running loss is far beyond the
-   budget.
+   budget; a recipe with a ``gguf`` section (a GGUF type written at export) is exported and
+   screened on llama.cpp instead, timed as the ``screen|llama.cpp`` stage for the budget.
 2. **Full protocol** (docs/design.md §4) for the contenders on each candidate's own runtime (a
    llama.cpp or ONNX Runtime candidate is first exported and verified there, ``deploy.py``);
    the base comes first (it calibrates), a row whose same weights are predicted to lose on another
    runtime is skipped.
 3. **Speed** on the host for the finalists; each measurement is first predicted, so the report
    holds prediction-vs-measurement errors, then it calibrates the cost model.
-4. **Final predictions**: every row's device figures with the final calibration (measured rows
-   also get a leave-one-out host prediction).
+4. **Final predictions**: every row's (and reference row's) device figures with the final
+   calibration (measured rows also get a leave-one-out host prediction).
 
 Every stage reads the cache first and checks the time budget before each unit of work; a failure
 is recorded on its row and the search goes on. Deliberately absent: retrying a failed candidate.
@@ -26,9 +27,10 @@ from ..errors import EdgeLLMError
 from ..models import load
 from ..runtimes.torch import TorchRuntime
 from .build import build_candidate, task_kwargs
-from .deploy import exact_stats, llamacpp_quality, onnx_quality, row_speed
+from .deploy import exact_stats, llamacpp_quality, llamacpp_screen, onnx_quality, row_speed
 from .pick import same_weights_dominator
 from .quality import cls_quality, cls_summary, lm_quality, lm_summary
+from .space import base_weights
 from .speed import harness_rss
 
 
@@ -43,16 +45,26 @@ def screen(search) -> None:
             if not search.budget.fits():
                 search.budget.skip_rows(rows, "time budget spent before building")
                 continue
+            t0 = time.monotonic()
             try:
                 folder = built_folder(search, spec, recipe)
-                res = torch_quality(search, spec, recipe, folder, full=False)
+                if "gguf" in recipe.steps:        # its weights exist only in the GGUF: screened on llama.cpp
+                    if not search.budget.fits(search.budget.estimate("screen", "llama.cpp")):
+                        search.budget.skip_rows(rows, "time budget: no time to export and screen the GGUF")
+                        continue
+                    for r in rows:
+                        r.artifact = str(folder)
+                    res = llamacpp_screen(search, rows[0], recipe)
+                    search.budget.record("screen", "llama.cpp", time.monotonic() - t0)
+                else:
+                    res = torch_quality(search, spec, recipe, folder, full=False)
             except Exception as e:  # one candidate's failure (a bad input or a crash) must not end the search
                 for r in rows:
                     r.status, r.reason = "failed", why(e)
                 continue
             for r in rows:
-                r.build = dict(search.entries.get(spec, recipe).get("build", {}))
-                r.artifact = str(folder)
+                r.build = dict(search.entries.get(spec, recipe).get("build", {}), **rows[0].build)
+                r.artifact = rows[0].artifact if "gguf" in recipe.steps else str(folder)
                 r.quality = {k: v for k, v in res.items() if k not in ("nlls", "flags")} | {"protocol": "screen"}
                 r.quality_loss = res["quality_loss"]
                 if res["early_rejected"] or res["quality_loss"] > mql * 1.5:
@@ -66,7 +78,7 @@ def screen(search) -> None:
 
 def built_folder(search, spec: str, recipe) -> Path:
     """The candidate's built model folder in the cache (built now unless cached); the identity recipe is the base."""
-    if recipe.is_identity:
+    if base_weights(recipe):             # identity, or a GGUF type written from the base's own weights
         return Path(spec)
     folder = search.entries.folder(spec, recipe) / "model"
     e = search.entries.get(spec, recipe)
@@ -223,7 +235,7 @@ def final_predictions(search) -> None:
     Measured rows also get a leave-one-out host prediction: calibrated on every *other* measurement.
     """
     cfg = search.cfg
-    for row in search.rows:
+    for row in search.rows + search.references:
         if row.host_check and id(row) in search.stats:
             loo = predict(search.stats[id(row)], search.host, row.runtime, search.calibration.without(row.label),
                           cfg.prompt_len, cfg.new_tokens)
@@ -236,7 +248,7 @@ def final_predictions(search) -> None:
             hc["prefill_loo_error"] = prediction_error(loo.prefill_tok_s, hc["prefill_measured"])
             if hc.get("ram_measured"):
                 hc["ram_loo_error"] = prediction_error(loo.peak_ram_bytes, hc["ram_measured"])
-    for row in search.rows:
+    for row in search.rows + search.references:
         stats = search.stats.get(id(row))
         if stats is None or row.status == "dropped":
             continue
