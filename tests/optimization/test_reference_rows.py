@@ -115,3 +115,19 @@ def test_gguf_estimates_follow_the_types_bits(wide_llama):
         assert est[t].kind == t
     assert est["q4_k"].file_bytes < est["q5_k"].file_bytes
     assert est["q5_0"].file_bytes == pytest.approx(est["q5_k"].file_bytes, rel=0.05)   # 5.5 vs 5.5 bpw
+
+
+def test_the_default_space_adds_the_mix_at_the_q4_k_m_reference_size():
+    from types import SimpleNamespace
+
+    from edgellm.optimization import OptimizeConfig
+    from edgellm.optimization.reference import mix_recipes
+    from edgellm.optimization.space import Row, gguf_type_for
+
+    ref = Row(model="m", recipe=Q4KM, runtime="llama.cpp", kind="q4_k_m", size_bytes=105_000_000, reference=True)
+    search = SimpleNamespace(cfg=OptimizeConfig(models=("m",)), references=[ref])
+    (mix,) = mix_recipes(search)
+    assert mix.steps["gguf"].max_bytes == 105_000_000 and gguf_type_for(mix) == "mix"
+    assert mix_recipes(SimpleNamespace(cfg=OptimizeConfig(models=("m",)), references=[])) == []     # --no-reference
+    given = SimpleNamespace(cfg=OptimizeConfig(models=("m",), recipes=("a.yaml",)), references=[ref])
+    assert mix_recipes(given) == []                                                              # --recipes given
