@@ -192,3 +192,16 @@ def test_budget_below_the_smallest_file_is_one_line_exit_2(tiny256, calib, tmp_p
     assert "mix: " in out and (tmp_path / "m.gguf").stat().st_size <= 800_000
     with pytest.raises(EdgeLLMError, match="one budget"):
         dataclasses.replace(GGUFExportConfig(target_bpw=4.0), max_bytes="1MB")
+
+
+def test_untied_head_gets_its_own_type(calib, tmp_path):
+    """Mistral's untied output head: its error uses the final norm's output covariance, the embedding its lookups."""
+    from conftest import make_tiny_decoder
+    from edgellm.exporters.gguf import export_gguf_report
+
+    src = make_tiny_decoder(tmp_path / "mistral", "mistral")
+    _, r = export_gguf_report(str(src), tmp_path / "m.gguf", target_bpw=7.0, calib=calib)
+    t = r.mix["tensors"]
+    assert {"output.weight", "token_embd.weight"} <= set(t) and t["output.weight"]["loss"] > 0
+    assert _types_in_file(tmp_path / "m.gguf")["output.weight"] == t["output.weight"]["type"]
+    assert r.file_bytes <= r.mix["budget_bytes"]
