@@ -42,6 +42,13 @@ def samples(tiny_llama, tiny_bert_cls, tsv_file, text_file, tmp_path_factory):
         b = edgellm.bench(str(tiny_llama), edgellm.BenchConfig(prompt_len=8, new_tokens=4, runs=1, warmup=0,
                                                                machine=False), threads=1)
         out["BenchResult"], out["SpeedResult"] = b, b.speed
+        from edgellm.calibconfig import CalibConfig
+        from edgellm.exporters import gguf, gguf_mix
+
+        cfg = edgellm.GGUFExportConfig(target_bpw=6.0, calib=CalibConfig(data=str(text_file), samples=2, seq_len=32))
+        out["MixPlan"] = gguf_mix.plan_mix(m, cfg, names=gguf.tensor_names(m.model, gguf.gguf_family(m.model)),
+                                           write=gguf.write_gguf)
+        _, out["RotateResult"] = edgellm.rotate(edgellm.load(tiny_llama), edgellm.RotateConfig(seed=0))
     finally:
         torch.set_num_threads(n)
     return out
@@ -56,7 +63,7 @@ def test_every_result_class_has_a_sample(samples):
         importlib.import_module(target.split(":")[0])
     names = {c.__name__ for c in _subclasses(Result) if not c.__module__.startswith(("test_", "edgellm.results"))}
     assert {"QuantResult", "PruneResult", "DistillResult", "ExportResult", "PerplexityResult", "EvalResult",
-            "BenchResult", "ClassifyResult", "SpeedResult"} <= names
+            "BenchResult", "ClassifyResult", "SpeedResult", "RotateResult"} <= names
     missing = names - {type(r).__name__ for r in samples.values()}
     assert not missing, f"Result classes with no sample in this test: {sorted(missing)}"
 

@@ -29,14 +29,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..errors import EdgeLLMError
 from ..families import FamilySpec, family_of, find_blocks, module, projection
+from ..fileio import atomic_dir, write_manifest
 from ..folders import folder_format
+from ..modelfiles import cache_dir
+from ..results import Result
 from .hadamard import random_rotation
 
 READERS = ("q", "k", "v", "gate", "up")           # read the normed residual stream
@@ -66,7 +69,7 @@ class RotateConfig:
 
 
 @dataclass
-class RotateResult:
+class RotateResult(Result):
     """What ``rotate`` did, and the measured logit difference on the probe."""
 
     family: str
@@ -81,9 +84,6 @@ class RotateResult:
     max_logit_diff: float | None       # max |logits − original logits| on the probe (None: skipped)
     max_abs_logit: float | None
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # -- checks -------------------------------------------------------------------------------------------
@@ -274,8 +274,6 @@ def rotated_folder(src, out, seed: int = 0, *, force: bool = False, own: bool = 
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..fileio import atomic_dir, write_manifest
-
     src = Path(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     new, result = rotate(model, RotateConfig(seed=seed))
@@ -296,8 +294,6 @@ def rotated_cache_folder(src, seed: int = 0):
     'rotated'
     """
     from pathlib import Path
-
-    from ..modelfiles import cache_dir
 
     src = Path(src)
     folder = cache_dir() / "rotated" / f"{src.name}-seed{seed}-v{ROTATED_CACHE_VERSION}"
