@@ -15,6 +15,9 @@ import argparse
 import importlib
 import sys
 
+from .errors import EdgeLLMError
+from .noise import quiet_third_party
+
 COMMANDS = {
     "distill": ("edgellm.commands.distill", "distil a teacher into a student (KD), or recover a pruned/quantized model"),
     "finetune": ("edgellm.commands.finetune", "fine-tune on labels only (e.g. a classification head on SST-2)"),
@@ -54,15 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--debug" in argv:                 # decided before parsing: building the parser imports torch
         return _main(argv)
-    from .noise import quiet_third_party
 
     with quiet_third_party():
         return _main(argv)
 
 
 def _main(argv: list[str]) -> int:
-    from .errors import EdgeLLMError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_module", None):
@@ -90,8 +90,6 @@ def check_numbers(args) -> None:
     >>> check_numbers(argparse.Namespace(threads=2, lr=1e-4))
     """
     import math
-
-    from .errors import EdgeLLMError
 
     for dest, v in vars(args).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from ..fileio import write_json
+
 
 def add_common(p, threads: bool = True, runtime: bool = True, json_out: bool = True) -> None:
     """Flags shared by subcommands that open a model."""
@@ -39,8 +41,6 @@ def load_kwargs(args) -> dict:
 
 
 def emit_json(args, obj) -> None:
-    from ..fileio import write_json
-
     if getattr(args, "json_out", None):
         if args.json_out == "-":
             print(json.dumps(obj, indent=2, default=str))

@@ -6,38 +6,28 @@ there; ``--pipeline`` hands over to ``commands/pipeline.py``.
 
 from __future__ import annotations
 
-from . import add_common, emit_json, load_kwargs
+from ..measure import BenchConfig, bench
+from ..placed import parse_max_memory
+from ..report.table import format_table, human_bytes
+from . import add_common, emit_json, load_kwargs, pipeline
+from .flags import add_config_flags, config_from_args
 
 
 def add_arguments(p) -> None:
-    from ..measure import BenchConfig
-    from .flags import add_config_flags
-
     p.add_argument("model", help="built-in name, model folder or artifact (.gguf, .onnx, .pte)")
     add_config_flags(p, BenchConfig)
     add_common(p)
-    from . import pipeline
-
     pipeline.add_arguments(p)
 
 
 def run(args) -> int:
     import dataclasses
 
-    from ..measure import BenchConfig, bench
-    from ..report.table import format_table, human_bytes
-    from .flags import config_from_args
-
-    from . import pipeline
-    from ..placed import parse_max_memory
-
     pipeline.check_flags(args)            # before any process starts
     if getattr(args, "max_memory", None):
         parse_max_memory(args.max_memory)
     cfg = config_from_args(BenchConfig, args)
     if getattr(args, "pipeline", None):
-        from . import pipeline
-
         vars(args).update(dataclasses.asdict(cfg))    # the workload flags, defaults filled in
         return pipeline.run(args)
     r = bench(args.model, cfg, runtime=args.runtime, threads=args.threads, device=args.device,

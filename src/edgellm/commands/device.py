@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..devices import builtin_profiles, get_profile
+from ..report.table import format_table, human_bytes, key_values
 from . import emit_json
 
 
@@ -12,17 +14,12 @@ def add_arguments(p) -> None:
 
 
 def _row(p) -> dict:
-    from ..report.table import human_bytes
-
     return {"name": p.name, "RAM for model": human_bytes(p.ram_bytes_for_model), "storage": human_bytes(p.storage_bytes),
             "bandwidth GB/s": p.mem_bandwidth_GBps, "fp32 GFLOP/s": p.fp32_gflops, "int8 GOP/s": p.int8_gops,
             "runtimes": ",".join(p.runtimes), "figures": "measured" if p.measured else "datasheet (predictions)"}
 
 
 def run(args) -> int:
-    from ..devices import builtin_profiles, get_profile
-    from ..report.table import format_table, human_bytes, key_values
-
     if args.show:
         p = get_profile(args.show, threads=args.threads)
         d = p.to_dict()

@@ -10,7 +10,13 @@ Runs under ``accelerate launch -m edgellm.distillation ...`` too (each process t
 
 from __future__ import annotations
 
+from ..distillation import DistillConfig, distill, student_from_teacher
+from ..errors import EdgeLLMError
+from ..models import load
+from ..report.table import format_table
 from . import emit_json
+from .flags import add_config_flags, config_from_args
+
 
 def add_arguments(p) -> None:
     p.add_argument("--teacher", required=True, help="teacher: built-in name or model folder")
@@ -29,25 +35,14 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="also write the result as JSON")
-    from ..distillation import DistillConfig
-    from .flags import add_config_flags
-
     add_config_flags(p, DistillConfig)
 
 
 def run(args) -> int:
     import torch
 
-    from ..distillation import distill, student_from_teacher
-    from ..errors import EdgeLLMError
-    from ..models import load
-    from ..report.table import format_table
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ..distillation import DistillConfig
-    from .flags import config_from_args
-
     cfg = config_from_args(DistillConfig, args)
     kw = {"task": args.task} if args.task else {}
     teacher = load(args.teacher, **kw)

@@ -5,23 +5,19 @@ The measurement flags are generated from ``EvalConfig`` (``commands/flags.py``),
 
 from __future__ import annotations
 
+from ..api import EvalConfig, evaluate
+from ..report.table import format_table
 from . import add_common, emit_json, load_kwargs
+from .flags import add_config_flags, config_from_args
 
 
 def add_arguments(p) -> None:
-    from ..api import EvalConfig
-    from .flags import add_config_flags
-
     p.add_argument("model", help="built-in name, model folder or artifact (.gguf, .onnx, .pte)")
     add_config_flags(p, EvalConfig)
     add_common(p)
 
 
 def run(args) -> int:
-    from ..api import EvalConfig, evaluate
-    from ..report.table import format_table
-    from .flags import config_from_args
-
     cfg = config_from_args(EvalConfig, args)
     kw = load_kwargs(args)
     if cfg.tsv and "task" not in kw:

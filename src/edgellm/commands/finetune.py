@@ -6,8 +6,14 @@ for ``--task classification`` a fresh head with ``--num-labels`` outputs is adde
 
 from __future__ import annotations
 
+from ..data import resolve_data_path
+from ..distillation import DistillConfig, finetune
+from ..distillation.config import FINETUNE
+from ..models import load
+from ..report.table import format_table
 from . import emit_json
 from .distill import summary_row
+from .flags import add_config_flags, config_from_args
 
 
 def add_arguments(p) -> None:
@@ -22,10 +28,6 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
-    from ..distillation import DistillConfig
-    from ..distillation.config import FINETUNE
-    from .flags import add_config_flags
-
     add_config_flags(p, DistillConfig, exclude=("alpha", "hidden_loss"), base=DistillConfig(**FINETUNE))
 
 
@@ -33,13 +35,6 @@ def run(args) -> int:
     from pathlib import Path
 
     import torch
-
-    from ..data import resolve_data_path
-    from ..distillation import DistillConfig, finetune
-    from ..distillation.config import FINETUNE
-    from ..models import load
-    from ..report.table import format_table
-    from .flags import config_from_args
 
     if args.threads:
         torch.set_num_threads(args.threads)

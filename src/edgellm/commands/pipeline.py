@@ -6,6 +6,7 @@ prints per-rank memory, the batch-1 speed and the batch throughput.
 
 from __future__ import annotations
 
+from ..errors import EdgeLLMError
 from ..parallel.launch import bench_pipeline
 from ..report.table import format_table, human_bytes
 from . import emit_json
@@ -26,8 +27,6 @@ def check_flags(args) -> None:
     >>> from argparse import Namespace
     >>> check_flags(Namespace(pipeline=2, batch=4, micro_batches="1,2"))
     """
-    from ..errors import EdgeLLMError
-
     if args.pipeline is not None and not 2 <= args.pipeline <= 64:
         raise EdgeLLMError(f"--pipeline must be 2 to 64 processes (got {args.pipeline})",
                            "use --pipeline 2 or more (at most one per layer), or leave it out")

@@ -8,6 +8,10 @@ Nothing is loaded: the model is built on the meta device from its config.
 
 from __future__ import annotations
 
+from ..errors import EdgeLLMError
+from ..parallel.placement import plan_placement
+from ..parallel.stage import plan_stages
+from ..report.table import format_table, human_bytes
 from . import emit_json
 
 
@@ -20,15 +24,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..errors import EdgeLLMError
-    from ..report.table import format_table, human_bytes
-
     if not args.max_memory and not args.pipeline:
         raise EdgeLLMError("nothing to plan", "pass --max-memory cpu=2GiB,cuda:0=4GiB[,disk] and/or --pipeline N")
     out: dict = {"model": args.model}
     if args.max_memory:
-        from ..parallel.placement import plan_placement
-
         pl = plan_placement(args.model, args.max_memory)
         out["placement"] = pl.to_dict()
         print(format_table([{"module": n, "device": d} for n, d in pl.device_map.items()],
@@ -40,8 +39,6 @@ def run(args) -> int:
         print(f"total {pl.total_bytes} bytes ({human_bytes(pl.total_bytes)}); largest block "
               f"{pl.largest_block_bytes} bytes")
     if args.pipeline:
-        from ..parallel.stage import plan_stages
-
         slices, rank_bytes, _ = plan_stages(args.model, args.pipeline)
         out["pipeline"] = [{"rank": r, "layers": [s.start, s.stop], "bytes": b}
                            for r, (s, b) in enumerate(zip(slices, rank_bytes))]

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..fileio import check_writable_target, dir_bytes
+from ..models import load, save
+from ..pruning import PruneConfig, prune
+from ..pruning.storage import NO_KERNEL_NOTE, save_sparse
+from ..report.table import format_table, human_bytes
 from . import add_common, emit_json, load_kwargs
+from .flags import add_config_flags, config_from_args
 
 
 def add_arguments(p) -> None:
-    from ..pruning import PruneConfig
-    from .flags import add_config_flags
-
     p.add_argument("model", help="built-in name or model folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -26,15 +29,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from ..models import load, save
-    from ..pruning import PruneConfig, prune
-    from ..pruning.storage import NO_KERNEL_NOTE, save_sparse
-    from ..report.table import format_table, human_bytes
-    from .flags import config_from_args
-
     cfg = config_from_args(PruneConfig, args)
-    from ..fileio import check_writable_target
-
     check_writable_target(args.out, args.force, inputs=(args.model,))   # fail before the (slow) pruning, not after
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,8 +40,6 @@ def run(args) -> int:
         out = save_sparse(loaded, args.out, force=args.force, edgellm_section=section)
     else:
         out = save(loaded, args.out, force=args.force, edgellm_section=section)   # no "format": a plain HF folder
-    from ..fileio import dir_bytes
-
     row = {"model": args.model, "method": cfg.method, "structure": cfg.structure or "-", "pattern": cfg.pattern or "-",
            "sparsity": round(r.achieved_sparsity, 4) if r.achieved_sparsity is not None else "-",
            "params": f"{r.params_before / 1e6:.2f}M -> {r.params_after / 1e6:.2f}M",

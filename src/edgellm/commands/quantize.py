@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..fileio import check_writable_target, dir_bytes
+from ..models import load
+from ..quantization import QuantConfig, quantize
+from ..quantization.storage import save_quantized
+from ..report.table import format_table, human_bytes
 from . import add_common, emit_json, load_kwargs
+from .flags import add_config_flags, config_from_args
 
 
 def _group(value: str):
@@ -27,9 +33,6 @@ def _group(value: str):
 def add_arguments(p) -> None:
     import argparse
 
-    from ..quantization import QuantConfig
-    from .flags import add_config_flags
-
     p.add_argument("model", help="built-in name or model folder")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -43,13 +46,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import torch
-
-    from ..fileio import check_writable_target, dir_bytes
-    from ..models import load
-    from ..quantization import QuantConfig, quantize
-    from ..quantization.storage import save_quantized
-    from ..report.table import format_table, human_bytes
-    from .flags import config_from_args
 
     cfg = config_from_args(QuantConfig, args)
     check_writable_target(args.out, args.force, inputs=(args.model,))   # fail before the (slow) quantization, not after

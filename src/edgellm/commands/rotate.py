@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..fileio import check_output, dir_bytes
+from ..models import load, save
+from ..report.table import format_table, human_bytes
+from ..transforms import RotateConfig, rotate
+from ..transforms.rotate import provenance
 from . import add_common, emit_json, load_kwargs
+from .flags import add_config_flags, config_from_args
 
 
 def add_arguments(p) -> None:
-    from ..transforms import RotateConfig
-    from .flags import add_config_flags
-
     p.add_argument("model", help="built-in name, model folder or .gguf file (a float causal LM)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite --out if edgellm wrote it")
@@ -24,13 +27,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..fileio import check_output, dir_bytes
-    from ..models import load, save
-    from ..report.table import format_table, human_bytes
-    from ..transforms import RotateConfig, rotate
-    from ..transforms.rotate import provenance
-    from .flags import config_from_args
-
     cfg = config_from_args(RotateConfig, args)
     check_output(args.out, args.force, inputs=(args.model,))     # fail before loading, not after
     loaded = load(args.model, **load_kwargs(args))

@@ -9,23 +9,19 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from ..serving.app import ServeConfig
+from ..serving.server import serve
 from . import add_common, load_kwargs
+from .flags import add_config_flags, config_from_args
 
 
 def add_arguments(p) -> None:
-    from ..serving.app import ServeConfig
-    from .flags import add_config_flags
-
     p.add_argument("artifact", help="built-in name, model folder or artifact (.gguf, ...)")
     add_config_flags(p, ServeConfig)
     add_common(p, json_out=False)
 
 
 def run(args) -> int:
-    from ..serving.app import ServeConfig
-    from ..serving.server import serve
-    from .flags import config_from_args
-
     config = config_from_args(ServeConfig, args)
     if config.api_key is None and os.environ.get("EDGELLM_API_KEY"):
         config = dataclasses.replace(config, api_key=os.environ["EDGELLM_API_KEY"])
