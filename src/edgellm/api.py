@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .calibconfig import config_field
 from .data import WIKI_TEST, read_tsv, tokenize_file
 from .errors import EdgeLLMError
+from .evaluation import accuracy, evaluate_lm
 from .results import Result
 from .runtimes import open_runtime
 
@@ -85,8 +86,6 @@ def evaluate(model, config: EvalConfig | None = None, *, runtime: str = "auto", 
     >>> r.perplexity.perplexity, evaluate("smollm2-135m", ctx=256).perplexity.ctx  # doctest: +SKIP
     (28.7, 256)
     """
-    from .evaluation import accuracy, evaluate_lm
-
     cfg = _config(config, fields)
     rt = _as_runtime(model, runtime, threads, device, load_kwargs)
     out = EvalResult(model=_describe(model), runtime=rt.name, threads=getattr(rt, "threads", None))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EdgeLLMError
+from .fileio import atomic_file
 
 BLOCK_ROLES = ("q", "k", "v", "o", "gate", "up", "down", "input_norm", "post_attention_norm", "q_norm", "k_norm")
 NORM_ROLES = ("input_norm", "post_attention_norm", "q_norm", "k_norm", "final_norm")   # scaled by norm_offset + w
@@ -357,8 +358,6 @@ def render_doc(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m edgellm.families [--write docs/families.md]``: print the table, or refresh it in a file."""
     import sys
-
-    from .fileio import atomic_file
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--write"] and len(args) == 2:

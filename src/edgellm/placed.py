@@ -30,6 +30,7 @@ from .errors import EdgeLLMError
 from .fileio import verify_manifest
 from .modelfiles import (BUILTINS, auto_class, builtin_path, check_safetensors, gguf_cache_folder, has_tokenizer,
                          quiet_transformers, task_from_config)
+from .report.table import human_bytes
 from .transforms.rotate import rotated_cache_folder
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
@@ -109,8 +110,6 @@ def format_budget(budgets: dict, disk: bool) -> str:
     >>> format_budget({"cpu": 2**30, 0: 2**31}, True)             # doctest: +SKIP
     'cpu=1.0 GiB,cuda:0=2.0 GiB,disk'
     """
-    from .report.table import human_bytes
-
     parts = [f"{device_name(k)}={human_bytes(v)}" for k, v in budgets.items()]
     return ",".join(parts + (["disk"] if disk else []))
 
@@ -180,8 +179,6 @@ def plan_device_map(model: torch.nn.Module, budgets: dict, disk: bool) -> Placem
     """
     from accelerate import infer_auto_device_map
     from accelerate.utils import compute_module_sizes, get_max_layer_size
-
-    from .report.table import human_bytes
 
     no_split = list(getattr(model, "_no_split_modules", None) or [])
     sizes = compute_module_sizes(model)

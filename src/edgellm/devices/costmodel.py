@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from ..fileio import write_json
 from .profiles import DeviceProfile
 
 
@@ -232,8 +233,6 @@ class Calibration:
 
     def save(self, path, host: dict) -> None:
         """Keep the raw samples for later runs on the same host (``load``); written atomically."""
-        from ..fileio import write_json
-
         write_json(path, {"format": FORMAT, "host": host, "samples": self.samples})
 
     @classmethod

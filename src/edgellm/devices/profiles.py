@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgeLLMError
+from ..fileio import read_yaml
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 KNOWN_RUNTIMES = ("torch", "llama.cpp", "onnxruntime", "executorch")
@@ -172,8 +173,6 @@ def load_profile(path: str | Path) -> DeviceProfile:
     >>> load_profile("my-board.yaml").name        # doctest: +SKIP
     'my-board'
     """
-    from ..fileio import read_yaml
-
     return profile_from_dict(read_yaml(path, "device profile"), str(path))
 
 

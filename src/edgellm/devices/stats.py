@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..calibrate import find_blocks, find_linears
 from .costmodel import ModelStats
 
 # bits per weight of llama.cpp block formats (codes + fp16 scale [+ fp16 min] per 32 weights)
@@ -79,8 +80,6 @@ def recipe_kind(recipe) -> str:
 
 
 def _block_linears(model: nn.Module) -> list[tuple[str, int, int]]:
-    from ..calibrate import find_blocks, find_linears
-
     _, blocks = find_blocks(model)
     return [(n, lin.in_features, lin.out_features) for n, lin in find_linears(blocks[0]).items()]
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..calibrate import find_blocks
+from ..quantization.primitives import choose_qparams, effective_group, fake_quantize as quant_dequant
 
 
 def fake_quantize(W: torch.Tensor, bits: int, group_size: int = 32) -> torch.Tensor:
@@ -26,9 +27,6 @@ def fake_quantize(W: torch.Tensor, bits: int, group_size: int = 32) -> torch.Ten
     >>> fake_quantize(torch.tensor([[0.5, -1.0, 0.26, 0.0]]), 2, 0).tolist()
     [[0.5, -1.0, 0.5, 0.0]]
     """
-    from ..quantization.primitives import choose_qparams, effective_group
-    from ..quantization.primitives import fake_quantize as quant_dequant
-
     g = group_size or None
     scale, zero = choose_qparams(W, bits, g, symmetric=True)
     return quant_dequant(W, scale, zero, bits, effective_group(W.shape[1], g)).to(W.dtype)

@@ -14,6 +14,7 @@ import copy
 from ..calibrate import find_blocks
 from ..errors import EdgeLLMError
 from ..models import Loaded, count_params, load, model_bytes
+from ..pruning.structured import remove_layers
 
 
 def keep_evenly(n_layers: int, keep: int) -> list[int]:
@@ -54,8 +55,6 @@ def student_from_teacher(teacher, keep_layers: int | None = None, prune_ratio: f
     >>> s.model.config.num_hidden_layers                               # doctest: +SKIP
     15
     """
-    from ..pruning.structured import remove_layers
-
     src = teacher if isinstance(teacher, Loaded) else load(teacher, **load_kwargs)
     model = copy.deepcopy(src.model)
     _, blocks = find_blocks(model)

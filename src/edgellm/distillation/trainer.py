@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..calibrate import find_blocks
 from ..errors import EdgeLLMError
+from ..fileio import check_output
 from ..results import Result
 from ..models import Loaded, load
 from . import checkpoint as ckpt
@@ -37,6 +39,7 @@ from . import fakequant
 from .batches import ClassData, LMData, TopKCache, class_data, lm_data
 from .config import FINETUNE, DistillConfig, lr_at
 from .losses import hidden_state_loss, kd_terms
+from .plots import write_outputs
 from .students import check_compatible, task_of
 
 
@@ -89,8 +92,6 @@ def _projections(teacher, student, pairs) -> nn.ModuleDict:
     projs = nn.ModuleDict()
     if not pairs:
         return projs
-    from ..calibrate import find_blocks
-
     ns, nt = len(find_blocks(student)[1]), len(find_blocks(teacher)[1])
     ds, dt = student.config.hidden_size, teacher.config.hidden_size
     for s, t in pairs:
@@ -172,8 +173,6 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
 
     out = Path(out) if out else None
     if out is not None:     # never an input, never something edgellm did not write (fileio.check_output)
-        from ..fileio import check_output
-
         paths = [data, eval_data] + ([teacher.meta.source] if teacher is not None else [])
         check_output(out, force or resume is not None, inputs=[student.meta.source] +
                      [p for p in paths if isinstance(p, (str, Path))])
@@ -263,8 +262,6 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
     if out is not None:
         acc.wait_for_everyone()
         if acc.is_main_process:
-            from .plots import write_outputs
-
             result.plot = write_outputs(student, out, logs, result, force=force or resume is not None,
                                         teacher=teacher.meta.name if teacher else None, total_seconds=time.time() - t_start)
             result.out = str(out)

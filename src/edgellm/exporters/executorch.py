@@ -36,6 +36,7 @@ from ..artifacts import EXECUTORCH, require, write_artifact
 from ..errors import EdgeLLMError
 from ..families import export_support, family_of, find_blocks, get_path, module
 from ..fileio import atomic_dir
+from ..models import Loaded, load
 from .onnx import cache_shape, check_supported, plain_model
 
 VARIANTS = ("fp32", "int8", "int4")
@@ -169,8 +170,6 @@ def export_executorch_report(model, out, *, variant: str = "fp32", force: bool =
                              max_len: int = 512, verify=None, **_ignored) -> tuple[Path, dict]:
     """``export_executorch`` returning ``(path, report)``, as ``edgellm.exporters.export`` dispatches it."""
     import copy
-
-    from ..models import Loaded, load
 
     cfg = ExecuTorchExportConfig(variant=variant, group_size=group_size, max_len=max_len)
     require(EXECUTORCH)

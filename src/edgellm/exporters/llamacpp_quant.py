@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..calibrate import InputNormStats, find_blocks, run_blockwise
 from ..errors import EdgeLLMError
 from ..fileio import check_writable_target
+from ..runtimes.llamacpp import import_llama_cpp
+from .gguf import gguf_arch
 
 FTYPES = {"f32": "LLAMA_FTYPE_ALL_F32", "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
           "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
@@ -35,8 +38,6 @@ class _ImatrixMethod:
     """A ``calibrate.run_blockwise`` method that only observes: Σx² and counts per linear input."""
 
     def __init__(self, prefix: str):
-        from ..calibrate import InputNormStats
-
         self._stats_cls = InputNormStats
         self.prefix = prefix
         self.values: dict[str, torch.Tensor] = {}
@@ -59,9 +60,6 @@ def importance_matrix(model, calib_ids: torch.Tensor, progress: bool = False) ->
     """
     import gguf
 
-    from ..calibrate import find_blocks, run_blockwise
-    from .gguf import gguf_arch
-
     arch = gguf_arch(model)
     path, _ = find_blocks(model)
     method = _ImatrixMethod(path)
@@ -81,8 +79,6 @@ def llama_quantize(src, dst, qtype: str, *, imatrix: dict[str, np.ndarray] | Non
 
     >>> llama_quantize("out/f32.gguf", "out/llama-q4_0.gguf", "q4_0")   # doctest: +SKIP
     """
-    from ..runtimes.llamacpp import import_llama_cpp
-
     llama_cpp = import_llama_cpp()
     if qtype not in FTYPES:
         raise EdgeLLMError(f"unknown llama.cpp quantization type '{qtype}'", f"use one of: {', '.join(FTYPES)}")

@@ -39,6 +39,10 @@ from ..artifacts import ONNX, require, write_artifact
 from ..errors import EdgeLLMError
 from ..families import export_support, family_of
 from ..fileio import atomic_dir
+from ..models import Loaded, load
+from ..runtimes.onnxrt import OnnxRuntime
+from ..runtimes.torch import TorchRuntime
+from .onnx_fuse import eager_attention, fuse_encoder
 
 VARIANTS = ("fp32", "int8", "int4")
 # the families exported and tested come from the family registry (``families.export_support("onnx")``);
@@ -181,8 +185,6 @@ class _Classifier(torch.nn.Module):
 
 def _export_classifier(model, tokenizer, path: Path, opset: int, fuse: bool = True) -> dict:
     """Trace the classifier (eager attention when fusing, see ``onnx_fuse``), then fuse encoder blocks."""
-    from .onnx_fuse import eager_attention, fuse_encoder
-
     enc = tokenizer(["a short example", "and a second, longer example sentence"], padding=True, return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
     dyn = {n: {0: "batch", 1: "seq"} for n in names}
@@ -259,8 +261,6 @@ def fake_quantized(loaded, cfg: OnnxExportConfig):
     """
     import copy
 
-    from ..models import Loaded
-
     net = copy.deepcopy(plain_model(loaded.model)).float().eval()
     for mod in net.modules():
         if isinstance(mod, torch.nn.Linear):
@@ -299,9 +299,6 @@ CLASSIFY_PROMPTS = ("a gripping, beautifully acted film", "the plot is thin and 
 
 def verify_classifier(tmp: Path, loaded, variant: str, threads: int | None = None) -> dict:
     """Class probabilities of the ONNX classifier against PyTorch on fixed sentences; raises if out of tolerance."""
-    from ..runtimes.onnxrt import OnnxRuntime
-    from ..runtimes.torch import TorchRuntime
-
     limit = 1e-4 if variant == "fp32" else 0.15
     ref = TorchRuntime(loaded, device="cpu", threads=threads).classify(list(CLASSIFY_PROMPTS)).softmax(-1)
     art = OnnxRuntime(tmp, threads=threads).classify(list(CLASSIFY_PROMPTS)).softmax(-1)
@@ -342,8 +339,6 @@ def export_onnx(model, out, *, variant: str = "fp32", force: bool = False, block
 def export_onnx_report(model, out, *, variant: str = "fp32", force: bool = False, block_size: int = 32,
                        verify=None, threads: int | None = None, **config) -> tuple[Path, dict]:
     """``export_onnx`` returning ``(path, report)``, as ``edgellm.exporters.export`` dispatches it."""
-    from ..models import Loaded, load
-
     cfg = OnnxExportConfig(variant=variant, block_size=block_size, **config)
     require(ONNX)
     loaded = model if isinstance(model, Loaded) else load(model)

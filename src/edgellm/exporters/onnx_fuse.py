@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..families import family_of
+
+
 @contextlib.contextmanager
 def eager_attention(model):
     """Trace *model* with the eager attention (restored afterwards: the caller's model is not changed)."""
@@ -41,8 +44,6 @@ def fuse_encoder(path: Path, config) -> dict[str, int]:
     >>> fuse_encoder(Path("out/minilm.onnx/model.onnx"), model.config)    # doctest: +SKIP
     {'EmbedLayerNormalization': 1, 'Attention': 6, 'SkipLayerNormalization': 12, 'BiasGelu': 6}
     """
-    from ..families import family_of
-
     import logging
 
     from onnxruntime.transformers.optimizer import optimize_model

@@ -6,17 +6,15 @@ import json
 import sys
 import time
 
+from ..errors import EdgeLLMError
+from ..runtimes import open_runtime
+from .latency import measure_speed
 from .peak import peak_rss_bytes
 
 
 def main(argv: list[str]) -> int:
-    from ..errors import EdgeLLMError
-
     req = json.loads(argv[0])
     try:
-        from ..runtimes import open_runtime
-        from .latency import measure_speed
-
         t0 = time.perf_counter()
         rt = open_runtime(req["spec"], runtime=req["runtime"], threads=req["threads"], device=req.get("device"),
                           **req.get("load_kwargs", {}))

@@ -21,7 +21,13 @@ import time
 
 import torch
 
+from ..errors import EdgeLLMError
+from ..fileio import write_json
+from ..measure.latency import Stat, fixed_prompt, measure_speed
 from ..measure.peak import peak_rss_bytes
+from ..placed import plain_folder
+from .pipeline import PipelineEngine, PipelineRuntime, env_rank_world, init_distributed
+from .stage import load_stage, plan_stages
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prompt_ids(args, tokenizer_path) -> torch.Tensor:
-    from ..errors import EdgeLLMError
-
     if getattr(args, "prompt_seeds", None):
-        from ..measure.latency import fixed_prompt
         from transformers import AutoConfig
 
         vocab = AutoConfig.from_pretrained(tokenizer_path).vocab_size
@@ -87,11 +90,6 @@ def _prompt_ids(args, tokenizer_path) -> torch.Tensor:
 
 
 def run_rank(args) -> int:
-    from ..fileio import write_json
-    from ..placed import plain_folder
-    from .pipeline import PipelineEngine, env_rank_world, init_distributed
-    from .stage import load_stage, plan_stages
-
     rank, world, local = env_rank_world()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,10 +163,6 @@ def _rank0(args, engine, stage, folder, world) -> dict:
 
 
 def _bench(args, engine, stage, world) -> dict:
-    from ..measure.latency import Stat, fixed_prompt, measure_speed
-    from ..errors import EdgeLLMError
-    from .pipeline import PipelineRuntime
-
     out: dict = {}
     if not args.no_decode:
         rt = PipelineRuntime(engine, args.read_bytes)
@@ -199,8 +193,6 @@ def _bench(args, engine, stage, world) -> dict:
 
 
 def main(argv=None) -> int:
-    from ..errors import EdgeLLMError
-
     args = build_parser().parse_args(argv)
     try:
         return run_rank(args)

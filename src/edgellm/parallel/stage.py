@@ -28,6 +28,8 @@ import torch
 from ..errors import EdgeLLMError
 from ..families import (FamilySpec, base_prefix, family_of, find_blocks, get_path, model_path, module, require,
                         set_path)
+from ..placed import meta_model, plain_folder
+from .placement import split_layers
 
 
 @dataclass
@@ -92,9 +94,6 @@ def check_family(model: torch.nn.Module) -> FamilySpec:
 def plan_stages(spec, world: int, dtype: torch.dtype = torch.float32) -> tuple[list[range], list[int], int]:
     """Every rank's layer range and weight bytes, and the weight bytes read per decoded token over all
     ranks (the input embedding is looked up, one row, not read whole), from the config alone."""
-    from ..placed import meta_model, plain_folder
-    from .placement import split_layers
-
     model = meta_model(plain_folder(spec), "causal-lm", dtype)
     check_family(model)
     sizes, first, last = layer_sizes(model)
@@ -160,9 +159,6 @@ def load_stage(spec, rank: int, world: int, dtype: torch.dtype = torch.float32, 
     """
     from accelerate.utils import set_module_tensor_to_device
     from safetensors import safe_open
-
-    from ..placed import meta_model, plain_folder
-    from .placement import split_layers
 
     if not 0 <= rank < world:
         raise EdgeLLMError(f"rank {rank} is outside world size {world}", "ranks run from 0 to world size - 1")

@@ -82,8 +82,6 @@ class CalibratedPruner:
         self.block = index
 
     def new_stats(self, name: str, linear):
-        from .masks import check_nm_divides
-
         full = f"{self.path}.{self.block}.{name}"
         if not selected(full, self.cfg):
             return None

@@ -21,6 +21,8 @@ import torch
 
 from ..errors import EdgeLLMError
 from ..fileio import atomic_dir, write_manifest
+from ..modelfiles import auto_class
+from ..models import unique_tensors
 
 VALUES, BITMASK = ".__values", ".__bitmask"
 WEIGHTS_FILE = "model.sparse.safetensors"
@@ -78,8 +80,6 @@ def save_sparse(loaded, out: str | os.PathLike, *, force: bool = False, edgellm_
     """
     from safetensors.torch import save_file
 
-    from ..models import unique_tensors
-
     model = loaded.model
     tensors, shapes, n_sparse = {}, {}, 0
     persistent = set(model.state_dict())
@@ -113,8 +113,6 @@ def load_sparse_model(folder: Path, config_dict: dict, task: str, dtype) -> tupl
     """Rebuild the dense model of a ``"sparse"`` folder (called by ``edgellm.models.load``)."""
     from safetensors import safe_open
     from transformers import AutoConfig
-
-    from ..modelfiles import auto_class
 
     path = Path(folder) / WEIGHTS_FILE
     if not path.exists():

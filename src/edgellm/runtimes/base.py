@@ -19,6 +19,7 @@ import torch
 from ..artifacts import ArtifactFormat, read_artifact, require, resolve_artifact
 from ..errors import EdgeLLMError
 from ..fileio import dir_bytes
+from ..modelfiles import has_tokenizer, quiet_transformers
 
 
 @runtime_checkable
@@ -95,8 +96,6 @@ def decode_loop(prefill: Callable[[], torch.Tensor], step: Callable[[int], torch
 def folder_tokenizer(folder: Path):
     """The Hugging Face tokenizer saved in *folder* (an exported artifact), or None when it holds none."""
     from transformers import AutoTokenizer
-
-    from ..modelfiles import has_tokenizer, quiet_transformers
 
     if not has_tokenizer(folder):
         return None

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeLLMError
+from ..models import BUILTINS, builtin_path, check_gguf
 from .base import decode_loop
 
 DEFAULT_MAX_CTX = 2048      # KV cache positions unless n_ctx= asks for more (the model's limit caps it)
@@ -41,8 +42,6 @@ def import_llama_cpp():
 
 def gguf_path(spec) -> Path:
     """The .gguf file behind *spec*: a path, or a built-in whose shipped file is a GGUF."""
-    from ..models import BUILTINS, builtin_path
-
     if isinstance(spec, (str, os.PathLike)) and str(spec) in BUILTINS:
         if BUILTINS[str(spec)].rotate_seed is not None:     # derived from the shipped file: no GGUF of its own
             raise EdgeLLMError(f"built-in '{spec}' has no GGUF file of its own",
@@ -64,8 +63,6 @@ def gguf_path(spec) -> Path:
 def read_gguf_info(path: Path) -> dict:
     """Architecture, context length, vocabulary size and per-tensor bytes from the GGUF header."""
     from gguf import GGUFReader
-
-    from ..models import check_gguf
 
     arch = check_gguf(path)["gguf_architecture"]
     reader = GGUFReader(str(path))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EdgeLLMError
+from ..runtimes import open_runtime
 from .app import ServeConfig, create_app
 from .engine import Engine
 
@@ -62,8 +63,6 @@ def default_model_id(artifact) -> str:
 def open_engine(artifact, runtime: str = "auto", threads: int | None = None, max_queue: int = 16,
                 device: str | None = None, load_kwargs: dict | None = None) -> Engine:
     """Open *artifact* on its runtime and wrap it in a started ``Engine``."""
-    from ..runtimes import open_runtime
-
     kw = dict(threads=threads, **(load_kwargs or {}))
     if device is not None:
         kw["device"] = device
