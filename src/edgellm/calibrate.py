@@ -27,6 +27,7 @@ inputs to disk.
 
 from __future__ import annotations
 
+import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,8 +73,9 @@ class BlockMethod(Protocol):
     def new_stats(self, name: str, linear: nn.Linear) -> Stats | None:
         """An accumulator for this linear's inputs, or None to leave it alone.
 
-        A method may also define ``start_block(index)``, called before the block's first ``new_stats``,
-        and ``sequential = True`` (see the module docstring)."""
+        A method may also define ``start_block(index)`` (before the block's first ``new_stats``),
+        ``finish_block(index)`` (after its outputs pass), ``sequential = True`` (see the module
+        docstring) and ``forward_dtype`` (run the block forwards under CPU autocast to that dtype)."""
 
     def apply_block(self, index: int, block: nn.Module, stats: dict[str, tuple[nn.Linear, Stats]],
                     block_inputs: "BlockInputs") -> "list[torch.Tensor] | None":
@@ -155,6 +157,9 @@ def run_blockwise(model: nn.Module, calib: torch.Tensor, method: BlockMethod, pr
 
 def _run_blocks(blocks: nn.ModuleList, inputs: "BlockInputs", method: BlockMethod, progress: bool, desc: str) -> None:
     sequential = bool(getattr(method, "sequential", False))
+    dtype = getattr(method, "forward_dtype", None)
+    device = next(blocks[0].parameters()).device.type
+    cast = (lambda: torch.autocast(device, dtype=dtype)) if dtype is not None else contextlib.nullcontext
     for i, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not progress, leave=False)):
         if hasattr(method, "start_block"):
             method.start_block(i)
@@ -171,15 +176,17 @@ def _run_blocks(blocks: nn.ModuleList, inputs: "BlockInputs", method: BlockMetho
             handles += _stop_when_all_seen(block, [linears[n] for n in stats])
             try:
                 if stats:  # nothing to observe: skip the statistics pass
-                    inputs.feed(block)
+                    with cast():
+                        inputs.feed(block)
             finally:
                 for h in handles:
                     h.remove()
             outputs = method.apply_block(i, block, stats, inputs)
-        # a method that left the block unchanged may hand back the outputs it computed anyway; the last
-        # block's outputs feed nothing
-        last = i == len(blocks) - 1
-        inputs.hidden = outputs if outputs is not None else [] if last else inputs.run(block)
+        # a method that left the block unchanged may hand back its outputs; the last block's feed nothing
+        with cast():
+            inputs.hidden = outputs if outputs is not None else [] if i == len(blocks) - 1 else inputs.run(block)
+        if hasattr(method, "finish_block"):
+            method.finish_block(i)
 
 
 @torch.no_grad()
@@ -234,8 +241,7 @@ def _stop_when_all_seen(block: nn.Module, observed: list[nn.Linear]) -> list:
 
 def _feeder(acc: Stats):
     def hook(_module, args):
-        x = args[0]
-        acc.add(x.detach().reshape(-1, x.shape[-1]))
+        acc.add(args[0].detach().reshape(-1, args[0].shape[-1]))
     return hook
 
 
@@ -244,6 +250,7 @@ class HessianStats:
 
     H is symmetric, so only its block upper triangle is multiplied: with b column blocks that is
     (b+1)/2b of the full product (5/8 at b = 4, used from 512 inputs up); reading ``H`` mirrors it.
+    (bf16 products, 3× faster, were tried: their rounding can leave a near-singular H indefinite.)
 
     >>> s = HessianStats(4); s.add(torch.randn(10, 4)); s.H.shape
     torch.Size([4, 4])
@@ -253,8 +260,7 @@ class HessianStats:
         self._upper = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
         blocks = blocks or (4 if in_features >= 512 else 1)
         self._edges = sorted({round(in_features * j / blocks) for j in range(blocks + 1)})
-        self._H = None
-        self.n = 0
+        self._H, self.n = None, 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.float()
@@ -262,18 +268,14 @@ class HessianStats:
         self._upper.mul_(self.n / (self.n + m))
         self.n += m
         x = x * (2.0 / self.n) ** 0.5
-        if len(self._edges) == 2:
-            self._upper.addmm_(x.t(), x)
-        else:
-            for a, b in zip(self._edges[:-1], self._edges[1:]):
-                self._upper[:b, a:b].addmm_(x[:, :b].t(), x[:, a:b])
+        for a, b in zip(self._edges[:-1], self._edges[1:]):
+            self._upper[:b, a:b].addmm_(x[:, :b].t(), x[:, a:b])
         self._H = None
 
     @property
     def H(self) -> torch.Tensor:
         if self._H is None and self._upper is not None:
-            self._H = self._upper if len(self._edges) == 2 else \
-                torch.triu(self._upper) + torch.triu(self._upper, 1).t()
+            self._H = torch.triu(self._upper) + torch.triu(self._upper, 1).t()
         return self._H
 
     @H.setter
@@ -308,10 +310,8 @@ class InputNormStats:
 class InputSampleStats:
     """A uniform random subsample (without replacement) of a linear's input rows, at most *max_rows*.
 
-    Priority sampling: every row gets a seeded random key and the *max_rows* smallest keys are
-    kept (in arrival order), so the sample does not depend on how the rows were batched. AWQ
-    searches its scales on it. Once *max_rows* rows are held, a new row is copied only if its key
-    beats the current cut-off; the kept rows are compacted lazily (``x`` and ``keys`` compact).
+    Priority sampling: the *max_rows* smallest of seeded random row keys are kept (in arrival order),
+    whatever the batching; a row is copied only if its key beats the cut-off, compacted lazily.
 
     >>> s = InputSampleStats(4, max_rows=8); s.add(torch.randn(20, 4)); s.x.shape
     torch.Size([8, 4])

@@ -52,22 +52,21 @@ def awq_clip_reference(W, X, bits, group_size, symmetric, steps=10, max_shrink=0
     return shrink_search_reference(W, bits, group_size, symmetric, steps, max_shrink, group_error)
 
 
-def awq_search_scale_reference(W, X, bits, group_size, symmetric, grid=20):
-    C = X.t() @ X / X.shape[0]
+def awq_errors_reference(W, X, bits, group_size, symmetric, grid=20):
+    """Every α's scale and its output error ``trace(ΔW C ΔWᵀ)`` in float64 (one full product each)."""
+    C = (X.t() @ X / X.shape[0]).double()
     x_mean = X.abs().mean(0).clamp_min(1e-8)
     g = effective_group(W.shape[1], group_size)
-    best, best_err, base = None, float("inf"), None
+    scales, errs = [], []
     for i in range(grid):
         s = x_mean.pow(i / grid)
         s = s / (s.max() * s.min()).sqrt()
         Ws = W * s
         sc, z = choose_qparams(Ws, bits, group_size, symmetric)
-        dW = W - fake_quantize(Ws, sc, z, bits, g) / s
-        err = ((dW @ C) * dW).sum().item()
-        base = err if i == 0 else base
-        if err < best_err:
-            best, best_err = s, err
-    return best, best_err, base
+        dW = (W - fake_quantize(Ws, sc, z, bits, g) / s).double()
+        scales.append(s)
+        errs.append(((dW @ C) * dW).sum().item())
+    return scales, errs
 
 
 def gptq_reference(W, H, bits, group_size, symmetric, damp=0.01, block_size=128, act_order=False,
@@ -155,13 +154,17 @@ def test_awq_clip_choices_equal_the_reference(bits, group, sym):
     assert (fast != ref).float().mean() <= 0.01
 
 
-@pytest.mark.parametrize("bits,group,sym", [(4, 32, True), (3, 32, False), (4, None, True)])
-def test_awq_scale_search_equals_the_reference(bits, group, sym):
-    W, X = _weights(48, 96, 3), _inputs(1024, 96, 4)
-    s, err, base = awq_search_scale(W, X, bits, group, sym)
-    s_ref, err_ref, base_ref = awq_search_scale_reference(W, X, bits, group, sym)
-    assert torch.equal(s, s_ref)
-    assert err == pytest.approx(err_ref, rel=1e-4) and base == pytest.approx(base_ref, rel=1e-4)
+@pytest.mark.parametrize("bits,group,sym", [(4, 32, True), (3, 32, False), (4, None, True), (4, 48, False)])
+def test_awq_scale_search_picks_the_reference_best(bits, group, sym):
+    # the fast search multiplies C's block triangle in bf16: its errors match float64 to ~1e-3, and the
+    # α it picks is the reference's best up to that rounding
+    for seed in range(3):
+        W, X = _weights(48, 96, 3 + seed), _inputs(1024, 96, 4 + seed)
+        s, err, base = awq_search_scale(W, X, bits, group, sym)
+        scales, errs = awq_errors_reference(W, X, bits, group, sym)
+        picked = next(i for i, r in enumerate(scales) if torch.equal(r, s))
+        assert errs[picked] <= min(errs) * (1 + 2e-3)
+        assert err == pytest.approx(errs[picked], rel=5e-3) and base == pytest.approx(errs[0], rel=5e-3)
 
 
 @pytest.mark.parametrize("kw", [dict(bits=4, group_size=32, symmetric=True),
@@ -210,8 +213,7 @@ def test_hessian_from_its_block_triangle_equals_the_full_product(k, blocks):
     for chunk in x.split(70):
         s.add(chunk)
     torch.testing.assert_close(s.H.double(), 2 * x.t() @ x / 300, rtol=1e-5, atol=1e-4)
-    if k >= 512 or blocks:                      # mirrored from the block triangle: exactly symmetric
-        assert torch.equal(s.H, s.H.t())
+    assert torch.equal(s.H, s.H.t())            # mirrored from the block triangle: exactly symmetric
 
 
 def test_stacked_gptq_equals_one_linear_at_a_time():

