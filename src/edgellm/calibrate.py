@@ -267,9 +267,8 @@ class HessianStats:
         m = x.shape[0]
         self._upper.mul_(self.n / (self.n + m))
         self.n += m
-        x = x * (2.0 / self.n) ** 0.5
         for a, b in zip(self._edges[:-1], self._edges[1:]):
-            self._upper[:b, a:b].addmm_(x[:, :b].t(), x[:, a:b])
+            self._upper[:b, a:b].addmm_(x[:, :b].t(), x[:, a:b], alpha=2.0 / self.n)
         self._H = None
 
     @property
