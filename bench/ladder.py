@@ -1,0 +1,409 @@
+"""Issue 17's targets: edgellm's GGUF against each of llama.cpp's presets (with an importance matrix), per model.
+
+For each model in ``--models`` (default SmolLM2 as shipped and the built-in ``smollm2-135m-rotated``, which
+has no GGUF of its own and is exported F32 here like the other):
+  build   an F32 GGUF (edgellm's exporter), the base; llama.cpp's references (``--refs``: Q4_0, IQ4_NL,
+          Q4_K_S, Q4_K_M, Q5_0) by ``llama_model_quantize`` with an importance matrix; edgellm's
+          candidates: RTN onto each type's own grid (``--rtn``), GPTQ after AWQ's prescale on the Q4_0/Q5_0
+          grids (``--gptq``), and budgeted mixes (``gguf_mix``) with each reference's file size as the byte
+          budget, one per ladder (``--ladders``). Imatrix, GPTQ/AWQ and mixes read the same calibration
+          windows of wiki.valid (``--calib-samples`` x ``--calib-len``, seed 0);
+  select  every file's perplexity through llama.cpp on a held-out slice of wiki.valid: ``--select-windows``
+          tiles of the calibration tiling that no calibration window drew. For each reference, edgellm's
+          pick is the file no larger on disk with the lowest held-out perplexity. The evaluation texts are
+          never used to choose; on SmolLM2 as shipped files holding asymmetric block-32 types (Q4_1, Q5_1)
+          are left out of the pick (they can hold its shipped Q4_1 grid), unless ``--allow-asymmetric``;
+  eval    the protocol through llama.cpp for the F32 base, each reference and each pick: wikitext-2 test
+          and the SST-2 dev+test sentences joined one per line (another domain), ctx 512, first 20,480
+          tokens (or all there are), both tokenized once by the source model's tokenizer;
+  speed   paired decode rounds (``measure_paired``, order flipped every round) of each pick against its
+          reference, both loaded in this process.
+The verdict per (model, reference): no larger, decode ratio >= 0.97, rise <= half the reference's on both
+texts; the tensor types of each file (gguf-py), and whether the pick relies on asymmetric block-32 types on a
+model whose shipped grid is one (then it is not evidence). Every step is cached per model, file and step in
+``--work`` (default $EDGELLM_CACHE/bench-ladder), so runs resume; ``--step`` runs one kind of step, the rest
+are read from the cache. Each run writes bench/results/ladder.json (``write_result``; rows still missing
+show "-") and docs/img/ladder_<model>.png (size against rise, symlog). Progress goes to stderr.
+
+Run from the repository root (heavy: under the lock, one step at a time):
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.ladder --step build --only smollm2-135m
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.ladder --step select
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.ladder --step eval --refs Q4_0,Q4_K_M
+    flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.ladder --step speed
+A dry run on a tiny folder: ``--model DIR --ctx 64 --max-tokens 512 --calib-samples 4 --calib-len 64 ...``
+(tests/bench_scripts/test_ladder.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bench._common import RESULTS, ROOT, invocation, now_utc, repo_relative, write_result
+from bench.ladder_report import ASYMMETRIC_B32, TEXTS, plot, report, summarize
+from edgellm.exporters.gguf_mix import DEFAULT_LADDER
+
+MODELS = ("smollm2-135m", "smollm2-135m-rotated")
+REFS = ("q4_0", "iq4_nl", "q4_k_s", "q4_k_m", "q5_0")
+PRIVILEGED = {"smollm2-135m"}                 # ships as Q4_1: its weights sit on the asymmetric block-32 grid
+SYM_LADDER = ("q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q6_k", "q8_0")   # no type whose fallback is Q4_1/Q5_1
+GPTQ_TYPE = {4: "q4_0", 5: "q5_0"}
+STEPS = ("build", "select", "eval", "speed")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+
+class Store:
+    """cache.json in a model's work folder: one entry per finished (step, file), written after each one."""
+
+    def __init__(self, folder: Path):
+        from edgellm.fileio import write_json
+
+        self.path, self._write = folder / "cache.json", write_json
+        self.d = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str):
+        return self.d.get(key)
+
+    def put(self, key: str, value: dict) -> dict:
+        self.d[key] = {**value, "command": shlex.join(invocation()), "measured_at": now_utc()}
+        self._write(self.path, self.d)
+        return self.d[key]
+
+
+def fingerprint(path: Path) -> str:
+    s = path.stat()
+    return f"{s.st_size}:{s.st_mtime_ns}"
+
+
+class Model:
+    """One model's work folder, cache and lazily loaded source."""
+
+    def __init__(self, spec: str, args):
+        self.spec, self.args = spec, args
+        name = Path(spec).name if Path(spec).exists() else spec
+        self.name = name if not Path(spec).exists() else f"{name}-{hashlib.sha1(str(Path(spec).resolve()).encode()).hexdigest()[:8]}"
+        self.label = name
+        self.privileged = spec in PRIVILEGED or spec in args.privileged
+        self.folder = Path(args.work) / f"{self.name}-c{args.calib_samples}x{args.calib_len}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.folder)
+        self._src = self._tok = None
+
+    def src(self):
+        from edgellm.models import load
+
+        if self._src is None:
+            log(f"{self.label}: load")
+            self._src = load(self.spec)
+        return self._src
+
+    def tokenizer(self):
+        return self.src().tokenizer
+
+    def built(self) -> dict:
+        """file name -> build entry, for the files built and still on disk unchanged."""
+        out = {}
+        for k, e in self.store.d.items():
+            if k.startswith("build:") and "file" in e and (self.folder / e["file"]).exists() \
+                    and fingerprint(self.folder / e["file"]) == e["fingerprint"]:
+                out[k[6:]] = e
+        return out
+
+
+def calib_windows(m: Model):
+    from edgellm.data import WIKI_VALID, calibration_windows, data_file
+
+    return calibration_windows(m.tokenizer(), data_file(WIKI_VALID), m.args.calib_samples, m.args.calib_len, 0)
+
+
+def heldout_windows(m: Model) -> list:
+    """The first ``--select-windows`` tiles of wiki.valid's calibration tiling that no calibration window drew,
+    each cut to ``--ctx`` tokens."""
+    from edgellm.data import WIKI_VALID, data_file, tokenize_file
+
+    L, ids = m.args.calib_len, tokenize_file(m.tokenizer(), data_file(WIKI_VALID))
+    tiles = ids[: ids.numel() // L * L].view(-1, L)
+    index = {tuple(t.tolist()): i for i, t in enumerate(tiles)}
+    used = {index.get(tuple(w.tolist())) for w in calib_windows(m)}
+    if None in used:
+        raise RuntimeError("a calibration window is not a tile of wiki.valid: the held-out slice cannot be found")
+    free = [tiles[i][: m.args.ctx] for i in range(len(tiles)) if i not in used][: m.args.select_windows]
+    if not free:
+        raise RuntimeError("wiki.valid has no tile left outside the calibration windows")
+    return free
+
+
+def record(m: Model, name: str, path: Path, t0: float, **extra) -> dict:
+    from edgellm.exporters.llamacpp_quant import tensor_types
+
+    e = {"file": path.name, "bytes": path.stat().st_size, "fingerprint": fingerprint(path),
+         "tensor_types": tensor_types(path), "seconds": round(time.time() - t0, 2), **extra}
+    log(f"{m.label}: built {name}: {e['bytes']:,} bytes, {e['tensor_types']}")
+    return m.store.put(f"build:{name}", e)
+
+
+def build(m: Model, refs: list) -> None:
+    from edgellm.calibconfig import CalibConfig
+    from edgellm.errors import EdgeLLMError
+    from edgellm.exporters import export
+    from edgellm.exporters.gguf import GGUFExportConfig
+    from edgellm.exporters.llamacpp_quant import importance_matrix, llama_quantize
+    from edgellm.models import load
+    from edgellm.quantization import QuantConfig, quantize
+
+    a, have = m.args, m.built()
+    calib = CalibConfig(samples=a.calib_samples, seq_len=a.calib_len, seed=0)
+
+    def out(name):
+        return m.folder / f"{name}.gguf"
+
+    def gguf(name, src, cfg, **extra):
+        if name in have or "failed" in (m.store.get(f"build:{name}") or {}):
+            return
+        t0 = time.time()
+        try:
+            r = export(src, cfg, out(name), force=True, verify=a.verify, threads=a.threads)
+        except EdgeLLMError as e:          # e.g. a budget below the smallest file: recorded, not retried
+            log(f"{m.label}: {name}: {e}")
+            m.store.put(f"build:{name}", {"failed": str(e)})
+            return
+        mix = r.details.get("mix") if isinstance(r.details, dict) else None
+        have[name] = record(m, name, out(name), t0, **extra, **(
+            {"predicted_loss": mix["predicted_loss"], "budget_bytes": mix["budget_bytes"]} if mix else {}))
+
+    if "f32" not in have:
+        t0 = time.time()
+        export(m.src(), GGUFExportConfig(gguf_type="f32"), out("f32"), force=True, verify=a.verify, threads=a.threads)
+        have["f32"] = record(m, "f32", out("f32"), t0, kind="base")
+    todo = [q for q in refs if f"ref-{q}" not in have]
+    if todo:
+        t0 = time.time()
+        imatrix = importance_matrix(m.src().model, calib_windows(m))
+        for q in todo:
+            llama_quantize(out("f32"), out(f"ref-{q}"), q, imatrix=imatrix, threads=a.threads, force=True)
+            have[f"ref-{q}"] = record(m, f"ref-{q}", out(f"ref-{q}"), t0, kind="reference", qtype=q)
+            t0 = time.time()
+    for t in a.rtn:
+        gguf(f"rtn-{t}", m.src(), GGUFExportConfig(gguf_type=t), kind="rtn", qtype=t)
+    for bits in a.gptq:
+        name = f"gptq-{GPTQ_TYPE[bits]}"
+        if name in have or "failed" in (m.store.get(f"build:{name}") or {}):
+            continue
+        cfg = QuantConfig(method="gptq", bits=bits, group_size=32, symmetric=True, act_order=True, static_groups=True,
+                          mse_clip=True, awq_prescale=True, calib=calib)
+        log(f"{m.label}: quantize {cfg.describe()}")
+        q = load(m.spec)
+        t0 = time.time()
+        quantize(q, cfg, progress=False)
+        gguf(name, q, GGUFExportConfig(gguf_type=GPTQ_TYPE[bits]), kind="gptq", qtype=GPTQ_TYPE[bits],
+             quantizer=cfg.describe(), quantize_seconds=round(time.time() - t0, 2))
+        del q
+    for lname, ladder in a.ladders.items():
+        for q in refs:
+            if f"ref-{q}" in have:
+                gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder,
+                     calib=calib), kind="mix", ladder=list(ladder), budget_of=q)
+
+
+def runtime(m: Model, name: str):
+    from edgellm.runtimes import open_runtime
+
+    return open_runtime(str(m.folder / f"{name}.gguf"), runtime="llama.cpp", threads=m.args.threads)
+
+
+def perplexity(m: Model, key: str, name: str, chunks: list, entry: dict) -> dict | None:
+    """Cached perplexity of file *name* on *chunks* under *key*; measured unless cached for this very file."""
+    from edgellm.evaluation.perplexity import evaluate_lm
+
+    e = m.store.get(key)
+    if e and e.get("fingerprint") == entry["fingerprint"]:
+        return e
+    if not m.args.measure:
+        return None
+    rt = runtime(m, name)
+    try:
+        r = evaluate_lm(rt, chunks=chunks)
+    finally:
+        rt.close()
+    log(f"{m.label}: {key}: ppl {r.perplexity:.4f} ({r.n_tokens} tokens, {r.seconds:.0f} s)")
+    return m.store.put(key, {"perplexity": r.perplexity, "n_tokens": r.n_tokens, "n_windows": r.n_windows,
+                             "seconds": r.seconds, "fingerprint": entry["fingerprint"]})
+
+
+def select(m: Model, refs: list) -> dict:
+    """Held-out perplexity of every built file (measured when ``m.args.measure``), and each reference's pick."""
+    files, chunks = m.built(), None
+    held = {}
+    for name, e in files.items():
+        key = f"select:{name}:{m.args.ctx}x{m.args.select_windows}"
+        if m.args.measure and not (m.store.get(key) or {}).get("fingerprint") == e["fingerprint"]:
+            chunks = chunks or heldout_windows(m)
+        r = perplexity(m, key, name, chunks, e)
+        if r:
+            held[name] = r["perplexity"]
+    picks = {}
+    for q in refs:
+        ref = files.get(f"ref-{q}")
+        if ref is None:
+            continue
+        ok = [n for n, e in files.items() if e.get("kind") in ("rtn", "gptq", "mix") and n in held
+              and e["bytes"] <= ref["bytes"] and (m.args.allow_asymmetric or not m.privileged
+                                                  or not any(t in ASYMMETRIC_B32 for t in e["tensor_types"]))]
+        picks[q] = {"pick": min(ok, key=held.get) if ok else None, "candidates": sorted(ok, key=held.get)}
+    return {"heldout_ppl": held, "picks": picks}
+
+
+def texts(m: Model) -> dict:
+    """Protocol windows of each evaluation text, tokenized by the source tokenizer."""
+    from edgellm.data import SST2, WIKI_TEST, data_file, read_text, read_tsv, tokenize_text
+    from edgellm.evaluation.perplexity import windows
+
+    sst2 = "\n".join(r.text.strip() for s in ("dev", "test") for r in read_tsv(data_file(SST2.format(split=s)))) + "\n"
+    raw = {"wikitext": read_text(data_file(WIKI_TEST)), "sst2": sst2}
+    return {t: windows(tokenize_text(m.tokenizer(), raw[t], m.args.max_tokens), m.args.ctx) for t in TEXTS}
+
+
+def evaluate(m: Model, names: list) -> dict:
+    files, chunks, out = m.built(), None, {}
+    for name in names:
+        if name not in files:
+            continue
+        for t in TEXTS:
+            key = f"eval:{t}:{name}:{m.args.ctx}x{m.args.max_tokens}"
+            if m.args.measure and (m.store.get(key) or {}).get("fingerprint") != files[name]["fingerprint"]:
+                chunks = chunks or texts(m)
+            r = perplexity(m, key, name, (chunks or {}).get(t), files[name])
+            if r:
+                out.setdefault(name, {})[t] = r
+    return out
+
+
+def speed(m: Model, pairs: dict) -> dict:
+    from edgellm.measure import measure_paired
+
+    files, out = m.built(), {}
+    for q, pick in pairs.items():
+        ref, key = f"ref-{q}", f"speed:{q}:{pick}:{m.args.rounds}"
+        fp = f"{files[ref]['fingerprint']}|{files[pick]['fingerprint']}"
+        e = m.store.get(key)
+        if not (e and e.get("fingerprint") == fp) and m.args.measure:
+            rts = {ref: runtime(m, ref), pick: runtime(m, pick)}
+            try:
+                r = measure_paired(rts, rounds=m.args.rounds, prompt_len=m.args.prompt_len, new_tokens=m.args.new_tokens)
+            finally:
+                for rt in rts.values():
+                    rt.close()
+            d = r["ratios"][pick]["decode"]
+            log(f"{m.label}: paired decode {pick} / {ref}: median {d['median']:.3f} (IQR {d['q1']:.3f}-{d['q3']:.3f})")
+            e = m.store.put(key, {"fingerprint": fp, "paired": r, "decode_ratio": d["median"],
+                                  "prefill_ratio": r["ratios"][pick]["prefill"]["median"]})
+        if e and e.get("fingerprint") == fp:
+            out[q] = e
+    return out
+
+
+def run_model(m: Model, steps: list, refs: list) -> dict:
+    a = m.args
+    if "build" in steps:
+        build(m, refs)
+    a.measure = "select" in steps
+    sel = select(m, refs)
+    picks = {q: p["pick"] for q, p in sel["picks"].items() if p["pick"]}
+    a.measure = "eval" in steps
+    ev = evaluate(m, ["f32"] + [f"ref-{q}" for q in refs] + sorted(set(picks.values())))
+    a.measure = "speed" in steps and not a.skip_speed
+    sp = speed(m, picks)
+    return summarize(m, refs, sel, ev, sp)
+
+
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="built-in names or model folders, comma-separated")
+    ap.add_argument("--model", help="one model (a tiny folder for a dry run); overrides --models")
+    ap.add_argument("--only", help="of --models, run only this one")
+    ap.add_argument("--refs", default=",".join(REFS), help="llama.cpp presets, comma-separated (Q4_0,Q4_K_M, ...)")
+    ap.add_argument("--step", choices=("all",) + STEPS, default="all", help="measure only this kind of step")
+    ap.add_argument("--skip-speed", action="store_true", help="no paired speed rounds")
+    ap.add_argument("--rtn", default="q4_0,iq4_nl,q4_k,q5_0,q5_k", help="types written RTN onto their own grid")
+    ap.add_argument("--gptq", default="4,5", help="GPTQ+AWQ bits (4 -> Q4_0, 5 -> Q5_0); empty for none")
+    ap.add_argument("--ladders", default=f"full={','.join(DEFAULT_LADDER)};sym={','.join(SYM_LADDER)}",
+                    help="NAME=TYPE,TYPE;... : one budgeted mix per ladder per reference")
+    ap.add_argument("--allow-asymmetric", action="store_true", help="let Q4_1/Q5_1 files be picked on SmolLM2 as shipped")
+    ap.add_argument("--privileged", default="", help="more models (comma-separated) whose shipped grid is asymmetric block-32")
+    ap.add_argument("--verify", action="store_true", help="verify every export in llama.cpp (slower)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--max-tokens", type=int, default=20480)
+    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-len", type=int, default=512)
+    ap.add_argument("--select-windows", type=int, default=16, help="held-out wiki.valid windows that choose the pick")
+    ap.add_argument("--rounds", type=int, default=12, help="paired speed rounds")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--work", default=None, help="cache folder (default $EDGELLM_CACHE/bench-ladder)")
+    ap.add_argument("--out", default=str(RESULTS / "ladder.json"))
+    ap.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
+    a = ap.parse_args(argv)
+    if a.work is None:
+        from edgellm.models import cache_dir
+
+        a.work = str(cache_dir() / "bench-ladder")
+    a.models = [a.model] if a.model else [s for s in a.models.split(",") if s]
+    if a.only:
+        a.models = [s for s in a.models if s == a.only or Path(s).name == a.only]
+        if not a.models:
+            ap.error(f"--only {a.only}: not among --models")
+    a.refs = [q.strip().lower() for q in a.refs.split(",") if q.strip()]
+    unknown = sorted(set(a.refs) - set(REFS))
+    if unknown:
+        ap.error(f"unknown reference {unknown}; choose from {', '.join(REFS)}")
+    a.rtn = [t for t in a.rtn.split(",") if t]
+    a.gptq = [int(b) for b in a.gptq.split(",") if b]
+    if set(a.gptq) - set(GPTQ_TYPE):
+        ap.error("--gptq takes 4 and/or 5")
+    a.ladders = {k: tuple(v.split(",")) for k, _, v in (x.partition("=") for x in a.ladders.split(";") if x)}
+    a.privileged = {s for s in a.privileged.split(",") if s}
+    return a
+
+
+def main(argv=None) -> Path:
+    """Run the asked steps for every model, then write the result file and plots from the cache; returns its path.
+
+    >>> main(["--model", "/tmp/tiny", "--ctx", "64", "--max-tokens", "256", "--out", "/tmp/ladder.json"])  # doctest: +SKIP
+    PosixPath('/tmp/ladder.json')
+    """
+    import torch
+
+    from edgellm.measure import machine_info
+
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    steps = list(STEPS) if a.step == "all" else [a.step]
+    t0, models, plots, rows = time.time(), {}, [], []
+    for spec in a.models:
+        m = Model(spec, a)
+        log(f"{m.label}: steps {', '.join(steps)}; work {repo_relative(str(m.folder))}")
+        models[m.label] = r = run_model(m, steps, a.refs)
+        p = plot(m.label, r, Path(a.img_dir) / f"ladder_{m.label}.png")
+        if p:
+            plots.append(repo_relative(str(p)))
+        rows += [{"model": m.label, **row} for row in r.pop("rows")]
+    result = report(a, models, rows, plots, time.time() - t0)
+    out = write_result(a.out, result, machine=machine_info())
+    log(f"wrote {repo_relative(str(out))}: {result['target']}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
