@@ -13,6 +13,8 @@ change and after it sit side by side. It leaves out decode speed (bench/quantize
 
 Run from the repository root, one setting per run, under the shared lock:
     flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.quantize_speed --label after
+An older commit's code: ``git archive SHA src | tar -x -C /tmp/old`` and run with ``PYTHONPATH=/tmp/old/src``
+and ``--code SHA``.
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ def quantize_run(args) -> dict:
     other = total - sum(clock.seconds.values())
     rows.append({"phase": "other", "seconds": round(other, 2), "share": f"{100 * other / total:.1f}%", "calls": "-"})
     rows.append({"phase": "quantize() total", "seconds": round(total, 2), "share": "100%", "calls": 1})
-    run = {"label": args.label, "commit": git_commit()[0], "dirty": git_commit()[1], "measured_at": now_utc(),
+    sha, dirty = git_commit()
+    code = args.code or f"{(sha or '?')[:7]}{' + uncommitted changes' if dirty else ''}"
+    run = {"label": args.label, "commit": sha, "dirty": dirty, "code": code, "measured_at": now_utc(),
            "threads": args.threads, "cprofile": bool(prof), "quantize_seconds": round(total, 2),
            "quantize_result_seconds": round(res.seconds, 2), "phases": rows, "missing_hooks": missing}
     if prof:
@@ -166,17 +170,17 @@ def tables(result: dict) -> list[dict]:
     for label, r in runs.items():
         ppl = r.get("perplexity")
         rise = 100 * (ppl / fp32 - 1) if ppl and fp32 else None
-        summary.append({"run": label, "commit": (r.get("commit") or "?")[:10], "quantize s": r["quantize_seconds"],
+        summary.append({"run": label, "code": r.get("code"), "quantize s": r["quantize_seconds"],
                         "cProfile on": r["cprofile"], "perplexity": ppl,
                         "rise": None if rise is None else f"+{rise:.2f}%", "measured_at": r["measured_at"]})
     out = [{"title": "Best W4 recipe, end to end (quantize() wall time, 2 threads)",
-            "columns": ["run", "commit", "quantize s", "cProfile on", "perplexity", "rise", "measured_at"],
+            "columns": ["run", "code", "quantize s", "cProfile on", "perplexity", "rise", "measured_at"],
             "rows": summary,
             "notes": [f"target: ≤ {TARGET_S:.0f} s on 2 cores with the perplexity rise within ±{PP_TOLERANCE} pp",
                       f"fp32 perplexity on the same protocol: {fp32}",
                       "a run with cProfile on is slower than the plain run (its profiler overhead)"]}]
     for label, r in runs.items():
-        out.append({"title": f"Profile: {label} ({r['quantize_seconds']} s, commit {(r.get('commit') or '?')[:10]})",
+        out.append({"title": f"Profile: {label} ({r['quantize_seconds']} s, code {r.get('code')})",
                     "columns": ["phase", "seconds", "share", "calls"], "rows": r["phases"],
                     "notes": ["exclusive wall time: a phase called inside another is taken out of its parent"]})
     return out
@@ -189,6 +193,8 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true", help="also keep a cProfile top list (slows the run)")
     ap.add_argument("--no-ppl", action="store_true", help="skip the perplexity of the quantized model")
     ap.add_argument("--fp32", action="store_true", help="only measure the float model's perplexity (reference)")
+    ap.add_argument("--code", default=None, help="what code ran, when not this checkout's HEAD (e.g. an older "
+                                                 "commit's src on PYTHONPATH)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     result = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -205,7 +211,8 @@ def main() -> None:
         "title": "Quantizer speed: best W4 recipe on SmolLM2-135M (GPTQ after AWQ prescale, g32 sym, 32×512 calib)",
         "description": ("recipes/w4-gptq-g32-sym-fast.yaml through edgellm.quantize on 2 threads; the phase table "
                         "splits quantize()'s wall time by the functions each phase runs; perplexity on wikitext-2 "
-                        "test, ctx 512, first 20,480 tokens, torch runtime."),
+                        "test, ctx 512, first 20,480 tokens, torch runtime. Each run says which code ran ('before': "
+                        "commit 6e1fd8d's src on PYTHONPATH, once under cProfile and once plain)."),
     })
     result["tables"] = tables(result)
     write_result(OUT, result)

@@ -30,8 +30,8 @@ from .rtn import grouped, shrink_search
 
 
 def _triangle_error(dW: torch.Tensor, Ch: torch.Tensor, edges: list[int]) -> float:
-    """``trace(ΔW C ΔWᵀ)`` from the block upper triangle of the symmetric C: ``2·Σ_j ⟨ΔW_{:, ≤j} Ch_{≤j, j}, ΔW_j⟩``
-    where *Ch* is C with its diagonal blocks halved (``_halved_diagonal``). With b column blocks that is
+    """``trace(ΔW C ΔWᵀ)`` from the block upper triangle of the symmetric C:
+    ``2·Σ_j ⟨ΔW_{:, ≤j} Ch_{≤j, j}, ΔW_j⟩`` where *Ch* is C with its diagonal blocks halved (``_halved_diagonal``). With b column blocks that is
     (b+1)/2b of the full product's work (5/8 at b = 4). The products run in *Ch*'s dtype (bf16 in the
     search: 3× the fp32 speed on 2 cores; its rounding, about 2⁻⁹ per entry, only ranks the α grid)."""
     total = 0.0

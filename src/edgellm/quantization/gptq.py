@@ -5,8 +5,9 @@ layer's inputs ``H = 2/n·XᵀX``.
 ``gptq_quantize_weight(W, H, ...)`` is the math (one layer, plain tensors). ``GPTQMethod`` is the
 plumbing for ``calibrate.run_blockwise``: Hessians from the block's inputs (shared by linears that
 read the same tensor: q/k/v, gate/up, which are then quantized as one stacked matrix, one column
-sweep for all: rows are independent in GPTQ), then every selected linear of the block is quantized
-and swapped for a ``QuantizedLinear``, so later blocks calibrate on the quantized model.
+sweep for all: rows are independent in GPTQ), then every selected linear of the block is quantized;
+the block's outputs pass runs on the dequantized weights, after which each linear is swapped for a
+``QuantizedLinear``, so later blocks calibrate on the quantized model.
 
 Details: dead inputs (``H_jj = 0``) are zeroed; dampening adds ``damp·mean(diag H)`` to the
 diagonal; lazy batch updates in blocks of ``block_size`` columns (rounded to a multiple of the
