@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-from ..fileio import write_json
+import torch
+
+from ..fileio import check_writable_target, write_json
+from ..models import load
+from .flags import add_config_flags, config_from_args
 
 
 def add_common(p, threads: bool = True, runtime: bool = True, json_out: bool = True) -> None:
@@ -47,3 +51,26 @@ def emit_json(args, obj) -> None:
         else:
             write_json(args.json_out, obj)
             print(f"wrote {os.path.abspath(args.json_out)}")
+
+
+def add_transform_arguments(p, config_cls, **flag_options) -> None:
+    """The flags of a command that reads one model and writes one folder (quantize, prune): MODEL,
+    ``--out``, ``--force``, the flags generated from *config_cls*, ``--threads``/``--json``, ``--task``
+    and ``--allow-pickle``. *flag_options* go to ``add_config_flags``."""
+    p.add_argument("model", help="built-in name or model folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--force", action="store_true", help="overwrite --out if edgellm wrote it")
+    add_config_flags(p, config_cls, **flag_options)
+    add_common(p, runtime=False)
+    p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints: trusted sources only")
+
+
+def start_transform(args, config_cls):
+    """``(config, loaded)`` for such a command: the config from the flags, ``--out`` checked before the
+    slow work (not after it), the thread count set, the model loaded."""
+    cfg = config_from_args(config_cls, args)
+    check_writable_target(args.out, args.force, inputs=(args.model,))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return cfg, load(args.model, **load_kwargs(args))

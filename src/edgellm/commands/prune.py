@@ -7,33 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..fileio import check_writable_target, dir_bytes
-from ..models import load, save
+from ..fileio import dir_bytes
+from ..models import save
 from ..pruning import PruneConfig, prune
 from ..pruning.storage import NO_KERNEL_NOTE, save_sparse
 from ..report.table import format_table, human_bytes
-from . import add_common, emit_json, load_kwargs
-from .flags import add_config_flags, config_from_args
+from . import add_transform_arguments, emit_json, start_transform
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="built-in name or model folder")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    add_config_flags(p, PruneConfig)
-    add_common(p, runtime=False)
-    p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints: trusted sources only")
+    add_transform_arguments(p, PruneConfig)
 
 
 def run(args) -> int:
-    import torch
-
-    cfg = config_from_args(PruneConfig, args)
-    check_writable_target(args.out, args.force, inputs=(args.model,))   # fail before the (slow) pruning, not after
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load(args.model, **load_kwargs(args))
+    cfg, loaded = start_transform(args, PruneConfig)
     _, r = prune(loaded, cfg, progress=True)
     section = {"pruned_from": args.model, "prune": {k: v for k, v in r.to_dict().items() if k != "scores"}}
     if cfg.structure is None:

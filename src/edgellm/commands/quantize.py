@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..fileio import check_writable_target, dir_bytes
-from ..models import load
+from ..fileio import dir_bytes
 from ..quantization import QuantConfig, quantize
 from ..quantization.storage import save_quantized
 from ..report.table import format_table, human_bytes
-from . import add_common, emit_json, load_kwargs
-from .flags import add_config_flags, config_from_args
+from . import add_transform_arguments, emit_json, start_transform
 
 
 def _group(value: str):
@@ -33,25 +31,13 @@ def _group(value: str):
 def add_arguments(p) -> None:
     import argparse
 
-    p.add_argument("model", help="built-in name or model folder")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-    add_config_flags(p, QuantConfig, types={"group_size": _group})
+    add_transform_arguments(p, QuantConfig, types={"group_size": _group})
     p.add_argument("--sym", dest="symmetric", action="store_true", default=argparse.SUPPRESS, help="= --symmetric")
     p.add_argument("--asym", dest="symmetric", action="store_false", default=argparse.SUPPRESS, help="= --no-symmetric")
-    add_common(p, runtime=False)
-    p.add_argument("--task", default=None, choices=["causal-lm", "classification", "encoder"])
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints: trusted sources only")
 
 
 def run(args) -> int:
-    import torch
-
-    cfg = config_from_args(QuantConfig, args)
-    check_writable_target(args.out, args.force, inputs=(args.model,))   # fail before the (slow) quantization, not after
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded = load(args.model, **load_kwargs(args))
+    cfg, loaded = start_transform(args, QuantConfig)
     _, r = quantize(loaded, cfg, progress=True)
     out = save_quantized(loaded, args.out, force=args.force)
     row = {"model": args.model, "recipe": cfg.describe(), "linears": r.n_linears,

@@ -14,6 +14,9 @@ import time
 from tqdm import tqdm
 
 
+SKIPPED = object()     # what Budget.timed returns for a step the time budget had no room for
+
+
 class Budget:
     """Wall-clock budget; ``fits(seconds)`` keeps a reserve for the final export and report.
 
@@ -45,6 +48,18 @@ class Budget:
         """Seconds the same stage took on the same runtime so far (0 before the first)."""
         seen = self.timings.get((stage, runtime))
         return sum(seen) / len(seen) if seen else 0.0
+
+    def timed(self, row, stage: str, runtime: str, why_skipped: str, fn):
+        """``fn()`` for *row* when *stage*'s estimate on *runtime* fits the time left, its time recorded
+        for the next estimate; else *row* is skipped with *why_skipped* and ``SKIPPED`` returned.
+        Exceptions from ``fn`` propagate (and record no time)."""
+        if not self.fits(self.estimate(stage, runtime)):
+            self.skip_rows([row], why_skipped)
+            return SKIPPED
+        t0 = time.monotonic()
+        out = fn()
+        self.record(stage, runtime, time.monotonic() - t0)
+        return out
 
     def skip_rows(self, rows: list, why: str) -> None:
         """Mark *rows* skipped for lack of time, and list them."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..recipe import Recipe
+from .budget import SKIPPED
 from .space import Row
 
 REFERENCE_TYPES = ("q4_k_m", "q4_0")
@@ -146,16 +147,15 @@ def evaluate(search) -> None:
     from .stages import why
 
     for row in [r for r in search.references if r.status == "built"]:
-        if not search.budget.fits(search.budget.estimate("full", "llama.cpp")):
-            search.budget.skip_rows([row], "time budget: no time for the reference's full protocol")
-            continue
-        t0 = time.monotonic()
         try:
-            res = _scored(search, row, Path(row.artifact), "llama.cpp", "gguf_nlls", f"full {row.recipe}")
+            res = search.budget.timed(row, "full", "llama.cpp", "time budget: no time for the reference's full protocol",
+                                      lambda: _scored(search, row, Path(row.artifact), "llama.cpp", "gguf_nlls",
+                                                      f"full {row.recipe}"))
         except Exception as e:  # noqa: BLE001
             row.status, row.reason = "failed", why(e)
             continue
-        search.budget.record("full", "llama.cpp", time.monotonic() - t0)
+        if res is SKIPPED:
+            continue
         row.quality = {k: v for k, v in res.items() if k != "nlls"} | {"protocol": "full"}
         row.quality_loss, row.status = res["quality_loss"], "evaluated"
 
@@ -165,16 +165,11 @@ def measure(search) -> None:
     from .stages import measure_row, why
 
     for row in [r for r in search.references if r.status == "evaluated"]:
-        if not search.budget.fits(search.budget.estimate("speed", "llama.cpp")):
-            search.budget.skip_rows([row], "time budget: reference speed not measured")
-            continue
-        t0 = time.monotonic()
         try:
-            measure_row(search, row)
+            search.budget.timed(row, "speed", "llama.cpp", "time budget: reference speed not measured",
+                                lambda: measure_row(search, row))
         except Exception as e:  # noqa: BLE001
             row.reason = f"speed measurement: {why(e)}"
-            continue
-        search.budget.record("speed", "llama.cpp", time.monotonic() - t0)
 
 
 def mix_recipes(search) -> list[Recipe]:

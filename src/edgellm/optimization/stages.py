@@ -162,16 +162,11 @@ def measure(search) -> None:
     for r in others[n:]:
         r.reason = f"not among the {n} best predicted finalists (speed not measured)"
     for row in base_rows + others[:n]:
-        if not search.budget.fits(search.budget.estimate("speed", row.runtime)):
-            search.budget.skip_rows([row], "time budget: speed not measured")
-            continue
-        t0 = time.monotonic()
         try:
-            measure_row(search, row)
+            search.budget.timed(row, "speed", row.runtime, "time budget: speed not measured",
+                                lambda: measure_row(search, row))
         except Exception as e:  # noqa: BLE001
             row.status, row.reason = "failed", f"speed measurement: {why(e)}"
-            continue
-        search.budget.record("speed", row.runtime, time.monotonic() - t0)
 
 
 def measure_row(search, row) -> None:
