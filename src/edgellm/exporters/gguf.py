@@ -5,7 +5,7 @@ Supported: the families whose ``FamilySpec`` (``families.py``) lists ``gguf``: t
 expects), ``qwen2`` (Q/K/V biases), ``qwen3`` (per-head Q/K RMSNorm weights, head_dim not tied
 to hidden / heads) and ``gemma`` (norms written as ``1 + w``, as its ``norm_offset`` says and
 llama.cpp's converter does; llama.cpp scales the embedding by √hidden itself; always tied). Each tensor's GGUF name comes from the role the family's spec gives its module
-(q, k, ..., input_norm; embed, final_norm, lm_head) and gguf-py's ``TENSOR_NAMES``, so no HF
+(q, k, ..., input_norm; embed, final_norm, lm_head) and gguf-py's ``TENSOR_NAMES`` (``gguf_names``), so no HF
 attribute path is spelled here; metadata uses the same keys as llama.cpp's converter; the tokenizer is embedded as a byte-level BPE ("gpt2" model: tokens, token types,
 merges, pre-tokenizer name, special ids, add-BOS/EOS flags) with the chat template.
 
@@ -43,22 +43,18 @@ import torch
 
 from ..calibconfig import CalibConfig, config_field
 from ..errors import EdgeLLMError
-from ..families import NORM_ROLES, FamilySpec, find_blocks, model_path, require
+from ..families import NORM_ROLES
 from ..fileio import check_writable_target
 from . import gguf_mix
 from .gguf_blocks import GridMismatch, dequantize_codes, permute_qk, unpermute_qk
 from .gguf_types import TYPES as QTYPES
 from .gguf_types import block_of, fallback, from_quantized, pack, rtn
+from .gguf_names import BLOCK_TENSORS, MODEL_TENSORS, gguf_arch, gguf_family, rope_theta, tensor_names  # noqa: F401
 from .gguf_tokenizer import tokenizer_metadata
 
 GGUF_TYPES = ("f32", "f16") + QTYPES
 FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q2_k": 10,   # llama_ftype
              "q3_k": 11, "q4_k": 14, "q5_k": 16, "q6_k": 18, "iq4_nl": 25}    # (K: the _S presets, all one type)
-# family role -> gguf-py MODEL_TENSOR (block roles get ``bid``)
-BLOCK_TENSORS = {"q": "ATTN_Q", "k": "ATTN_K", "v": "ATTN_V", "o": "ATTN_OUT", "gate": "FFN_GATE", "up": "FFN_UP",
-                 "down": "FFN_DOWN", "input_norm": "ATTN_NORM", "post_attention_norm": "FFN_NORM",
-                 "q_norm": "ATTN_Q_NORM", "k_norm": "ATTN_K_NORM"}
-MODEL_TENSORS = {"embed": "TOKEN_EMBD", "final_norm": "OUTPUT_NORM", "lm_head": "OUTPUT"}
 
 
 @dataclass(frozen=True)
@@ -123,60 +119,6 @@ class GGUFExportReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def gguf_family(model) -> FamilySpec:
-    """The family of a causal LM that GGUF export supports; EdgeLLMError naming the supported ones otherwise."""
-    spec = require(model, "gguf", "GGUF export")
-    if not type(model).__name__.endswith("ForCausalLM"):
-        raise EdgeLLMError(f"GGUF export does not support {type(model).__name__} (not a causal LM)",
-                           f"export the {spec.model_type} ...ForCausalLM model")
-    return spec
-
-
-def gguf_arch(model) -> str:
-    """llama.cpp's architecture name for *model* (``families.FamilySpec.gguf_arch``)."""
-    return gguf_family(model).gguf_arch
-
-
-def tensor_names(model, spec: FamilySpec) -> dict[str, tuple[str, str]]:
-    """HF module path -> (GGUF tensor name without suffix, role), from the family's roles and gguf-py's names.
-
-    >>> tensor_names(llama, family_of(llama))["model.layers.0.self_attn.q_proj"]   # doctest: +SKIP
-    ('blk.0.attn_q', 'q')
-    """
-    import gguf
-
-    known = set(gguf.MODEL_TENSORS[gguf.MODEL_ARCH[spec.gguf_arch.upper()]])
-
-    def name(role: str, kind: str, **fmt) -> str:
-        t = gguf.MODEL_TENSOR[kind]
-        if t not in known:
-            raise EdgeLLMError(f"llama.cpp's '{spec.gguf_arch}' architecture has no {kind} tensor ({role})",
-                               f"fix FamilySpec('{spec.model_type}').gguf_arch or its {role} role")
-        return gguf.TENSOR_NAMES[t].format(**fmt)
-
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))     # a tied head is not written
-    out = {model_path(model, spec, w): (name(w, kind), w) for w, kind in MODEL_TENSORS.items()
-           if model_path(model, spec, w) and not (tied and w == "lm_head")}
-    path, blocks = find_blocks(model)
-    for i in range(len(blocks)):
-        for role, kind in BLOCK_TENSORS.items():
-            if spec.role(role):
-                out[f"{path}.{i}.{spec.role(role)}"] = (name(role, kind, bid=i), role)
-    return out
-
-
-def _rope_theta(cfg) -> float:
-    params = getattr(cfg, "rope_parameters", None) or {}
-    scaling = getattr(cfg, "rope_scaling", None) or {}
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type != "default":
-        raise EdgeLLMError(f"GGUF export does not support rope scaling '{rope_type}'", "export a model with default rotary")
-    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
-    if theta is None:
-        raise EdgeLLMError("the model config has no rope_theta", "check the config")
-    return float(theta)
 
 
 def source_tensors(model) -> dict:
@@ -300,7 +242,7 @@ def write_gguf(path: Path, model, tok, plans: list[GGUFTensorPlan], cfg: GGUFExp
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
-    w.add_rope_freq_base(_rope_theta(c))
+    w.add_rope_freq_base(rope_theta(c))
     w.add_layer_norm_rms_eps(float(c.rms_norm_eps))
     w.add_vocab_size(c.vocab_size)
     w.add_rope_dimension_count(head_dim)

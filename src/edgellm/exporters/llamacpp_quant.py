@@ -24,7 +24,7 @@ from ..calibrate import InputNormStats, find_blocks, run_blockwise
 from ..errors import EdgeLLMError
 from ..fileio import check_writable_target
 from ..runtimes.llamacpp import import_llama_cpp
-from .gguf import gguf_arch
+from .gguf_names import gguf_arch
 
 FTYPES = {"f32": "LLAMA_FTYPE_ALL_F32", "f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
           "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1", "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",

@@ -1,0 +1,72 @@
+"""GGUF tensor names and architecture of a model, from the family registry and gguf-py's names.
+
+``tensor_names`` maps each HF module to its GGUF tensor name through the role its family's
+``FamilySpec`` gives it (q, k, ..., input_norm; embed, final_norm, lm_head), checked against
+llama.cpp's list for that architecture, so no HF attribute path is spelled here. The writer
+(``gguf.py``), the budgeted mixes (``gguf_mix.py``) and llama.cpp's quantizer wrapper use it.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+from ..errors import EdgeLLMError
+from ..families import FamilySpec, find_blocks, model_path, require
+
+# family role -> gguf-py MODEL_TENSOR (block roles get ``bid``)
+BLOCK_TENSORS = {"q": "ATTN_Q", "k": "ATTN_K", "v": "ATTN_V", "o": "ATTN_OUT", "gate": "FFN_GATE", "up": "FFN_UP",
+                 "down": "FFN_DOWN", "input_norm": "ATTN_NORM", "post_attention_norm": "FFN_NORM",
+                 "q_norm": "ATTN_Q_NORM", "k_norm": "ATTN_K_NORM"}
+MODEL_TENSORS = {"embed": "TOKEN_EMBD", "final_norm": "OUTPUT_NORM", "lm_head": "OUTPUT"}
+
+
+def gguf_family(model) -> FamilySpec:
+    """The family of a causal LM that GGUF export supports; EdgeLLMError naming the supported ones otherwise."""
+    spec = require(model, "gguf", "GGUF export")
+    if not type(model).__name__.endswith("ForCausalLM"):
+        raise EdgeLLMError(f"GGUF export does not support {type(model).__name__} (not a causal LM)",
+                           f"export the {spec.model_type} ...ForCausalLM model")
+    return spec
+
+
+def gguf_arch(model) -> str:
+    """llama.cpp's architecture name for *model* (``families.FamilySpec.gguf_arch``)."""
+    return gguf_family(model).gguf_arch
+
+
+def tensor_names(model, spec: FamilySpec) -> dict[str, tuple[str, str]]:
+    """HF module path -> (GGUF tensor name without suffix, role), from the family's roles and gguf-py's names.
+
+    >>> tensor_names(llama, family_of(llama))["model.layers.0.self_attn.q_proj"]   # doctest: +SKIP
+    ('blk.0.attn_q', 'q')
+    """
+    known = set(gguf.MODEL_TENSORS[gguf.MODEL_ARCH[spec.gguf_arch.upper()]])
+
+    def name(role: str, kind: str, **fmt) -> str:
+        t = gguf.MODEL_TENSOR[kind]
+        if t not in known:
+            raise EdgeLLMError(f"llama.cpp's '{spec.gguf_arch}' architecture has no {kind} tensor ({role})",
+                               f"fix FamilySpec('{spec.model_type}').gguf_arch or its {role} role")
+        return gguf.TENSOR_NAMES[t].format(**fmt)
+
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))     # a tied head is not written
+    out = {model_path(model, spec, w): (name(w, kind), w) for w, kind in MODEL_TENSORS.items()
+           if model_path(model, spec, w) and not (tied and w == "lm_head")}
+    path, blocks = find_blocks(model)
+    for i in range(len(blocks)):
+        for role, kind in BLOCK_TENSORS.items():
+            if spec.role(role):
+                out[f"{path}.{i}.{spec.role(role)}"] = (name(role, kind, bid=i), role)
+    return out
+
+
+def rope_theta(cfg) -> float:
+    params = getattr(cfg, "rope_parameters", None) or {}
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise EdgeLLMError(f"GGUF export does not support rope scaling '{rope_type}'", "export a model with default rotary")
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", None))
+    if theta is None:
+        raise EdgeLLMError("the model config has no rope_theta", "check the config")
+    return float(theta)
