@@ -30,7 +30,7 @@ def optimize(model, text, base: Path, out: str, *extra):
                    "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/q4_k-rtn.yaml",
                    "--ctx", "64", "--screen-tokens", "128", "--full-tokens", "256", "--speed-runs", "2",
                    "--prompt-len", "16", "--new-tokens", "8", "--paired-rounds", "2", "--max-quality-loss", "50%",
-                   "--cache", base / "cache", "--out", base / out, "--no-progress", *extra)
+                   "--cache", base / "cache", "--out", base / out, "--no-progress", "--ladder", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_the_default_space_holds_the_4_and_5_bit_gguf_types():
     from edgellm.optimization.space import default_recipes, gguf_type_for
     from edgellm.recipe import load_recipe
 
-    kinds = {gguf_type_for(load_recipe(p)) for p in default_recipes("text-generation")}
+    kinds = {gguf_type_for(load_recipe(p)) for p in default_recipes("text-generation", ladder=True)}
     assert {"q5_0", "q5_k", "q4_k", "iq4_nl", "q4_0", "q8_0"} <= kinds
 
 
@@ -125,7 +125,7 @@ def test_the_default_space_adds_the_mix_at_the_q4_k_m_reference_size():
     from edgellm.optimization.space import Row, gguf_type_for
 
     ref = Row(model="m", recipe=Q4KM, runtime="llama.cpp", kind="q4_k_m", size_bytes=105_000_000, reference=True)
-    search = SimpleNamespace(cfg=OptimizeConfig(models=("m",)), references=[ref])
+    search = SimpleNamespace(cfg=OptimizeConfig(models=("m",), reference=True), references=[ref])
     (mix,) = mix_recipes(search)
     assert mix.steps["gguf"].max_bytes == 105_000_000 and gguf_type_for(mix) == "mix"
     assert mix_recipes(SimpleNamespace(cfg=OptimizeConfig(models=("m",)), references=[])) == []     # --no-reference

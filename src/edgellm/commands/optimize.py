@@ -39,8 +39,11 @@ def add_arguments(p) -> None:
     p.add_argument("--cache", default=None, help="result cache for resuming (default ~/.cache/edgellm/optimize)")
     p.add_argument("--fresh", action="store_true",
                    help="measure every figure again instead of reusing the cache (built artifacts are still reused)")
-    p.add_argument("--no-reference", action="store_true",
-                   help="leave out the reference rows: llama.cpp's own Q4_K_M and Q4_0 with an importance matrix")
+    p.add_argument("--ladder", action="store_true",
+                   help="also try llama.cpp's GGUF types (Q5_K, Q5_0, Q4_K, IQ4_NL) and a budgeted per-tensor mix, "
+                        "beside llama.cpp's own Q4_K_M and Q4_0 with an importance matrix as reference rows "
+                        "(needs a larger --budget-minutes than the default 15 on 2 cores)")
+    p.add_argument("--no-reference", action="store_true", help="with --ladder: leave out the reference rows")
     p.add_argument("--out", required=True, help="output folder (report.html, results.json, model/)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -63,7 +66,7 @@ def config_from_args(args):
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
         dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds,
-        reference=not args.no_reference)
+        reference=args.ladder and not args.no_reference)
 
 
 def run(args) -> int:

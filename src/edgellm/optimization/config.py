@@ -55,7 +55,7 @@ class OptimizeConfig:
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
     paired_rounds: int = 10                    # paired speed rounds when the finalists' spreads overlap
     fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
-    reference: bool = True                     # LMs on llama.cpp: llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows
+    reference: bool = False                    # LMs on llama.cpp: llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows
 
     def inputs(self) -> tuple[str, ...]:
         """The paths the search reads (models, recipes, data): ``--out`` may be none of them, nor hold or lie in one.
