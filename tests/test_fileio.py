@@ -204,3 +204,21 @@ def test_written_by_edgellm_recognises_only_its_own_outputs(tmp_path):
     with pytest.raises(EdgeLLMError, match="edgellm did not write it"):
         check_output(tmp_path / "notes.txt", force=True)
     assert check_output(tmp_path / "notes.txt", force=True, own=True) == tmp_path / "notes.txt"
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp/mkdtemp create private files; a finished output is readable like any file the user writes."""
+    import os
+    import stat
+
+    from edgellm.fileio import atomic_dir, write_json
+
+    mask = os.umask(0o022)
+    try:
+        f = write_json(tmp_path / "r.json", {"a": 1})
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("1")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -144,6 +144,18 @@ def read_yaml(path: str | os.PathLike, what: str, hint: str = "check the path"):
         raise EdgeLLMError(f"{what} '{path}' is not valid YAML: {str(e).splitlines()[0]}", "fix the file") from e
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, is_dir: bool) -> None:
+    """Give a finished temporary file or folder the permissions a plain ``open``/``mkdir`` would have:
+    ``mkstemp``/``mkdtemp`` create them private (0600/0700), which would hide outputs from other users."""
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, force: bool = False, *, inputs=(), own: bool = False):
     """Yield a temporary folder next to *path*; on success it replaces *path* (``check_output`` guards it first).
@@ -155,6 +167,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, *, inputs=(), own: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         yield tmp
+        _publish(tmp, is_dir=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -179,6 +192,7 @@ def atomic_file(path: str | os.PathLike, force: bool = True, mode: str = "w", *,
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        _publish(Path(tmp), is_dir=False)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
