@@ -27,7 +27,7 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Where the data lives: *explicit*, then ``$EDGELLM_DATA``, then ``../shared/data`` beside the repo.
 
     >>> data_dir()          # doctest: +SKIP
-    PosixPath('/work/shared/data')
+    PosixPath('.../shared/data')
     """
     candidates = []
     if explicit:
