@@ -12,7 +12,7 @@ import torch
 import outlines_core  # noqa: F401
 
 from edgellm.errors import EdgeLLMError  # noqa: E402
-from edgellm.serving.constrain import SchemaCompiler, check_schema, token_bytes  # noqa: E402
+from edgellm.runtimes.constrain import SchemaCompiler, check_schema, token_bytes  # noqa: E402
 
 ACTION = {
     "type": "object",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..calibconfig import config_field
 from ..errors import EdgeLLMError
-from .constrain import SchemaCompiler
+from ..runtimes.constrain import SchemaCompiler
 from .engine import Engine, Job, JobTimeout, QueueFull
 from .schemas import ChatRequest, CompletionRequest, error_body
 
