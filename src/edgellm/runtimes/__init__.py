@@ -3,6 +3,7 @@
 ``open_runtime(spec)`` picks the runtime from the artifact (explicit ``runtime=`` wins):
 ``.gguf`` → llama.cpp when installed, ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch,
 anything else (folders, built-in names, ``Loaded`` records) → PyTorch.
+``constrain.py`` turns a JSON schema into a ``logits_processor`` every runtime's ``generate`` takes.
 """
 
 from __future__ import annotations
