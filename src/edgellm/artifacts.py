@@ -1,4 +1,4 @@
-"""The folder format of exported artifacts (ONNX, ExecuTorch): the one place that writes and reads it.
+"""The folder format of exported artifacts (ONNX, ExecuTorch, LiteRT): the one place that writes and reads it.
 
 An artifact is a folder whose name ends in the format's suffix (``X.onnx/``, ``X.pte/``), holding
 the runtime's file (``model.onnx``, ``model.pte``), the tokenizer files, the sidecar
@@ -61,7 +61,9 @@ ONNX = ArtifactFormat("onnx", "ONNX", 1, "model.onnx", ".onnx", ("onnx", "onnxru
                       ("task", "inputs", "outputs", "vocab_size", "weight_bytes"))
 EXECUTORCH = ArtifactFormat("executorch", "ExecuTorch", 1, "model.pte", ".pte", ("executorch", "executorch.runtime"),
                             "executorch", ("task", "vocab_size", "max_positions", "weight_bytes"))
-FORMATS = {f.name: f for f in (ONNX, EXECUTORCH)}
+LITERT = ArtifactFormat("litert", "LiteRT", 1, "model.tflite", ".tflite", ("ai_edge_litert.interpreter",), "litert",
+                        ("task", "vocab_size", "max_positions", "signatures", "weight_bytes"))
+FORMATS = {f.name: f for f in (ONNX, EXECUTORCH, LITERT)}
 
 
 def require(fmt: ArtifactFormat) -> None:
@@ -162,5 +164,5 @@ def read_artifact(folder: str | os.PathLike, fmt: ArtifactFormat) -> dict:
     return read_sidecar(folder, fmt)
 
 
-__all__ = ["EXECUTORCH", "FORMATS", "MANIFEST", "ONNX", "SIDECAR", "ArtifactFormat", "read_artifact",
+__all__ = ["EXECUTORCH", "FORMATS", "LITERT", "MANIFEST", "ONNX", "SIDECAR", "ArtifactFormat", "read_artifact",
            "read_sidecar", "require", "resolve_artifact", "write_artifact", "write_sidecar"]

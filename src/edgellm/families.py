@@ -36,8 +36,8 @@ from .fileio import atomic_file
 
 BLOCK_ROLES = ("q", "k", "v", "o", "gate", "up", "down", "input_norm", "post_attention_norm", "q_norm", "k_norm")
 NORM_ROLES = ("input_norm", "post_attention_norm", "q_norm", "k_norm", "final_norm")   # scaled by norm_offset + w
-EXPORTERS = ("gguf", "onnx", "executorch")
-RUNTIME_OF = {"gguf": "llama.cpp", "onnx": "onnxruntime", "executorch": "executorch"}
+EXPORTERS = ("gguf", "onnx", "executorch", "litert")
+RUNTIME_OF = {"gguf": "llama.cpp", "onnx": "onnxruntime", "executorch": "executorch", "litert": "litert"}
 KINDS = ("decoder", "encoder")
 
 
@@ -143,12 +143,12 @@ _BERT = dict(kind="encoder", blocks="encoder.layer", embed="embeddings", final_n
              awq_folds=(("attention.self.value", ("attention.output.dense",)),))
 
 FAMILIES: dict[str, FamilySpec] = {s.model_type: s for s in (
-    FamilySpec("llama", **_LLAMA, gguf_arch="llama", rope_permute_qk=True, exporters=("gguf", "onnx", "executorch")),
+    FamilySpec("llama", **_LLAMA, gguf_arch="llama", rope_permute_qk=True, exporters=("gguf", "onnx", "executorch", "litert")),
     FamilySpec("mistral", **_LLAMA, gguf_arch="llama", rope_permute_qk=True, exporters=("gguf", "executorch")),
-    FamilySpec("qwen2", **_LLAMA, gguf_arch="qwen2", exporters=("gguf", "onnx", "executorch")),
-    FamilySpec("qwen3", **_LLAMA, gguf_arch="qwen3", exporters=("gguf", "onnx", "executorch"),
+    FamilySpec("qwen2", **_LLAMA, gguf_arch="qwen2", exporters=("gguf", "onnx", "executorch", "litert")),
+    FamilySpec("qwen3", **_LLAMA, gguf_arch="qwen3", exporters=("gguf", "onnx", "executorch", "litert"),
                q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
-    FamilySpec("gemma", **_LLAMA, gguf_arch="gemma", exporters=("gguf", "onnx", "executorch"), norm_offset=1.0,
+    FamilySpec("gemma", **_LLAMA, gguf_arch="gemma", exporters=("gguf", "onnx", "executorch", "litert"), norm_offset=1.0,
                notes="RMSNorm scales by 1 + w; embedding scaled by √hidden; GELU-tanh MLP; tied head"),
     FamilySpec("phi3", q=None, k=None, v=None, gate=None, up=None, pipeline=True,
                notes="fused qkv_proj and gate_up_proj"),
@@ -166,7 +166,7 @@ FAMILIES: dict[str, FamilySpec] = {s.model_type: s for s in (
     FamilySpec("opt", blocks="decoder.layers", rotary=None, embed="decoder.embed_tokens", final_norm="decoder.final_layer_norm",
                o="self_attn.out_proj", gate=None, up="fc1", down="fc2", input_norm="self_attn_layer_norm",
                post_attention_norm="final_layer_norm"),
-    FamilySpec("bert", **_BERT, exporters=("onnx",), ort_fusion="bert"),
+    FamilySpec("bert", **_BERT, exporters=("onnx", "litert"), ort_fusion="bert"),
     FamilySpec("roberta", **_BERT, exporters=("onnx",), ort_fusion="bert"),
     FamilySpec("distilbert", kind="encoder", blocks="transformer.layer", embed="embeddings", final_norm=None,
                lm_head=None, rotary=None, attention="attention", mlp="ffn", q="attention.q_lin", k="attention.k_lin",

@@ -30,18 +30,20 @@ def add_arguments(p) -> None:
 
 # fields whose flag has another name: GGUF's embedding type keeps its prefix; ExecuTorch's int4 group size
 # shares --block-size with ONNX's
-RENAME = {"gguf": {"embedding_type": "gguf_embedding_type"}, "executorch": {"group_size": "block_size"}}
+RENAME = {"gguf": {"embedding_type": "gguf_embedding_type"}, "executorch": {"group_size": "block_size"},
+          "litert": {"group_size": "block_size"}}
 HELPS = {
     "gguf_type": "type of the 2-D weights; edgellm's 4/8-bit codes go in as they are",
     "embedding_type": "type of the token embedding / output head (none: q8_0 for 8/4-bit files, else --gguf-type)",
     "requantize": "allow re-encoding quantized weights whose grid is not the GGUF type's (listed in the report)",
-    "variant": "weights: fp32, int8 (ONNX dynamic int8 / ExecuTorch 8da8w) or int4 (MatMulNBits / 8da4w)",
-    "block_size": "int4 block (group) size, ONNX and ExecuTorch",
+    "variant": "weights: fp32, int8 (ONNX dynamic int8 / ExecuTorch 8da8w) or int4 (MatMulNBits / 8da4w); "
+               "LiteRT also w8 (weight-only int8)",
+    "block_size": "int4 block (group) size, ONNX, ExecuTorch and LiteRT",
     "symmetric": "ONNX int4: symmetric blocks (--no-symmetric: with zero points)",
     "accuracy_level": "ONNX MatMulNBits compute: 4 = int8 activations, 0 = fp32",
     "opset": "ONNX opset of the graph",
     "fuse": "ONNX classifiers: fuse encoder blocks for onnxruntime",
-    "max_len": "ExecuTorch static KV-cache positions",
+    "max_len": "ExecuTorch / LiteRT static KV-cache positions",
 }
 
 

@@ -19,6 +19,7 @@ _RUNTIME_MODULES = {
     "llama.cpp": ("edgellm.runtimes.llamacpp", "llama_cpp"),
     "onnxruntime": ("edgellm.runtimes.onnxrt", "onnxruntime"),
     "executorch": ("edgellm.runtimes.executorch", "executorch"),
+    "litert": ("edgellm.runtimes.litert", "ai_edge_litert"),
 }
 
 

@@ -1,7 +1,7 @@
 """``export(model, format, out)``: write a model as an artifact for an on-device runtime, then verify it.
 
 Formats (explicit dispatch below): ``gguf`` → llama.cpp, ``onnx`` → ONNX Runtime, ``executorch``
-→ ExecuTorch. Each exporter writes into a temporary path next to *out* and calls the verifier
+→ ExecuTorch, ``litert`` → the LiteRT (TFLite) interpreter. Each exporter writes into a temporary path next to *out* and calls the verifier
 (``exporters.verify``) on it with the runtime that will run it; only a verified artifact is renamed into place. Deliberately absent: conversion between
 artifact formats (always export from the model).
 """
@@ -25,12 +25,14 @@ EXPORTERS = {
     "onnx": ("edgellm.exporters.onnx:export_onnx_report", "onnxruntime", "edgellm.exporters.onnx:verify_tolerance"),
     "executorch": ("edgellm.exporters.executorch:export_executorch_report", "executorch",
                    "edgellm.exporters.executorch:verify_tolerance"),
+    "litert": ("edgellm.exporters.litert:export_litert_report", "litert", "edgellm.exporters.litert:verify_tolerance"),
 }
 # format -> "module:ConfigClass" of its options
 CONFIGS = {"gguf": "edgellm.exporters.gguf:GGUFExportConfig", "onnx": "edgellm.exporters.onnx:OnnxExportConfig",
-           "executorch": "edgellm.exporters.executorch:ExecuTorchExportConfig"}
+           "executorch": "edgellm.exporters.executorch:ExecuTorchExportConfig",
+           "litert": "edgellm.exporters.litert:LiteRTExportConfig"}
 RUNTIME_EXTRAS = {"llama.cpp": ("llama_cpp", "llamacpp"), "onnxruntime": ("onnxruntime", "onnx"),
-                  "executorch": ("executorch", "executorch")}
+                  "executorch": ("executorch", "executorch"), "litert": ("ai_edge_litert", "litert")}
 
 
 @dataclass

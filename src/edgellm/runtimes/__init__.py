@@ -1,7 +1,7 @@
 """Runtimes: every measurement goes through one interface (docs/design.md §1).
 
 ``open_runtime(spec)`` picks the runtime from the artifact (explicit ``runtime=`` wins):
-``.gguf`` → llama.cpp when installed, ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch,
+``.gguf`` → llama.cpp when installed, ``.onnx`` → ONNX Runtime, ``.pte`` → ExecuTorch, ``.tflite`` → LiteRT,
 anything else (folders, built-in names, ``Loaded`` records) → PyTorch.
 ``constrain.py`` turns a JSON schema into a ``logits_processor`` every runtime's ``generate`` takes.
 """
@@ -20,8 +20,9 @@ RUNTIMES = {
     "llama.cpp": "edgellm.runtimes.llamacpp:LlamaCppRuntime",
     "onnxruntime": "edgellm.runtimes.onnxrt:OnnxRuntime",
     "executorch": "edgellm.runtimes.executorch:ExecuTorchRuntime",
+    "litert": "edgellm.runtimes.litert:LiteRTRuntime",
 }
-SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".pte": "executorch"}
+SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".pte": "executorch", ".tflite": "litert"}
 
 
 def runtime_class(name: str):

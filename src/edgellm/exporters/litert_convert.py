@@ -1,0 +1,96 @@
+"""The LiteRT converter step, run as a script inside the separate converter environment.
+
+``litert-torch`` (Google's PyTorch → ``.tflite`` converter) pins ``xdsl==0.28.0``, which pins
+``typing-extensions<4.13``; the main environment needs ≥ 4.16 (pydantic, anyio, openai), so the
+converter cannot live beside the rest of edgellm. ``exporters.litert_env`` builds a virtual
+environment with the same torch and ``litert-torch``; ``exporters.litert`` exports the signatures
+with ``torch.export`` in the main environment (where the model, the family registry and the cache
+wrapper live), saves each ``ExportedProgram`` with ``torch.export.save`` (same torch version on both
+sides), and runs this file there as ``python litert_convert.py job.json``.
+
+This script imports only torch, ``litert_torch`` and ``ai_edge_quantizer``; never edgellm (it is not
+installed there). The job names the programs (one signature each), the output file, and the
+variant: ``fp32``; ``int8`` = dynamic-range int8 (int8 weights per channel, activations quantized at
+run time, ``ai_edge_quantizer``'s ``dynamic_wi8_afp32``); ``int4`` = dynamic-range with 4-bit
+weights per block of ``group_size`` (32-256) on the fully-connected ops; ``w8`` = weight-only int8
+(weights de-quantized to fp32 before the op). All symmetric. Weight-only int4 per block is refused
+by ``ai_edge_quantizer`` 0.10 ("Unsupported op for ComputePrecision.FLOAT: FULLY_CONNECTED"), so
+there is no ``w4``.
+Quantization runs on the converted fp32 flatbuffer. Deliberately absent: static (calibrated) activation quantization and the
+converter's experimental V2 path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _sample_args(ep) -> tuple:
+    """Zero tensors shaped like the program's user inputs (the shapes are static)."""
+    import torch
+
+    names = set(ep.graph_signature.user_inputs)
+    args = []
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in names:
+            val = node.meta["val"]
+            args.append(torch.zeros(tuple(int(d) for d in val.shape), dtype=val.dtype))
+    return tuple(args)
+
+
+def _recipe(variant: str, group_size: int):
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+
+    if variant == "int8":
+        return recipe.dynamic_wi8_afp32()
+    if variant == "w8":
+        return recipe.weight_only_wi8_afp32()
+    if variant == "int4":
+        rm = recipe_manager.RecipeManager()
+        rm.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
+                              granularity=qtyping.QuantGranularity(f"BLOCKWISE_{group_size}"))
+        return rm.get_quantization_recipe()
+    raise ValueError(f"unknown variant {variant}")
+
+
+def convert(job: dict) -> dict:
+    """Convert the job's programs into one ``.tflite`` with one signature each; return timings."""
+    import litert_torch
+    import torch
+
+    t0 = time.perf_counter()
+    converter = None
+    for sig in job["signatures"]:
+        ep = torch.export.load(sig["program"])
+        module, args = ep.module(), _sample_args(ep)
+        converter = (litert_torch.signature if converter is None else converter.signature)(sig["name"], module, args)
+    model = converter.convert()
+    fp32 = Path(job["out"]) if job["variant"] == "fp32" else Path(job["out"]).with_suffix(".fp32.tflite")
+    model.export(str(fp32))
+    t1 = time.perf_counter()
+    if job["variant"] != "fp32":
+        from ai_edge_quantizer import quantizer
+
+        qt = quantizer.Quantizer(str(fp32))
+        qt.load_quantization_recipe(_recipe(job["variant"], int(job.get("group_size", 32))))
+        qt.quantize().export_model(job["out"], overwrite=True)
+        fp32.unlink()
+    import ai_edge_quantizer
+
+    return {"convert_seconds": t1 - t0, "quantize_seconds": time.perf_counter() - t1,
+            "litert_torch": litert_torch.__version__, "torch": torch.__version__,
+            "ai_edge_quantizer": getattr(ai_edge_quantizer, "__version__", None)}
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[1]).read_text())
+    report = convert(job)
+    Path(job["report"]).write_text(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,83 @@
+"""What a LiteRT export is verified against: the PyTorch reference per variant, and the classifier check.
+
+Causal LMs go through ``exporters.verify`` like every other format; this module supplies the
+reference for the quantized variants: a PyTorch copy holding the weights ``ai_edge_quantizer``
+writes (symmetric, scale = max|W| / 127 per output channel for int8, max|W| / 7 per block of
+``group_size`` input weights for int4, every ``nn.Linear``), so that the tolerance measures the
+converter and the interpreter, not the quantizer. Classifiers are checked here: class
+probabilities on fixed sentences against PyTorch, with the labels agreeing.
+Deliberately absent: quantizing the embedding table in the reference (the int8 variants may
+quantize the gather too; that error shows up in the reported ``vs_source``, within the tolerance).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from ..errors import EdgeLLMError
+from ..models import Loaded
+from ..runtimes.litert import LiteRTRuntime
+from ..runtimes.torch import TorchRuntime
+from .onnx import CLASSIFY_PROMPTS, plain_model
+
+
+def fake_quantize_symmetric(W: torch.Tensor, bits: int, block: int | None = None) -> torch.Tensor:
+    """*W* [out, in] rounded to signed *bits*-bit codes, symmetric, per output row or per *block* of inputs.
+
+    >>> fake_quantize_symmetric(torch.tensor([[1.0, -0.5, 0.26]]), 2).tolist()
+    [[1.0, -1.0, 0.0]]
+    """
+    qmax = 2 ** (bits - 1) - 1
+    out_f, in_f = W.shape
+    blocks = W.reshape(out_f, -1, block) if block else W.reshape(out_f, 1, in_f)
+    scale = blocks.abs().amax(-1, keepdim=True).clamp_min(1e-9) / qmax
+    q = torch.clamp(torch.round(blocks / scale), -qmax - 1, qmax)
+    return (q * scale).reshape(out_f, in_f)
+
+
+def reference_for(loaded: Loaded, cfg) -> Loaded:
+    """*loaded* for fp32; else a PyTorch copy with the weights the *cfg.variant* file holds (see module doc).
+
+    >>> reference_for(loaded, LiteRTExportConfig(variant="int4")).model is loaded.model     # doctest: +SKIP
+    False
+    """
+    if cfg.variant == "fp32":
+        return loaded
+    bits, block = (4, cfg.group_size) if cfg.variant == "int4" else (8, None)
+    net = copy.deepcopy(plain_model(loaded.model)).float().eval()
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.Linear) and (block is None or mod.weight.shape[1] % block == 0):
+            Wq = fake_quantize_symmetric(mod.weight.detach(), bits, block)
+            mod.weight = torch.nn.Parameter(Wq, requires_grad=False)    # unties a tied head from the table
+    return Loaded(net, loaded.tokenizer, loaded.meta)
+
+
+def verify_litert_classifier(folder: Path, loaded: Loaded, reference: Loaded, variant: str,
+                             threads: int | None = None) -> dict:
+    """Class probabilities of the LiteRT classifier against *reference* on fixed sentences; raises if out of tolerance.
+
+    >>> verify_litert_classifier(tmp, loaded, loaded, "fp32")["label_agreement"]     # doctest: +SKIP
+    1.0
+    """
+    limit = 1e-4 if variant == "fp32" else (2e-2 if variant == "w8" else 0.15)
+    rt = LiteRTRuntime(folder, threads=threads)
+    texts = list(CLASSIFY_PROMPTS)
+    art = rt.classify(texts).softmax(-1)
+    ref = TorchRuntime(reference, device="cpu", threads=threads).classify(texts, max_length=rt.seq_len).softmax(-1)
+    src = TorchRuntime(loaded, device="cpu", threads=threads).classify(texts, max_length=rt.seq_len).softmax(-1)
+    diff = (ref - art).abs().max().item()
+    agree = (ref.argmax(-1) == art.argmax(-1)).float().mean().item()
+    report = {"n_sentences": len(texts), "max_prob_diff": diff, "label_agreement": agree,
+              "vs_source": {"max_prob_diff": (src - art).abs().max().item(),
+                            "label_agreement": (src.argmax(-1) == art.argmax(-1)).float().mean().item()},
+              "tolerance": {"max_prob_diff": limit, "label_agreement": 1.0}, "passed": diff <= limit and agree == 1.0}
+    if not report["passed"]:
+        raise EdgeLLMError(f"export verification failed: class probabilities differ by {diff:.3g} (limit {limit:g}), "
+                           f"labels agree on {agree:.0%}; no artifact was written", "check the variant, or report the model")
+    return report
+
+
+__all__ = ["fake_quantize_symmetric", "reference_for", "verify_litert_classifier"]

@@ -1,0 +1,120 @@
+"""LiteRT export: a one-layer tiny Llama, Qwen2/Qwen3/Gemma and a tiny BERT classifier converted by litert-torch
+(in its own environment) reproduce PyTorch on the ai-edge-litert interpreter; bad input is one line, exit 2."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import make_tiny_decoder, make_tiny_llama, run_cli
+from edgellm.errors import EdgeLLMError
+from edgellm.exporters import export
+from edgellm.exporters.litert import LiteRTExportConfig, export_litert
+from edgellm.exporters.litert_verify import fake_quantize_symmetric
+from edgellm.models import load
+from edgellm.runtimes import open_runtime
+
+import ai_edge_litert.interpreter  # noqa: F401  (the litert extra: a missing one fails here, never skips)
+
+
+@pytest.fixture(scope="module")
+def llama1(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("lt") / "llama1", num_hidden_layers=1)
+
+
+@pytest.fixture(scope="module")
+def lm_fp32(llama1, tmp_path_factory):
+    return export(llama1, "litert", tmp_path_factory.mktemp("tfl") / "lm.tflite", variant="fp32", max_len=96,
+                  prefill_len=16, threads=2, ppl_tokens=1024)
+
+
+def test_fp32_matches_torch_through_prefill_and_decode(llama1, lm_fp32):
+    v = lm_fp32.verification
+    assert v["passed"] and v["prompts"]["max_abs_rel"] < 1e-4 and abs(v["ppl"]["relative_diff"]) < 1e-4
+    ref = open_runtime(load(llama1))
+    rt = open_runtime(lm_fp32.path, threads=2)
+    assert rt.name == "litert" and rt.max_positions == 96 and rt.threads == 2
+    ids = torch.arange(5, 45)                                          # 40 tokens: the max_len prefill signature
+    assert torch.allclose(rt.logits(ids), ref.logits(ids), atol=1e-4)
+    assert list(rt.generate(ids, 16)) == list(ref.generate(ids, 16))    # decode through the cache
+    short = torch.arange(7, 17)                                        # the 16-token signature, padded; stale rows masked
+    assert torch.allclose(rt.logits(short), ref.logits(short), atol=1e-4)
+    assert list(rt.generate(short, 8)) == list(ref.generate(short, 8))
+    info = json.loads((lm_fp32.path / "edgellm.json").read_text())
+    assert info["format"] == "edgellm-litert/1" and info["signatures"] == ["prefill_16", "prefill_96", "decode"]
+    assert 0 < rt.weight_bytes() < rt.file_bytes()
+
+
+def test_int8_is_verified_against_the_same_weights_and_is_smaller(llama1, lm_fp32, tmp_path):
+    r = export(llama1, "litert", tmp_path / "lm8.tflite", variant="int8", max_len=96, prefill_len=16, threads=2,
+               ppl_tokens=1024)
+    v = r.verification
+    assert v["passed"] and v["ppl"]["kl"] < 0.02 and v["vs_source"]["kl"] >= v["ppl"]["kl"]
+    assert open_runtime(r.path).weight_bytes() < 0.5 * open_runtime(lm_fp32.path).weight_bytes()
+    assert r.file_bytes < 0.6 * lm_fp32.file_bytes
+    ids = torch.arange(5, 25)
+    rt, ref = open_runtime(r.path), open_runtime(load(llama1))
+    assert sum(a == b for a, b in zip(rt.generate(ids, 8), ref.generate(ids, 8))) >= 6
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma"])
+def test_other_families_convert_and_decode(family, tmp_path):
+    src = make_tiny_decoder(tmp_path / family, family)
+    r = export(src, "litert", tmp_path / f"{family}.tflite", max_len=64, prefill_len=16, threads=2, ppl_tokens=256)
+    assert r.verification["passed"] and r.verification["prompts"]["max_abs_rel"] < 1e-4
+    ids = torch.arange(5, 30)
+    assert list(open_runtime(r.path).generate(ids, 8)) == list(open_runtime(load(src)).generate(ids, 8))
+
+
+@pytest.fixture(scope="module")
+def sharp_cls(tiny_bert_cls, tmp_path_factory):
+    """The tiny classifier with a 40x head, so its probabilities are far from 0.5 and differ by sentence."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("cls") / "sharp"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_cls)
+    with torch.no_grad():
+        model.classifier.weight.mul_(40)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_bert_cls).save_pretrained(out)
+    return out
+
+
+def test_classifier_probabilities_and_labels(sharp_cls, tmp_path):
+    r = export(sharp_cls, "litert", tmp_path / "cls.tflite", seq_len=32, batch_size=4, threads=2)
+    assert r.verification["passed"] and r.verification["max_prob_diff"] < 1e-4
+    rt = open_runtime(r.path, threads=2)
+    ref = open_runtime(load(sharp_cls, task="classification"))
+    texts = ["a short one", "the plot is thin", "x", "another longer sentence with more words", "five", "six", "seven"]
+    p, q = rt.classify(texts).softmax(-1), ref.classify(texts).softmax(-1)   # 7 rows: batches of 4, 1, 1, 1
+    assert (p - q).abs().max() < 1e-4 and (p.argmax(-1) == q.argmax(-1)).all()
+    assert q.max() > 0.6 and len(set(q.argmax(-1).tolist())) == 2           # the check has something to check
+    with pytest.raises(EdgeLLMError, match="not a causal LM"):
+        rt.logits(torch.arange(4))
+
+
+def test_fake_quantize_matches_the_quantizer_rule():
+    W = torch.tensor([[1.0, -0.5, 0.26, 0.0], [0.1, 0.2, -0.4, 0.05]])
+    assert fake_quantize_symmetric(W, 2).tolist()[0] == [1.0, -1.0, 0.0, 0.0]      # scale max|w| / 1
+    q = fake_quantize_symmetric(W, 4, block=2)
+    assert torch.allclose(q[1, 2:], torch.tensor([-0.4, 0.0571428]), atol=1e-6)    # per block of 2: scale 0.4 / 7
+
+
+def test_bad_input(tiny_bert, llama1, lm_fp32, tmp_path, monkeypatch):
+    code, out, err = run_cli("export", str(tiny_bert), "--format", "litert", "--out", str(tmp_path / "e.tflite"))
+    assert code == 2 and "LiteRT export does not support BertModel" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli("export", str(llama1), "--format", "litert", "--max-len", "1024",
+                             "--out", str(tmp_path / "long.tflite"))
+    assert code == 2 and "longer than the model's 256 positions" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(EdgeLLMError, match="exceed the exported KV cache"):
+        open_runtime(lm_fp32.path).logits(torch.arange(97) % 50)
+    with pytest.raises(EdgeLLMError, match="unknown LiteRT variant"):
+        LiteRTExportConfig(variant="int2")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(EdgeLLMError) as e:
+        export_litert(llama1, tmp_path / "m.tflite")
+    assert "edgellm[litert]" in e.value.hint
+    code, out, err = run_cli("eval", str(lm_fp32.path), "--ppl-tokens", "256")
+    assert code == 2 and "edgellm[litert]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.tflite").exists()
