@@ -38,6 +38,7 @@ _API = {
     "GGUFExportConfig": "edgellm.exporters.gguf:GGUFExportConfig",
     "OnnxExportConfig": "edgellm.exporters.onnx:OnnxExportConfig",
     "ExecuTorchExportConfig": "edgellm.exporters.executorch:ExecuTorchExportConfig",
+    "LiteRTExportConfig": "edgellm.exporters.litert:LiteRTExportConfig",
     "ServeConfig": "edgellm.serving.app:ServeConfig",
     "CalibConfig": "edgellm.calibconfig:CalibConfig",
     "serve": "edgellm.serving.server:serve",
