@@ -1,17 +1,17 @@
 """The OpenAI-compatible HTTP API (FastAPI): chat and text completions, models, health.
 
 ``create_app(engine, config)`` builds the app around one ``Engine``. Each request is checked before it
-touches the model (API key → 401, body → 400, model name → 404, prompt length / ``max_tokens`` /
+touches the model (API key → 401, body → 400, model name → 404, empty or too long prompt / ``max_tokens`` /
 context → 400, JSON schema → 400), then queued (full → 429), then answered as JSON or as server-sent
 events. Every error is an OpenAI error object ``{"error": {"message", "type", "param", "code"}}``, and
-each request leaves one structured (JSON) log line. Running the app (uvicorn, logging setup, the CLI
+each request leaves one structured (JSON) log line (the key check and the log are ``middleware.py``). ``/health``
+reports the engine's job counts (``in_flight`` returns to 0 when idle). Running the app (uvicorn, logging setup, the CLI
 entry) lives in ``server.py``. Deliberately absent: embeddings, tools, logprobs, n > 1.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations, and ``Request``
 # is imported inside ``create_app`` (FastAPI is an optional dependency), so they must be evaluated eagerly.
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -22,6 +22,7 @@ from ..calibconfig import config_field
 from ..errors import EdgeLLMError
 from ..runtimes.constrain import SchemaCompiler
 from .engine import Engine, Job, JobTimeout, QueueFull
+from .middleware import LogAndAuth
 from .schemas import ChatRequest, CompletionRequest, error_body
 
 log = logging.getLogger("edgellm.serving")
@@ -85,8 +86,9 @@ def _validation_message(exc) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def create_app(engine: Engine, config: ServeConfig):
-    """The FastAPI app serving *engine*.
+def create_app(engine: Engine, config: ServeConfig, *, openapi: bool = False):
+    """The FastAPI app serving *engine*. ``openapi=True`` publishes the schema at ``/openapi.json`` (the API
+    fuzz test reads it); by default it stays unpublished, as do the interactive docs.
 
     >>> app = create_app(Engine(rt, rt.tokenizer).start(), ServeConfig(model_id="smollm2-135m"))   # doctest: +SKIP
     """
@@ -97,6 +99,7 @@ def create_app(engine: Engine, config: ServeConfig):
         from fastapi.exceptions import RequestValidationError
         from fastapi.responses import JSONResponse, StreamingResponse
         from starlette.concurrency import run_in_threadpool
+        from jinja2 import TemplateError
         from starlette.exceptions import HTTPException
     except ImportError as e:
         raise EdgeLLMError("serving needs FastAPI and uvicorn", "pip install 'edgellm[serve]'") from e
@@ -111,7 +114,7 @@ def create_app(engine: Engine, config: ServeConfig):
                               tokenizer_lock=engine.tokenizer_lock)
     runtime_name = getattr(engine.runtime, "name", "?")
     created = int(time.time())
-    app = FastAPI(title="edgellm", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="edgellm", docs_url=None, redoc_url=None, openapi_url="/openapi.json" if openapi else None)
 
     # -- errors: always the OpenAI error object ---------------------------------------------------
     @app.exception_handler(APIError)
@@ -146,6 +149,8 @@ def create_app(engine: Engine, config: ServeConfig):
                            param="model", code="model_not_found")
 
     def _budget(req, n_prompt: int) -> int:
+        if n_prompt == 0:
+            raise APIError(400, "the prompt is empty (0 tokens); send some text", param="prompt", code="empty_prompt")
         if n_prompt > prompt_limit:
             raise APIError(400, f"the prompt is {n_prompt} tokens long; this server accepts at most {prompt_limit}",
                            param="messages" if isinstance(req, ChatRequest) else "prompt", code="prompt_too_long")
@@ -282,14 +287,27 @@ def create_app(engine: Engine, config: ServeConfig):
         finally:
             job.cancelled.set()            # the client went away (or we are done): stop generating
 
+    class JobStream(StreamingResponse):
+        """Server-sent events that stop their job however the response ends, also when the client leaves before
+        the first event (then the event generator never starts, so its ``finally`` never runs)."""
+
+        def __init__(self, job, content):
+            super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            self.job = job
+
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.job.cancelled.set()
+
     async def _answer(request, req, prompt_ids, chunk, body):
         """Queue *prompt_ids*; stream ``chunk(...)`` objects, or wait and return ``body(text, result)``."""
         budget = _budget(req, len(prompt_ids))
         processor, schema = await _processor(req, budget)
         job, events = await _submit(request, req, prompt_ids, budget, processor)
         if req.stream:
-            return StreamingResponse(_stream(request, job, events, chunk, schema, req.include_usage()),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return JobStream(job, _stream(request, job, events, chunk, schema, req.include_usage()))
         out, result = await _collect(request, job, events)
         _check_output(out, schema)
         return body(out, result)
@@ -297,8 +315,8 @@ def create_app(engine: Engine, config: ServeConfig):
     # -- endpoints --------------------------------------------------------------------------------
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": config.model_id, "runtime": runtime_name,
-                "busy": engine.busy, "waiting": engine.waiting(), "max_queue": config.max_queue}
+        return {"status": "ok", "model": config.model_id, "runtime": runtime_name, "max_queue": config.max_queue,
+                **engine.counts()}
 
     @app.get("/v1/models")
     async def models():
@@ -313,7 +331,10 @@ def create_app(engine: Engine, config: ServeConfig):
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from e
         with engine.tokenizer_lock:
-            text, _ = render_chat(tokenizer, messages)
+            try:
+                text, _ = render_chat(tokenizer, messages)
+            except TemplateError as e:          # the template's own raise_exception: roles must alternate, ...
+                raise APIError(400, f"the model's chat template refused these messages: {e}", param="messages") from e
             prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         rid, now = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
 
@@ -355,46 +376,3 @@ def create_app(engine: Engine, config: ServeConfig):
     app.state.engine, app.state.config = engine, config
     return LogAndAuth(app, config.api_key)
 
-
-class LogAndAuth:
-    """ASGI middleware: the API-key check (401) on ``/v1/*``, and one JSON log line per request, written
-    when the response is complete (so a streamed answer logs its token counts). A plain ASGI wrapper,
-    not ``BaseHTTPMiddleware``, so client disconnects still reach the endpoints."""
-
-    def __init__(self, app, api_key: str | None):
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
-        state = scope.setdefault("state", {})
-        state["fields"] = {}
-
-        async def send_status(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            if self.api_key and scope["path"].startswith("/v1/") and not self._authorized(scope):
-                body = json.dumps(error_body("invalid or missing API key: send 'Authorization: Bearer <key>'",
-                                             code="invalid_api_key")).encode()
-                await send_status({"type": "http.response.start", "status": 401,
-                                   "headers": [(b"content-type", b"application/json"),
-                                               (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                state["error"] = "invalid or missing API key"
-                return
-            await self.app(scope, receive, send_status)
-        finally:
-            record = {"event": "request", "method": scope.get("method"), "path": scope["path"], "status": status[0],
-                      "ms": round(1000 * (time.perf_counter() - t0), 1), **state.get("fields", {})}
-            if state.get("error"):
-                record["error"] = state["error"]
-            log.info(json.dumps(record))
-
-    def _authorized(self, scope) -> bool:
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        return hmac.compare_digest(given.encode(), self.api_key.encode())

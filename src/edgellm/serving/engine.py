@@ -6,7 +6,10 @@ overloaded device answers 429 instead of piling up work. The worker runs one job
 Runtime interface (``Runtime.generate``), turns tokens into text (holding back bytes of an unfinished
 UTF-8 character and any tail that may be the start of a stop string) and hands events to the job's
 ``emit`` callback. Between tokens it checks the job's cancel flag (client gone) and deadline (timeout),
-so generation really stops. Deliberately absent: batching several requests into one forward pass.
+so generation really stops. Every submitted job is accounted for: ``in_flight()`` (submitted and not yet
+answered, skipped or stopped) returns to 0 when the server is idle, and ``counts()`` says how many jobs were
+submitted, finished and cancelled (client gone), which ``/health`` reports so a leak is visible from outside.
+Deliberately absent: batching several requests into one forward pass.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Job:
 @dataclass
 class Result:
     text: str
-    finish_reason: str                        # "stop" or "length"
+    finish_reason: str                        # "stop", "length", or "cancelled" (the client went away)
     prompt_tokens: int
     completion_tokens: int
     queue_s: float
@@ -143,6 +146,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.busy = False
         self.served = 0
+        self.submitted = 0                    # jobs accepted by submit()
+        self.finished = 0                     # of those, jobs the worker is done with (answered, skipped or stopped)
+        self.cancelled = 0                    # of those, jobs stopped or skipped because their client went away
 
     # -- queue ----------------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -160,12 +166,33 @@ class Engine:
     def waiting(self) -> int:
         return self._waiting
 
+    def in_flight(self) -> int:
+        """Jobs submitted and not yet finished (waiting or generating); 0 when the server is idle."""
+        with self._lock:
+            return self.submitted - self.finished
+
+    def counts(self) -> dict:
+        """``{"submitted", "finished", "cancelled", "in_flight", "waiting", "busy"}``, read together.
+
+        >>> Engine(rt, rt.tokenizer).counts()["in_flight"]      # doctest: +SKIP
+        0
+        """
+        with self._lock:
+            return {"submitted": self.submitted, "finished": self.finished, "cancelled": self.cancelled,
+                    "in_flight": self.submitted - self.finished, "waiting": self._waiting, "busy": self.busy}
+
     def submit(self, job: Job) -> None:
         with self._lock:
             if self._waiting >= self.max_queue:
                 raise QueueFull(f"{self._waiting} requests are already waiting (max_queue={self.max_queue})")
             self._waiting += 1
+            self.submitted += 1
         self._queue.put(job)
+
+    def _done(self, cancelled: bool = False) -> None:
+        with self._lock:
+            self.finished += 1
+            self.cancelled += cancelled
 
     def _loop(self) -> None:
         while True:
@@ -175,14 +202,18 @@ class Engine:
             with self._lock:
                 self._waiting -= 1
             if job.cancelled.is_set():
+                self._done(cancelled=True)
                 continue
             started = time.monotonic()
             if started > job.deadline:
                 job.emit("error", JobTimeout(f"timed out after waiting {started - job.submitted:.1f} s in the queue"))
+                self._done()
                 continue
-            self.busy = True
+            self.busy, stopped = True, False
             try:
-                job.emit("done", self._run(job, started))
+                result = self._run(job, started)
+                stopped = result.finish_reason == "cancelled"
+                job.emit("done", result)
             except JobTimeout as e:
                 job.emit("error", e)
             except Exception as e:            # delivered to the waiting handler; the worker keeps serving
@@ -191,6 +222,7 @@ class Engine:
             finally:
                 self.busy = False
                 self.served += 1
+                self._done(stopped)
 
     # -- one job --------------------------------------------------------------------------------
     def _run(self, job: Job, started: float) -> Result:

@@ -2,7 +2,9 @@
 
 Only the fields edgellm honours are declared; unknown fields are accepted and ignored, as the OpenAI
 API's clients send many optional ones. Fields that would change the meaning of a request and that we
-cannot honour (``n > 1``, ``logprobs``, tools) are refused with a 400 rather than silently ignored.
+cannot honour (``n > 1``, ``logprobs``, tools) are refused with a 400 rather than silently ignored, as is text that
+is not valid Unicode (a lone surrogate escape such as ``"\\ud800"``, which JSON allows but UTF-8 cannot carry) and a
+``seed`` outside the signed 64-bit range the runtimes' generators take.
 Deliberately absent: response models (the JSON is built by hand in ``app.py``, which keeps it exact).
 """
 
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SEED_RANGE = (-(2**63), 2**63 - 1)      # torch.Generator.manual_seed and the OpenAI API both take a signed int64
 
 
 def _refused(name: str, message: str):
@@ -39,7 +43,7 @@ class _Request(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: Optional[Union[str, list[str]]] = Field(default=None, validate_default=True)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is supported")
@@ -56,6 +60,15 @@ class _Request(BaseModel):
         return stops
 
     _no_logprobs = _refused("logprobs", "logprobs are not supported by this server")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        bad = _lone_surrogate(data)
+        if bad is not None:
+            raise ValueError(f"the request holds text that is not valid Unicode (a lone surrogate, {bad!r}); "
+                             "send UTF-8 text")
+        return data
 
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
@@ -132,6 +145,27 @@ class CompletionRequest(_Request):
 
     def budget(self) -> Optional[int]:
         return self.max_tokens
+
+
+def _lone_surrogate(value, depth: int = 0):
+    """The first string (key or value) in *value* that UTF-8 cannot encode, or None.
+
+    >>> _lone_surrogate({"messages": [{"content": "ok \\ud800"}]}) is not None, _lone_surrogate(["fine", 1])
+    (True, None)
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value[:40]
+        return None
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) and depth < 64 else ()
+    for item in items:
+        for part in (item if isinstance(value, dict) else (item,)):
+            bad = _lone_surrogate(part, depth + 1)
+            if bad is not None:
+                return bad
+    return None
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
