@@ -86,6 +86,11 @@ def run(args) -> int:
     if r.details.get("fallbacks"):
         print(f"fallback types (rows {r.details.get('gguf_type')} cannot tile, as llama.cpp does): "
               + ", ".join(f"{k} {v.split(' -> ')[1]}" for k, v in r.details["fallbacks"].items()))
+    if r.details.get("gptq"):
+        g = r.details["gptq"]
+        pre = f", AWQ prescale on {g['prescale']['folds']} folds" if g.get("prescale") else ""
+        print(f"gptq: {g['tensors']} tensors onto their types in {g['seconds']:.1f} s "
+              f"({g['calibration_tokens']:,} calibration tokens{pre})")
     if r.details.get("mix"):
         from ..exporters.gguf_mix import summary
 

@@ -19,7 +19,10 @@ pins single tensors' types; a budget (``target_bpw``/``max_bytes``) has ``gguf_m
 edgellm's packed linears (modules with ``unpack()``) go in **as they are** when their grid is
 the block's grid (see ``gguf_blocks.from_quantized``); a packed weight on another grid is an
 error unless ``requantize=True``, and then every such tensor is listed in the report. Plain
-float weights are quantized with ggml's reference round-to-nearest, bit-exact with llama.cpp.
+float weights are quantized with ggml's reference round-to-nearest, bit-exact with llama.cpp, or,
+with ``quantizer="gptq"``, the block linears are GPTQ'd onto each one's type (``gguf_gptq``:
+optionally after AWQ's prescale, calibrated on ``calib``, a budgeted mix's types allocated first)
+and their codes written as they are; the embedding / output head keep RTN.
 
 The file is written to a temporary ``.gguf`` next to *out*, verified (when a verifier is
 given) against a PyTorch copy holding exactly the written weights, and renamed into place
@@ -77,12 +80,21 @@ class GGUFExportConfig:
                                             "whole file has at most this many bits per weight")
     max_bytes: int | str | None = config_field(None, "mix: as --target-bpw, a byte budget for the whole file (e.g. 100MB)")
     ladder: tuple[str, ...] = config_field(gguf_mix.DEFAULT_LADDER, "types a budgeted mix chooses from (repeatable)")
+    quantizer: str = config_field("rtn", "rtn: round-to-nearest from the float weights; gptq: GPTQ onto each tensor's "
+                                  "type, calibrated on --calib-* (block linears; embedding/head stay RTN)",
+                                  choices=("rtn", "gptq"))
+    awq_prescale: bool = config_field(False, "with --quantizer gptq: AWQ's per-channel prescale (searched on the type's "
+                                      "grid, folded into the norms) before GPTQ")
     calib: CalibConfig = field(default_factory=CalibConfig)
 
     def __post_init__(self):
         for v in (self.gguf_type, self.embedding_type):
             if v is not None and v not in GGUF_TYPES:
                 raise EdgeLLMError(f"unknown GGUF type '{v}'", f"use one of: {', '.join(GGUF_TYPES)}")
+        if self.quantizer not in ("rtn", "gptq"):
+            raise EdgeLLMError(f"unknown GGUF quantizer '{self.quantizer}'", "use --quantizer rtn or gptq")
+        if self.awq_prescale and self.quantizer != "gptq":
+            raise EdgeLLMError("--awq-prescale is a step of --quantizer gptq", "add --quantizer gptq, or drop --awq-prescale")
         gguf_mix.normalize_fields(self)
 
     @property
@@ -98,7 +110,7 @@ class GGUFTensorPlan:
     gguf_type: str
     data: np.ndarray                 # float32/float16 array, or uint8 blocks [rows, bytes]
     weights: torch.Tensor            # what llama.cpp reconstructs (HF layout, for the reference model)
-    how: str                         # "float", "exact" (our codes), "rtn", "requantized", "dequantized"
+    how: str                         # "float", "exact" (our codes), "rtn", "gptq", "requantized", "dequantized"
     requested: str | None = None     # the type asked for, when its rows forced llama.cpp's fallback type
 
 
@@ -114,6 +126,8 @@ class GGUFExportReport:
     requantized: list = field(default_factory=list)
     fallbacks: dict = field(default_factory=dict)        # tensor -> "q4_k -> q5_0" (rows the type cannot tile)
     mix: dict | None = None                              # a budgeted mix: gguf_mix.MixPlan.to_dict()
+    quantizer: str = "rtn"
+    gptq: dict | None = None                             # --quantizer gptq: seconds, tensors, calibration tokens, prescale
     seconds: float = 0.0
     verification: dict | None = None
 
@@ -136,8 +150,15 @@ def source_tensors(model) -> dict:
     return out
 
 
-def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | None) -> GGUFTensorPlan:
-    """One tensor: float -> float/RTN blocks; QuantizedWeight -> exact blocks, or an explicit requantization."""
+def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | None, codes=None) -> GGUFTensorPlan:
+    """One tensor: float -> float/RTN blocks; QuantizedWeight -> exact blocks, or an explicit requantization;
+    *codes* (a ``TypeCodes`` from ``gguf_gptq``) -> those codes as they are."""
+    if codes is not None:
+        if codes.qtype != qtype:
+            raise EdgeLLMError(f"tensor '{name}': GPTQ codes are {codes.qtype}, the file asks for {qtype}",
+                               "report this: the quantizer and the writer disagree on the type")
+        tc = codes.rows(lambda t: permute_qk(t, permute_heads)) if permute_heads else codes
+        return GGUFTensorPlan(name, qtype, pack(tc), tc.dequantize(), "gptq")
     quantized = not isinstance(src, torch.Tensor)
     if not quantized and (src.dim() != 2 or qtype in ("f32", "f16")) or quantized and qtype in ("f32", "f16"):
         W = dequantize_codes(src) if quantized else src.detach().float()
@@ -167,8 +188,9 @@ def _encode(name: str, src, qtype: str, requantize: bool, permute_heads: int | N
     return GGUFTensorPlan(name, qtype, pack(bc), bc.dequantize(), how)
 
 
-def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], dict]:
-    """Every tensor of *model* mapped to its GGUF name, type and bytes; plus HF name -> plan."""
+def plan_tensors(model, cfg: GGUFExportConfig, codes: dict | None = None) -> tuple[list[GGUFTensorPlan], dict]:
+    """Every tensor of *model* mapped to its GGUF name, type and bytes; plus HF name -> plan.
+    *codes* (HF name -> ``TypeCodes``) are written as they are (GPTQ's, ``gguf_gptq``)."""
     spec = gguf_family(model)
     c = model.config
     names = tensor_names(model, spec)
@@ -191,7 +213,7 @@ def plan_tensors(model, cfg: GGUFExportConfig) -> tuple[list[GGUFTensorPlan], di
         shape = (src if isinstance(src, torch.Tensor) else src.codes).shape
         if len(shape) == 2:                 # llama.cpp's convert_incompatible_tensor: rows the type cannot tile
             qtype = fallback(asked, shape[1])
-        plan = _encode(name, src + offset if offset else src, qtype, cfg.requantize, heads)
+        plan = _encode(name, src + offset if offset else src, qtype, cfg.requantize, heads, (codes or {}).get(hf_name))
         plan.requested = asked if qtype != asked else None
         if heads:   # keep the reference model in HF layout: undo the permutation on the reconstructed weights
             plan.weights = unpermute_qk(plan.weights, heads)
@@ -304,12 +326,15 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
     mix = gguf_mix.plan_mix(loaded, cfg, names=tensor_names(loaded.model, gguf_family(loaded.model)), write=write_gguf,
                             progress=progress) if gguf_mix.budgeted(cfg) else None     # every tensor's type first
     cfg = mix.config if mix else cfg
+    model, codes, gptq = loaded.model, None, None
+    if cfg.quantizer == "gptq":               # on a copy: GPTQ (and AWQ's folds) change weights and norms
+        model, codes, gptq = gguf_gptq.quantize_model(loaded, cfg, progress=progress)
     with torch.no_grad():
-        plans, by_hf = plan_tensors(loaded.model, cfg)
+        plans, by_hf = plan_tensors(model, cfg, codes)
     report = GGUFExportReport(path=str(out), gguf_type=cfg.gguf_type, embedding_type=cfg.embedding, architecture=arch,
                               file_bytes=0, requantized=[p.name for p in plans if p.how == "requantized"],
                               fallbacks={p.name: f"{p.requested} -> {p.gguf_type}" for p in plans if p.requested},
-                              mix=mix.to_dict() if mix else None)
+                              mix=mix.to_dict() if mix else None, quantizer=cfg.quantizer, gptq=gptq)
     for p in plans:
         report.tensor_types[p.gguf_type] = report.tensor_types.get(p.gguf_type, 0) + 1
         report.how[p.how] = report.how.get(p.how, 0) + 1
@@ -328,7 +353,7 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
         if verify is not None:
             exact = all(p.how in ("float", "exact") for p in plans) and cfg.gguf_type == "f32" and cfg.embedding == "f32"
             ref_model = loaded.model if exact and not any(callable(getattr(m, "unpack", None)) for m in loaded.model.modules()) \
-                else reference_model(loaded.model, by_hf)
+                else reference_model(model, by_hf)
             del plans
             ref = Loaded(ref_model, loaded.tokenizer, loaded.meta)
             report.verification = verify(tmp, ref, source=None if ref_model is loaded.model else loaded)

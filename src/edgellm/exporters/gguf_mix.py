@@ -23,9 +23,10 @@ error drop per byte. The budget counts the whole file: every tensor's bytes padd
 the file's metadata once with 1-element placeholders, plus a ``MARGIN``). A budget below the
 smallest possible file is ``EdgeLLMError`` naming that minimum.
 
-Deliberately absent: calibrated (GPTQ/AWQ) codes in a mix (the mix is written with RTN from
-float weights; packed edgellm weights are refused), a loss-curvature weighting per layer, and
-importance-weighted scale searches.
+The predicted losses are RTN's; with ``--quantizer gptq`` the exporter then GPTQs every block
+linear onto its allocated type (``gguf_gptq``): the allocation stays RTN's (on the tiny test model
+the GPTQ mix's KL to the float model is below the RTN mix's). Deliberately absent: packed edgellm weights in a mix (refused), a loss-curvature
+weighting per layer, and importance-weighted scale searches in the sensitivity pass.
 """
 
 from __future__ import annotations
