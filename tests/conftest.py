@@ -12,7 +12,7 @@ import torch
 # `make test` installs every extra, so a missing optional dependency is a failure, never a skip: the run stops
 # here naming the extra, instead of tests importing it failing one by one (or, as before, skipping silently)
 EXTRAS = {"llamacpp": ("llama_cpp",), "onnx": ("onnx", "onnxruntime", "onnxscript"), "executorch": ("executorch", "torchao"),
-          "serve": ("fastapi", "uvicorn", "jsonschema", "outlines_core"), "plot": ("matplotlib",),
+          "serve": ("fastapi", "uvicorn", "jsonschema", "outlines_core"), "plot": ("matplotlib",), "finetune": ("peft",),
           "dev": ("hypothesis", "openai")}
 
 
@@ -100,6 +100,37 @@ def make_tiny_decoder(path: Path, family: str, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_chat_llama(path: Path) -> Path:
+    """The tiny Llama with a ChatML chat template on its tokenizer (task fine-tuning and evaluation)."""
+    from transformers import AutoTokenizer
+
+    make_tiny_llama(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = CHATML
+    tok.save_pretrained(path)
+    return path
+
+
+def smart_home_rows(n: int = 48, seed: int = 0, chat: bool = True) -> list[dict]:
+    """*n* tiny task examples "turn on the kitchen light" -> '{"device": ..., "room": ..., "action": ...}',
+    as chats (system, user, assistant) or as {prompt, completion} pairs."""
+    import json
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        room, dev, act = rng.choice(("kitchen", "living room", "garden")), rng.choice(("light", "heater", "speaker")), \
+            rng.choice(("on", "off"))
+        cmd, reply = f"turn {act} the {room} {dev}", json.dumps({"device": dev, "room": room, "action": act})
+        rows.append({"messages": [{"role": "system", "content": "reply with JSON"}, {"role": "user", "content": cmd},
+                                  {"role": "assistant", "content": reply}]} if chat else {"prompt": cmd + ":", "completion": reply})
+    return rows
 
 
 def make_tiny_bert(path: Path, classification: bool = False, seed: int = 0) -> Path:

@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _API = {
     "distill": "edgellm.distillation:distill",
     "finetune": "edgellm.distillation:finetune",
+    "finetune_lm": "edgellm.distillation:finetune_lm",
+    "TuneConfig": "edgellm.distillation:TuneConfig",
     "DistillConfig": "edgellm.distillation:DistillConfig",
     "DistillResult": "edgellm.distillation:DistillResult",
     "student_from_teacher": "edgellm.distillation:student_from_teacher",

@@ -11,7 +11,7 @@ from edgellm.api import EvalConfig
 from edgellm.calibconfig import CalibConfig
 from edgellm.cli import build_parser
 from edgellm.commands.flags import add_config_flags, config_fields, config_from_args
-from edgellm.distillation import DistillConfig
+from edgellm.distillation import DistillConfig, TuneConfig
 from edgellm.exporters.executorch import ExecuTorchExportConfig
 from edgellm.exporters.gguf import GGUFExportConfig
 from edgellm.exporters.onnx import OnnxExportConfig
@@ -24,7 +24,7 @@ from edgellm.transforms import RotateConfig
 # command -> the config classes its flags are generated from (and the fields it leaves out on purpose)
 COMMANDS = {
     "quantize": [(QuantConfig, ())], "prune": [(PruneConfig, ())], "distill": [(DistillConfig, ())],
-    "finetune": [(DistillConfig, ("alpha", "hidden_loss"))], "serve": [(ServeConfig, ())],
+    "finetune": [(TuneConfig, ()), (DistillConfig, ("alpha", "hidden_loss"))], "serve": [(ServeConfig, ())],
     "export": [(GGUFExportConfig, ()), (OnnxExportConfig, ()), (ExecuTorchExportConfig, ())],
     "eval": [(EvalConfig, ())], "bench": [(BenchConfig, ())], "rotate": [(RotateConfig, ())],
 }

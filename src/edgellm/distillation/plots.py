@@ -1,6 +1,7 @@
 """The end of a run: the curves PNG and the output HF folder (weights, tokenizer, logs, manifest).
 
-The folder is written atomically; ``distill/`` inside it holds ``train.jsonl``,
+The folder (a plain HF model, or a LoRA adapter folder when the caller passes ``save``) is
+written atomically; ``distill/`` inside it holds ``train.jsonl``,
 ``eval.jsonl``, ``summary.json`` and ``curves.png``. Deliberately absent: interactive plots.
 """
 
@@ -45,8 +46,12 @@ def plot_curves(train: list[dict], evals: list[dict], path: str | Path, title: s
     return path
 
 
-def write_outputs(student, out, logs: dict, result, force: bool, teacher: str | None, total_seconds: float) -> str | None:
-    """Save the student as a plain HF folder with the run's logs and curves; returns the PNG path."""
+def write_outputs(student, out, logs: dict, result, force: bool, teacher: str | None, total_seconds: float,
+                  save=None) -> str | None:
+    """Save the student as a plain HF folder with the run's logs and curves; returns the PNG path.
+
+    *save(folder)*, when given, writes the model files instead of ``save_pretrained`` (a LoRA adapter folder).
+    """
     out = Path(out)
     summary = {"teacher": teacher, "student": student.meta.name, "steps": result.steps,
                "tokens_seen": result.tokens_seen, "examples_seen": result.examples_seen,
@@ -54,8 +59,11 @@ def write_outputs(student, out, logs: dict, result, force: bool, teacher: str | 
                "final_eval": result.evals[-1] if result.evals else None, "config": result.config,
                "kept_layers": student.meta.edgellm.get("kept_layers")}
     with atomic_dir(out, force=force, inputs=(student.meta.source,)) as tmp:
-        student.model.config.edgellm = {"distill": {k: summary[k] for k in ("teacher", "steps", "tokens_seen", "kept_layers")}}
-        student.model.save_pretrained(tmp, safe_serialization=True)
+        if save is not None:
+            save(tmp)
+        else:
+            student.model.config.edgellm = {"distill": {k: summary[k] for k in ("teacher", "steps", "tokens_seen", "kept_layers")}}
+            student.model.save_pretrained(tmp, safe_serialization=True)
         if student.tokenizer is not None:
             student.tokenizer.save_pretrained(tmp)
         logdir = tmp / "distill"

@@ -7,9 +7,10 @@ classifiers (KD on class logits). Fine-tuning is the same loop with α = 1 and n
 The engine is HF Accelerate: the trainable module is ``accelerator.prepare``-d, so the same
 code runs on the CPU, one GPU, or several processes under ``accelerate launch`` (DDP; each
 process reads interleaved micro-batches, losses and eval sums are reduced across processes).
-Gradient accumulation, cosine LR with warm-up, bf16 autocast on GPUs that support it, a
-tqdm bar with ETA, eval every N steps to JSONL, checkpoints every N steps, Ctrl-C saves a
-checkpoint and returns cleanly, a PNG of the curves at the end. The output is a plain HF
+The optimizer loop (gradient accumulation, cosine LR with warm-up, a tqdm bar with ETA, eval
+every N steps to JSONL, checkpoints every N steps, Ctrl-C saves a checkpoint and returns
+cleanly) is ``loop.train_loop``, shared with ``finetune_lm``; bf16 autocast on GPUs that
+support it; a PNG of the curves at the end. The output is a plain HF
 folder (``from_pretrained``), with the logs and the PNG in its ``distill/`` subfolder.
 Deliberately absent: FSDP/DeepSpeed configs, and saving the hidden-state projections
 (they only serve training).
@@ -17,9 +18,7 @@ Deliberately absent: FSDP/DeepSpeed configs, and saving the hidden-state project
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..calibrate import find_blocks
 from ..errors import EdgeLLMError
@@ -37,7 +35,8 @@ from ..models import Loaded, load
 from . import checkpoint as ckpt
 from . import fakequant
 from .batches import ClassData, LMData, TopKCache, class_data, lm_data
-from .config import FINETUNE, DistillConfig, lr_at
+from .config import FINETUNE, DistillConfig
+from .loop import train_loop
 from .losses import hidden_state_loss, kd_terms
 from .plots import write_outputs
 from .students import check_compatible, task_of
@@ -150,7 +149,7 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
         raise EdgeLLMError("hidden_loss needs a teacher", "pass a teacher")
 
     acc = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=not torch.cuda.is_available())
-    rank, nproc = acc.process_index, acc.num_processes
+    nproc = acc.num_processes
     smodel = student.model
     smodel.requires_grad_(True)          # a student copied from a frozen teacher starts frozen
     if cfg.freeze_embeddings:
@@ -177,84 +176,22 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
         check_output(out, force or resume is not None, inputs=[student.meta.source] +
                      [p for p in paths if isinstance(p, (str, Path))])
     run_dir = Path(run_dir) if run_dir else (out.with_name(out.name + ".run") if out else None)
-    step, logs = 0, {"train.jsonl": [], "eval.jsonl": []}
-    if resume is not None:
-        state, logs = ckpt.load_checkpoint(resume, fp, parts, container, optimizer, acc)
-        step = state["step"]
-        ckpt.rng_restore(state["rng"])
-    else:
-        state = {}
     cache = None
     if teacher is not None and cfg.topk_cache and task == "causal-lm":
         cache = TopKCache(cfg.topk_cache, ckpt.fingerprint({"t": parts["teacher"], "d": ds.fingerprint, "k": cfg.topk_cache}),
                           cache_dir)
     runner = _Runner(cfg, acc, model, container, teacher, ds, tok, task, cache)
-    tokens_seen = state.get("tokens_seen", 0)
-    examples_seen = state.get("examples_seen", 0)
-    elapsed_before = state.get("wall_seconds", 0.0)
-    if step == 0 and not logs["eval.jsonl"]:
-        logs["eval.jsonl"].append({"step": 0, **runner.evaluate()})
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"distill {task}" if teacher else f"train {task}",
-               disable=not progress or not acc.is_main_process, unit="step")
-    interrupted, saved, t0 = False, None, time.time()
-    save_state = lambda: {"fingerprint": fp, "fingerprint_parts": parts, "tokens_seen": tokens_seen,  # noqa: E731
-                          "examples_seen": examples_seen, "wall_seconds": elapsed_before + time.time() - t0,
-                          "config": cfg.to_dict()}
-    try:
-        while step < cfg.steps:
-            rng = ckpt.rng_snapshot()
-            lr = lr_at(step, cfg)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            sums = torch.zeros(4)
-            for micro in range(cfg.grad_accum):
-                k = (step * cfg.grad_accum + micro) * nproc + rank
-                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else acc.no_sync(model)
-                with sync:
-                    with acc.autocast():
-                        loss, terms, n_tok, n_ex = runner.loss(k)
-                    acc.backward(loss / cfg.grad_accum)
-                sums += torch.tensor([*terms, 0.0]) / cfg.grad_accum
-                sums[3] += n_tok
-                examples_seen_step = n_ex
-            if cfg.max_grad_norm:
-                acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            red = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
-            tokens_seen += int(red[3])
-            examples_seen += examples_seen_step * cfg.grad_accum * nproc
-            rec = {"step": step, "loss": float(red[0] / nproc), "hard": float(red[1] / nproc),
-                   "soft": float(red[2] / nproc), "lr": lr, "tokens_seen": tokens_seen,
-                   "seconds": round(elapsed_before + time.time() - t0, 2)}
-            logs["train.jsonl"].append(rec)
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
-            if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
-                logs["eval.jsonl"].append({"step": step, "tokens_seen": tokens_seen, **runner.evaluate()})
-                bar.write(json.dumps(logs["eval.jsonl"][-1])) if progress and acc.is_main_process else None
-            if run_dir and cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                saved = ckpt.save_checkpoint(run_dir, step, container, optimizer, ckpt.rng_snapshot(), save_state(), logs, acc)
-            if on_step is not None:
-                on_step(step, rec)
-    except KeyboardInterrupt:
-        interrupted = True
-        optimizer.zero_grad(set_to_none=True)
-        if run_dir is None:
-            raise
-        saved = ckpt.save_checkpoint(run_dir, step, container, optimizer, rng, save_state(), logs, acc)
-        if acc.is_main_process:
-            print(f"\ninterrupted at step {step}: checkpoint saved to {saved} (continue with --resume {saved})")
-    finally:
-        bar.close()
-    wall = elapsed_before + time.time() - t0
-    result = DistillResult(out=None, steps=step, tokens_seen=tokens_seen, examples_seen=examples_seen,
-                           wall_seconds=wall, final_loss=logs["train.jsonl"][-1]["loss"] if logs["train.jsonl"] else None,
-                           evals=logs["eval.jsonl"], train_log=logs["train.jsonl"], checkpoint=str(saved) if saved else None,
-                           interrupted=interrupted, task=task, config=cfg.to_dict(), student=student,
+    run = train_loop(cfg, acc, model, container, optimizer, params, runner, fp=fp, parts=parts, run_dir=run_dir,
+                     resume=resume, progress=progress, on_step=on_step,
+                     desc=f"distill {task}" if teacher else f"train {task}")
+    logs = run.logs
+    result = DistillResult(out=None, steps=run.steps, tokens_seen=run.tokens_seen, examples_seen=run.examples_seen,
+                           wall_seconds=run.wall_seconds,
+                           final_loss=logs["train.jsonl"][-1]["loss"] if logs["train.jsonl"] else None,
+                           evals=logs["eval.jsonl"], train_log=logs["train.jsonl"], checkpoint=run.checkpoint,
+                           interrupted=run.interrupted, task=task, config=cfg.to_dict(), student=student,
                            is_main=acc.is_main_process)
-    if interrupted:
+    if run.interrupted:
         return result
     smodel = acc.unwrap_model(model).student
     fakequant.finalize(smodel)
