@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= models,plot,dev,serve,llamacpp,onnx,executorch,litert,finetune
+EXTRAS ?= models,plot,dev,serve,llamacpp,onnx,executorch,litert,finetune,ray
 comma  := ,
 STAMP  := $(VENV)/.edgellm-installed-$(subst $(comma),-,$(EXTRAS))
 

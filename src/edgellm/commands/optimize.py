@@ -44,6 +44,11 @@ def add_arguments(p) -> None:
                         "beside llama.cpp's own Q4_K_M and Q4_0 with an importance matrix as reference rows "
                         "(needs a larger --budget-minutes than the default 15 on 2 cores)")
     p.add_argument("--no-reference", action="store_true", help="with --ladder: leave out the reference rows")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where candidates run: local (this process) or ray (a Ray cluster; pip install 'edgellm[ray]')")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="with --executor ray: join the cluster at HOST:PORT or 'auto' (default $RAY_ADDRESS, else a "
+                        "private Ray instance on 127.0.0.1)")
     p.add_argument("--out", required=True, help="output folder (report.html, results.json, model/)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -66,7 +71,7 @@ def config_from_args(args):
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
         dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds,
-        reference=args.ladder and not args.no_reference)
+        reference=args.ladder and not args.no_reference, executor=args.executor, ray_address=args.ray_address)
 
 
 def run(args) -> int:

@@ -27,12 +27,15 @@ choice), ``budget`` (the clock), ``search`` (the state the
 stages share) and ``outputs`` (results.json, the report, the exported model).
 
 The time budget is checked before every step; steps that no longer fit are skipped and listed.
+``--executor ray`` runs steps 2 and 3 as Ray tasks and step 4 alone on the measuring node
+(``executors.py``, ``ray_exec.py``); the decisions and figures are the local search's.
 Deliberately absent: distillation inside the search (pass a distilled student as another
 ``--model``) and runtimes this host cannot run.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from ..fileio import check_output
@@ -57,13 +60,18 @@ def optimize(config: OptimizeConfig, out: str | Path, *, force: bool = False, pr
     n_units = len(config.models) * (1 + len(search.recipes) * (2 + 3 * len(search.runtimes)))
     search.step.open(n_units)
     try:
+        search.executor.start(search)
         for spec in config.models:
             search.load_base(spec)
         reference.build(search)
         search.recipes += reference.mix_recipes(search)
         search.rows = plan_rows(search)
-        stages.screen(search)
-        stages.full(search)
+        search.executor.prefetch(search)         # Ray: the builds, screens and full protocols run on the cluster
+        with search.budget.replay() if search.executor.name == "ray" else nullcontext():
+            search.executor.apply("screen", search)
+            stages.screen(search)
+            search.executor.apply("full", search)
+            stages.full(search)
         reference.evaluate(search)
         stages.measure(search)
         reference.measure(search)
@@ -71,4 +79,5 @@ def optimize(config: OptimizeConfig, out: str | Path, *, force: bool = False, pr
         search.step("pick, export and report")
     finally:
         search.step.close()
+        search.executor.close()
     return finish(search, out, force=force)

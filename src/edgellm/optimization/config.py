@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..calibconfig import config_field
 from ..errors import EdgeLLMError
 from .pick import OBJECTIVES
 
 TASKS = ("text-generation", "classification")
+EXECUTORS = ("local", "ray")     # where the candidates' work runs (executors.py)
 SEARCH_RUNTIMES = {"text-generation": ("torch", "llama.cpp"), "classification": ("torch", "onnxruntime")}
 
 
@@ -56,6 +58,11 @@ class OptimizeConfig:
     paired_rounds: int = 10                    # paired speed rounds when the finalists' spreads overlap
     fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
     reference: bool = False                    # LMs on llama.cpp: llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows
+    executor: str = config_field("local", "where candidates run: local (this process) or ray (a Ray cluster; "
+                                 "pip install 'edgellm[ray]')", choices=EXECUTORS)
+    ray_address: str | None = config_field(None, "with --executor ray: join the cluster at HOST:PORT or 'auto' "
+                                           "(default $RAY_ADDRESS, else a private instance on 127.0.0.1)",
+                                           metavar="HOST:PORT")
 
     def inputs(self) -> tuple[str, ...]:
         """The paths the search reads (models, recipes, data): ``--out`` may be none of them, nor hold or lie in one.
@@ -92,5 +99,10 @@ class OptimizeConfig:
         if self.screen_tokens > self.full_tokens:
             raise EdgeLLMError("the screen cannot read more tokens than the full protocol",
                                "lower --screen-tokens or raise --full-tokens")
+        if self.executor not in EXECUTORS:
+            raise EdgeLLMError(f"unknown executor '{self.executor}'", f"use one of: {', '.join(EXECUTORS)}")
+        if self.ray_address is not None and (self.executor != "ray" or not self.ray_address.strip()):
+            raise EdgeLLMError(f"--ray-address {self.ray_address!r} needs --executor ray and a HOST:PORT or 'auto'",
+                               "add --executor ray, or leave --ray-address out")
         if self.objective not in OBJECTIVES:
             raise EdgeLLMError(f"unknown objective '{self.objective}'", f"use one of: {', '.join(OBJECTIVES)}")

@@ -5,8 +5,8 @@ When the speed pick's measured spread overlaps the runner-up's, paired rounds de
 llama.cpp's own quantizer's rows are ``results.json["references"]`` (never picked), and
 ``["vs_reference"]`` compares the pick with each (``reference.compare``).
 Everything lands in a temporary sibling of ``DIR`` first (``fileio.atomic_dir``): ``model/`` (the
-chosen artifact, verified again where it lies, with a manifest), ``results.json``, ``report.html``
-and the Pareto plots; the folder appears only when all of it is written.
+chosen artifact, verified again where it lies, with a manifest), ``results.json``, ``report.html``,
+the Pareto plots and, with the Ray executor, the task timeline; the folder appears only when all of it is written.
 Deliberately absent: exporting more than the one chosen candidate.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from ..fileio import atomic_dir, write_json
 from ..report.html import write_report
 from ..report.plots import pareto_plots
+from ..report.timeline import timeline_plot
 from . import reference
 from .deploy import export_chosen
 from .pick import choose, settle_noise
@@ -46,6 +47,7 @@ def finish(search, out: Path, force: bool = False) -> dict:
         result["plots"] = pareto_plots([r.to_dict() for r in rows], tmp, search.lm,
                                        predicted=not search.device.measured,
                                        references=[r.to_dict() for r in search.references])
+        result["plots"] += timeline_plot(result["executor"].get("tasks", []), tmp)
         result["elapsed_s"] = search.budget.elapsed()
         write_json(tmp / "results.json", result)
         write_report(result, tmp / "report.html")
@@ -113,6 +115,7 @@ def results_dict(search, chosen, explanation) -> dict:
         "budget": {"minutes": search.cfg.budget_minutes, "skipped": search.budget.skipped},
         "timings": {f"{k[0]}|{k[1]}": v for k, v in search.budget.timings.items()},
         "steps": search.step.seconds,
+        "executor": search.executor.summary(),     # Ray: the cluster and its task timeline (report.timeline)
         "notes": notes(search),
         "cache": {"fresh": search.cfg.fresh, "host": search.entries.host, "code": search.entries.code,
                   "from_cache": sum(bool(r["from_cache"]) for r in rows)},

@@ -5,7 +5,8 @@ a row, its recipe, the cost-model prediction it shows); the stages themselves li
 ``stages.py`` and ``deploy.py``. ``load_base`` loads each base model with its evaluation data and
 its reference quality (from the cache when measured before). Every model is judged against the
 FIRST model's fp32 quality on the same tokens, so model selection compares like with like.
-Deliberately absent: threads or processes running candidates side by side.
+``executor`` is where the work runs (``executors.py``: this process, or a Ray cluster).
+Deliberately absent: the scheduling of that work (the executor's).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..runtimes.torch import TorchRuntime
 from .budget import Budget, Steps
 from .cache import Entries, ResultCache, model_fingerprint
 from .config import OptimizeConfig
+from .executors import make_executor
 from .pick import OBJECTIVES, _value
 from .quality import correct_flags, lm_reference
 from .space import Row, constraints_for, search_recipes, search_runtimes
@@ -75,6 +77,7 @@ class Search:
         self.reference_recipes: dict = {}         # their pseudo-recipes, by name
         self.bases: dict[str, Base] = {}
         self.stats: dict[int, ModelStats] = {}
+        self.executor = make_executor(config)    # local, or a Ray cluster (started by optimize)
 
     @property
     def lm(self) -> bool:

@@ -8,13 +8,16 @@
    llama.cpp or ONNX Runtime candidate is first exported and verified there, ``deploy.py``);
    the base comes first (it calibrates), a row whose same weights are predicted to lose on another
    runtime is skipped.
-3. **Speed** on the host for the finalists; each measurement is first predicted, so the report
-   holds prediction-vs-measurement errors, then it calibrates the cost model.
+3. **Speed** on the host for the finalists (through the search's executor: here, or alone on the Ray
+   cluster's bench node); each measurement is first predicted, so the report holds
+   prediction-vs-measurement errors, then it calibrates the cost model.
 4. **Final predictions**: every row's (and reference row's) device figures with the final
    calibration (measured rows also get a leave-one-out host prediction).
 
 Every stage reads the cache first and checks the time budget before each unit of work; a failure
-is recorded on its row and the search goes on. Deliberately absent: retrying a failed candidate.
+is recorded on its row and the search goes on. With the Ray executor the cluster has filled the cache
+(``ray_exec.py``), so the stages only read it. Deliberately absent: retrying a failed candidate (Ray
+retries a task whose worker died).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..errors import EdgeLLMError
 from ..models import load
 from ..runtimes.torch import TorchRuntime
 from .build import build_candidate, task_kwargs
-from .deploy import exact_stats, llamacpp_quality, llamacpp_screen, onnx_quality, row_speed
+from .deploy import exact_stats, llamacpp_quality, llamacpp_screen, onnx_quality
 from .pick import same_weights_dominator
 from .quality import cls_quality, cls_summary, lm_quality, lm_summary
 from .space import base_weights
@@ -67,13 +70,23 @@ def screen(search) -> None:
                 r.artifact = rows[0].artifact if "gguf" in recipe.steps else str(folder)
                 r.quality = {k: v for k, v in res.items() if k not in ("nlls", "flags")} | {"protocol": "screen"}
                 r.quality_loss = res["quality_loss"]
-                if res["early_rejected"] or res["quality_loss"] > mql * 1.5:
+                if screen_rejects(res, mql):
                     r.status = "rejected"
                     r.reason = (f"screen: quality loss {100 * res['quality_loss']:+.1f}% on "
                                 f"{res.get('n_tokens', res.get('n_rows'))} {'tokens' if search.lm else 'rows'}"
                                 + (" (stopped early)" if res["early_rejected"] else ""))
                 else:
                     r.status = "screened"
+
+
+def screen_rejects(res: dict, max_quality_loss: float) -> bool:
+    """Whether a screen's figures reject the candidate: stopped early, or a loss over 1.5 × the budget (a task's
+    screen has few examples: judged by the best case its interval allows).
+
+    >>> screen_rejects({"early_rejected": False, "quality_loss": 0.2}, 0.1)
+    True
+    """
+    return bool(res["early_rejected"] or res.get("quality_loss_low", res["quality_loss"]) > max_quality_loss * 1.5)
 
 
 def built_folder(search, spec: str, recipe) -> Path:
@@ -182,7 +195,7 @@ def measure_row(search, row) -> None:
                 "host": search.entries.host_key}     # another host (or, via the entry key, other code) measures again
     if e.get(speed_key, {}).get("settings") != settings:
         search.step(f"speed {row.recipe} ({row.runtime})")
-        e[speed_key] = {"settings": settings, "result": row_speed(search, row)}
+        e[speed_key] = {"settings": settings, "result": search.executor.speed(search, row)}
         search.save(row)
     m = e[speed_key]["result"]
     context = cfg.prompt_len + cfg.new_tokens

@@ -189,7 +189,9 @@ def write_report(result: dict, path: Path) -> Path:
     if cache_note(result):
         parts.append(f"<p class='note'>{html.escape(cache_note(result))}.</p>")
     for p in result.get("plots", []):
-        if p.endswith(".svg"):
+        if p.endswith(".svg") and p.startswith("timeline"):      # the Ray executor's tasks (report.timeline)
+            parts.append(f"<h2>Task timeline (Ray)</h2><img id='timeline' src='{html.escape(p)}' alt='Task timeline'>")
+        elif p.endswith(".svg"):
             parts.append(f"<h2>Pareto frontier</h2><img id='pareto' src='{html.escape(p)}' alt='Pareto plot'>")
         else:
             parts.append(f"<p><a href='{html.escape(p)}'>{html.escape(p)}</a></p>")
