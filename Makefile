@@ -7,7 +7,7 @@ EXTRAS ?= models,plot,dev,serve,llamacpp,onnx,executorch,litert,finetune,ray
 comma  := ,
 STAMP  := $(VENV)/.edgellm-installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup demo test test-fast bench clean chromium
+.PHONY: setup demo test test-fast bench clean chromium smart-home
 
 setup: $(STAMP)
 
@@ -21,6 +21,22 @@ $(STAMP): pyproject.toml
 # the main job on the bundled defaults: SmolLM2-135M for this host, within 15 minutes on 2 cores
 demo: setup
 	$(VENV)/bin/edgellm optimize --model smollm2-135m --device host --budget-minutes 15 --out out/demo --force
+
+# issue 21 end to end (examples/smart_home/README.md): generate the training data, LoRA fine-tune SmolLM2-135M
+# on it, check the held-out dev phrasings, let optimize pick by exact match on the 30 test commands
+# (constrained to the schema; the loss budget in points of accuracy), then serve the pick and score it
+SH        ?= out/smart_home
+SH_SCHEMA := examples/smart_home/schema.json
+SH_LOSS   ?= 4%
+smart-home: setup
+	$(PY) examples/smart_home/generate.py --out $(SH)
+	$(VENV)/bin/edgellm finetune smollm2-135m --task causal-lm --data $(SH)/train.jsonl --threads 2 --out $(SH)/ft --force
+	$(VENV)/bin/edgellm eval $(SH)/ft --task-data $(SH)/dev.jsonl --schema $(SH_SCHEMA) --constrained --threads 2 \
+	  --json $(SH)/dev_eval.json
+	$(VENV)/bin/edgellm optimize --model $(SH)/ft --task-data examples/smart_home/commands.jsonl --schema $(SH_SCHEMA) \
+	  --max-quality-loss $(SH_LOSS) --budget-minutes 30 --threads 2 --out $(SH)/opt --force
+	$(PY) examples/smart_home/score.py --zero-shot --threads 2 --json $(SH)/score.json --artifact \
+	  "picked=$$($(PY) -c 'import json; r = json.load(open("$(SH)/opt/results.json")); print(r["export"]["path"] + "@" + r["chosen"]["runtime"])')"
 
 # the slow report test opens report.html in headless Chromium (Debian package `chromium`)
 chromium:

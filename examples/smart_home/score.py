@@ -2,7 +2,8 @@
 
 Each of the 30 spoken-style commands in ``commands.jsonl`` has one expected action (device, action, room,
 value; ``schema.json``). The model gets a short system prompt and three worked examples (none of them from
-the test set) as chat turns, then the command; greedy decoding. Two modes:
+the test set) as chat turns, then the command; greedy decoding (``--zero-shot``: the command alone, for a
+model fine-tuned on ``generate.py``'s data, which was trained on exactly that). Two modes:
 
 * ``free``: the reply is parsed as JSON (the first ``{`` to the last ``}``); unparsable replies score 0;
 * ``constrained``: the same request with ``response_format`` = the JSON schema, so the reply always parses.
@@ -44,7 +45,11 @@ def load_commands() -> tuple[dict, list[dict]]:
     return schema, commands
 
 
-def messages_for(text: str) -> list[dict]:
+def messages_for(text: str, shots: bool = True) -> list[dict]:
+    """The chat for *text*: the system prompt and the three worked examples, or (``shots=False``, a model
+    fine-tuned on ``generate.py``'s data) the command alone, as the model was trained."""
+    if not shots:
+        return [{"role": "user", "content": text}]
     msgs = [{"role": "system", "content": SYSTEM}]
     for q, a in SHOTS:
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": json.dumps(a)}]
@@ -63,7 +68,8 @@ def parse_reply(reply: str):
     return obj if isinstance(obj, dict) else None
 
 
-def score(url: str, model: str, constrained: bool, api_key: str = "none", max_tokens: int = 64) -> dict:
+def score(url: str, model: str, constrained: bool, api_key: str = "none", max_tokens: int = 64,
+          shots: bool = True) -> dict:
     """Send the 30 commands to the server at *url*; exact-match and per-field accuracy, validity, latency."""
     import jsonschema
     import openai
@@ -74,7 +80,7 @@ def score(url: str, model: str, constrained: bool, api_key: str = "none", max_to
     rows, latencies, tokens = [], [], 0
     for cmd in commands:
         t0 = time.perf_counter()
-        r = client.chat.completions.create(model=model, messages=messages_for(cmd["text"]), max_tokens=max_tokens,
+        r = client.chat.completions.create(model=model, messages=messages_for(cmd["text"], shots), max_tokens=max_tokens,
                                            temperature=0, **({"response_format": fmt} if constrained else {}))
         latencies.append(time.perf_counter() - t0)
         tokens += r.usage.completion_tokens
@@ -93,11 +99,11 @@ def score(url: str, model: str, constrained: bool, api_key: str = "none", max_to
         "schema_valid": sum(r["schema_ok"] for r in rows),
         "field_accuracy": {f: sum(1 for r in rows if r["parsed"] and r["parsed"].get(f) == r["expected"][f]) / n
                            for f in FIELDS},
-        "mean_latency_s": sum(latencies) / n, "completion_tokens": tokens, "rows": rows,
+        "mean_latency_s": sum(latencies) / n, "completion_tokens": tokens, "rows": rows, "shots": 3 if shots else 0,
     }
 
 
-def score_artifacts(specs: list[str], threads: int) -> list[dict]:
+def score_artifacts(specs: list[str], threads: int, shots: bool = True) -> list[dict]:
     """``label=spec[@runtime]`` each: serve it in a child process, score both modes, stop it."""
     from edgellm.serving.server import spawn_server
 
@@ -116,7 +122,7 @@ def score_artifacts(specs: list[str], threads: int) -> list[dict]:
         try:
             health = json.loads(__import__("urllib.request").request.urlopen(url[:-3] + "/health").read())
             for constrained in (False, True):
-                r = score(url, label, constrained)
+                r = score(url, label, constrained, shots=shots)
                 r.update(label=label, artifact=spec, runtime=health["runtime"])
                 print(f"{label:>12} {health['runtime']:>9} {r['mode']:>11}: exact {r['exact_match']}/{r['n']}, "
                       f"json {r['json_valid']}/{r['n']}, schema {r['schema_valid']}/{r['n']}, "
@@ -136,16 +142,19 @@ def main() -> None:
     ap.add_argument("--mode", choices=["free", "constrained", "both"], default="both")
     ap.add_argument("--artifact", action="append", default=[], help="label=spec[@runtime]; repeatable")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--zero-shot", action="store_true",
+                    help="send the command alone, no system prompt or worked examples (a model fine-tuned on generate.py's data)")
     ap.add_argument("--json", dest="json_out", help="write a bench result JSON here")
     ap.add_argument("--note", action="append", default=[], help="extra note for the result table; repeatable")
     ap.add_argument("--merge", action="store_true", help="add to the results already in --json instead of replacing them")
     args = ap.parse_args()
     t0 = time.time()
     if args.artifact:
-        results = score_artifacts(args.artifact, args.threads)
+        results = score_artifacts(args.artifact, args.threads, shots=not args.zero_shot)
     elif args.url and args.model:
         modes = [False, True] if args.mode == "both" else [args.mode == "constrained"]
-        results = [dict(score(args.url, args.model, c, args.api_key), label=args.model, runtime="?") for c in modes]
+        results = [dict(score(args.url, args.model, c, args.api_key, shots=not args.zero_shot), label=args.model,
+                        runtime="?") for c in modes]
         for r in results:
             print(f"{r['mode']}: exact {r['exact_match']}/{r['n']}, json {r['json_valid']}/{r['n']}")
     else:
@@ -167,20 +176,22 @@ def write_result(args, results: list[dict], wall: float) -> None:
         args.note = old["tables"][0].get("notes", []) + args.note
         commands = [old["command"]]
         wall += old.get("wall_seconds", 0)
-    rows = [{"model": r["label"], "runtime": r["runtime"], "decoding": r["mode"],
+    rows = [{"model": r["label"], "runtime": r["runtime"], "decoding": r["mode"], "worked examples": r.get("shots", 3),
              "exact match": f"{r['exact_match']}/{r['n']}", "valid JSON": f"{r['json_valid']}/{r['n']}",
              "schema-valid": f"{r['schema_valid']}/{r['n']}",
              **{f: round(r["field_accuracy"][f], 3) for f in FIELDS},
              "s/command": round(r["mean_latency_s"], 2)} for r in results]
     cmd = "python examples/smart_home/score.py " + " ".join(f"--artifact {a}" for a in args.artifact) + \
-          f" --threads {args.threads} --json {args.json_out}" + (" --merge" if args.merge else "")
+          f" --threads {args.threads} --json {args.json_out}" + (" --merge" if args.merge else "") + \
+          (" --zero-shot" if args.zero_shot else "")
     cmd = "; ".join(commands + [cmd])
     write_json(args.json_out, {
         "title": "Smart-home commands through the OpenAI-compatible server",
         "command": cmd,
         "description": "30 spoken-style commands (examples/smart_home/commands.jsonl) → one device action each "
                        "(device, action, room, value); exact match of all four fields; greedy, 3 worked examples "
-                       "in the prompt, max_tokens 64. 'constrained' sends the JSON schema as response_format.",
+                       "and a system prompt in the prompt (none with --zero-shot: the command alone, for a model "
+                       "fine-tuned on generate.py's data), max_tokens 64. 'constrained' sends the JSON schema as response_format.",
         "machine": machine_info(),
         "tables": [{"title": "Exact-match actions (of 30)", "columns": list(rows[0]), "rows": rows,
                     "notes": args.note}],
