@@ -49,6 +49,9 @@ def samples(tiny_llama, tiny_bert_cls, tsv_file, text_file, tmp_path_factory):
         out["MixPlan"] = gguf_mix.plan_mix(m, cfg, names=gguf.tensor_names(m.model, gguf.gguf_family(m.model)),
                                            write=gguf.write_gguf)
         _, out["RotateResult"] = edgellm.rotate(edgellm.load(tiny_llama), edgellm.RotateConfig(seed=0))
+        (tmp / "task.jsonl").write_text('{"prompt": "turn the light", "completion": " on"}\n')
+        out["TaskResult"] = edgellm.evaluate_task(edgellm.open_runtime(m, device="cpu", threads=1),
+                                                  edgellm.read_task(tmp / "task.jsonl"), max_new_tokens=4)
     finally:
         torch.set_num_threads(n)
     return out

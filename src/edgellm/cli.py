@@ -21,7 +21,7 @@ from .noise import quiet_third_party
 COMMANDS = {
     "distill": ("edgellm.commands.distill", "distil a teacher into a student (KD), or recover a pruned/quantized model"),
     "finetune": ("edgellm.commands.finetune", "fine-tune on labels only (e.g. a classification head on SST-2)"),
-    "eval": ("edgellm.commands.eval", "measure perplexity, KL/top-1 agreement or accuracy"),
+    "eval": ("edgellm.commands.eval", "measure perplexity, KL/top-1 agreement, accuracy, or exact match on a task"),
     "bench": ("edgellm.commands.bench", "measure size, peak RSS, prefill/decode speed and bandwidth use"),
     "export": ("edgellm.commands.export", "export to GGUF (llama.cpp) and other runtimes, verified on the runtime"),
     "serve": ("edgellm.commands.serve", "serve a model with an OpenAI-compatible API on localhost"),
