@@ -23,6 +23,12 @@ def add_arguments(p) -> None:
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--eval-text", default=None, help="text for perplexity (default wikitext-2 test)")
     p.add_argument("--tsv", default=None, help="classification rows (default SST-2 dev)")
+    p.add_argument("--task-data", default=None, metavar="FILE.jsonl",
+                   help="judge LMs by exact match on this task instead of perplexity: --max-quality-loss is then in "
+                        "points of accuracy (5%% = 5 points) below the best base model")
+    p.add_argument("--schema", default=None, metavar="FILE.json", help="the task's JSON schema: answers are decoded "
+                                                                        "constrained to it")
+    p.add_argument("--screen-examples", type=int, default=10, help="task examples in the screen")
     p.add_argument("--screen-rows", type=int, default=256)
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--speed-runs", type=int, default=5)
@@ -71,6 +77,7 @@ def config_from_args(args):
         speed_in_process=args.speed_in_process, prompt_len=args.prompt_len,
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
         dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds,
+        task_data=args.task_data, schema=args.schema, screen_examples=args.screen_examples,
         reference=args.ladder and not args.no_reference, executor=args.executor, ray_address=args.ray_address)
 
 

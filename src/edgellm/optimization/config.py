@@ -58,6 +58,10 @@ class OptimizeConfig:
     paired_rounds: int = 10                    # paired speed rounds when the finalists' spreads overlap
     fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
     reference: bool = False                    # LMs on llama.cpp: llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows
+    task_data: str | None = None               # LMs: a task JSONL; quality = drop in exact match (points), not perplexity
+    schema: str | None = None                  # the task's JSON schema: answers decoded constrained to it
+    screen_examples: int = 10                  # task examples in the screen
+    task_new_tokens: int = 64                  # longest task answer
     executor: str = config_field("local", "where candidates run: local (this process) or ray (a Ray cluster; "
                                  "pip install 'edgellm[ray]')", choices=EXECUTORS)
     ray_address: str | None = config_field(None, "with --executor ray: join the cluster at HOST:PORT or 'auto' "
@@ -70,7 +74,7 @@ class OptimizeConfig:
         >>> OptimizeConfig(models=("out/w4",), eval_text="t.txt").inputs()
         ('out/w4', 't.txt')
         """
-        return tuple(p for p in (*self.models, *self.recipes, self.eval_text, self.tsv) if p)
+        return tuple(p for p in (*self.models, *self.recipes, self.eval_text, self.tsv, self.task_data, self.schema) if p)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -78,7 +82,8 @@ class OptimizeConfig:
         if not self.models:
             raise EdgeLLMError("no model to optimize", "pass --model NAME (repeatable)")
         for name in ("budget_minutes", "threads", "ctx", "screen_tokens", "full_tokens", "screen_rows", "speed_runs",
-                     "prompt_len", "new_tokens", "max_finalists", "reject_factor", "verify_tokens", "paired_rounds"):
+                     "prompt_len", "new_tokens", "max_finalists", "reject_factor", "verify_tokens", "paired_rounds",
+                     "screen_examples", "task_new_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise EdgeLLMError(f"{name} must be a positive number (got {v!r})", f"fix --{name.replace('_', '-')}")
@@ -96,6 +101,14 @@ class OptimizeConfig:
         if self.dominance_margin < 1:
             raise EdgeLLMError(f"dominance_margin must be at least 1 (got {self.dominance_margin!r})",
                                "use 1.25 (the default), or a large value to evaluate every runtime")
+        if self.schema is not None and self.task_data is None:
+            raise EdgeLLMError("--schema goes with --task-data", "add --task-data FILE.jsonl, or drop --schema")
+        if self.task_data is not None and self.task != "text-generation":
+            raise EdgeLLMError("--task-data scores generated answers: it needs --task text-generation",
+                               "drop --task classification (classifiers take --tsv)")
+        if self.task_data is not None and self.reference:
+            raise EdgeLLMError("llama.cpp's reference rows are scored by perplexity, not on a task",
+                               "add --no-reference (or drop --ladder)")
         if self.screen_tokens > self.full_tokens:
             raise EdgeLLMError("the screen cannot read more tokens than the full protocol",
                                "lower --screen-tokens or raise --full-tokens")

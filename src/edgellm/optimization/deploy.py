@@ -11,6 +11,7 @@ verifies it there. The functions take the running ``Search``.
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 from ..devices.costmodel import ModelStats
@@ -22,7 +23,7 @@ from ..models import load, model_bytes, save
 from ..runtimes import open_runtime
 from ..runtimes.torch import TorchRuntime
 from .build import export_gguf_candidate, export_onnx_candidate
-from .quality import cls_quality, cls_summary, lm_quality, lm_summary
+from .quality import cls_quality, cls_summary, lm_quality, lm_summary, task_quality, task_summary
 from .space import Row, base_weights
 from .speed import bench_subprocess, classifier_speed, speed_in_process
 
@@ -45,6 +46,8 @@ def _scored(search, row: Row, path: Path, runtime: str, key: str, what: str) -> 
     """The full protocol on *runtime* (resumed from the cached per-window/row results under *key*)."""
     base, e = search.bases[row.model], search.entry(row)
     score, field = (lm_quality, "nlls") if search.lm else (cls_quality, "flags")
+    if search.task is not None:          # exact-match answers, not perplexity
+        score, field = partial(task_quality, max_new_tokens=search.cfg.task_new_tokens), "flags"
     if len(e.get(key, [])) < len(base.data):
         search.step(what)
         rt = open_runtime(str(path), runtime=runtime, threads=search.cfg.threads)
@@ -55,6 +58,8 @@ def _scored(search, row: Row, path: Path, runtime: str, key: str, what: str) -> 
                 rt.close()
         e[key] = res[field]
         search.save(row)
+    if search.task is not None:
+        return task_summary(e[key], base.reference)
     if search.lm:
         return lm_summary(e[key], base.reference, base.data[0].numel() - 1)
     return cls_summary(e[key], base.reference)
@@ -71,7 +76,7 @@ def _gguf(search, row: Row, recipe) -> Path:
 def llamacpp_quality(search, row: Row, recipe) -> dict:
     """Export the built candidate to its GGUF block type (verified on llama.cpp), then the full protocol there."""
     path = _gguf(search, row, recipe)
-    key = "gguf_nlls" if search.lm else "gguf_flags"
+    key = "gguf_nlls" if search.lm and search.task is None else "gguf_flags"
     return _scored(search, row, path, "llama.cpp", key, f"full {recipe.name} (llama.cpp)")
 
 
@@ -80,20 +85,26 @@ def llamacpp_screen(search, row: Row, recipe) -> dict:
     then score the screen's windows on llama.cpp with early rejection; the full protocol resumes from them."""
     path = _gguf(search, row, recipe)
     base, e = search.bases[row.model], search.entry(row)
-    if len(e.get("gguf_nlls", [])) < base.screen and not e.get("rejected_at"):
+    key = "gguf_nlls" if search.task is None else "gguf_flags"
+    if len(e.get(key, [])) < base.screen and not e.get("rejected_at"):
         search.step(f"screen {recipe.name} (llama.cpp)")
         rt = open_runtime(str(path), runtime="llama.cpp", threads=search.cfg.threads)
+        score, field = lm_quality, "nlls"
+        if search.task is not None:
+            score, field = partial(task_quality, max_new_tokens=search.cfg.task_new_tokens), "flags"
         try:
-            res = lm_quality(rt, base.data, base.reference, search.constraints.max_quality_loss, base.screen,
-                             search.cfg.reject_factor, done=e.get("gguf_nlls"), full=False)
+            res = score(rt, base.data, base.reference, search.constraints.max_quality_loss, base.screen,
+                        search.cfg.reject_factor, done=e.get(key), full=False)
         finally:
             if hasattr(rt, "close"):
                 rt.close()
-        e["gguf_nlls"] = res["nlls"]
+        e[key] = res[field]
         if res["early_rejected"]:
             e["rejected_at"] = len(res["nlls"])
         search.save(row)
-    return lm_summary(e["gguf_nlls"][: base.screen], base.reference, base.data[0].numel() - 1,
+    if search.task is not None:
+        return task_summary(e[key][: base.screen], base.reference, rejected=bool(e.get("rejected_at")))
+    return lm_summary(e[key][: base.screen], base.reference, base.data[0].numel() - 1,
                       rejected=bool(e.get("rejected_at")))
 
 

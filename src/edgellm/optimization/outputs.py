@@ -135,7 +135,7 @@ def with_provenance(search, row) -> dict:
     recipe = search.recipe(row.recipe)
     prov = {}
     if row.quality and row.model in search.entries.fingerprints:
-        field = QUALITY_FIELDS.get((search.lm, row.runtime))
+        field = QUALITY_FIELDS.get((search.lm and search.task is None, row.runtime))    # a task keeps flags
         if field and (p := search.entries.provenance(row.model, recipe, field)):
             prov["quality"] = p
     if row.status == "measured" and (p := search.entries.provenance(row.model, recipe, f"speed_{row.runtime}")):

@@ -1,4 +1,5 @@
-"""Quality against the base model on the same data: relative perplexity increase (LMs) or accuracy drop (classifiers).
+"""Quality against the base model on the same data: relative perplexity increase (LMs), accuracy drop
+(classifiers), or the drop in task exact match, in points of accuracy (``--task-data``).
 
 LM windows are scored by the one perplexity loop, ``evaluation.perplexity.evaluate_lm``: it resumes
 from the NLLs already measured (``done``) and asks a ``stop`` callback after each window, which
@@ -6,6 +7,10 @@ rejects a candidate during the screen once its running loss is beyond ``reject_f
 The full protocol continues on the same windows, so the screen's work is reused. Classifiers are
 scored row batch by row batch with the same early rejection. The ``*_summary`` functions turn the
 cached per-window NLLs / per-row flags into the reported figures without running anything.
+A task (``evaluation/task.py``) is answered example by example, constrained to its schema when it has
+one; its loss is the best base model's exact-match accuracy minus the candidate's on the same examples
+(0.05 = 5 points), and the screen rejects early only when even the top of the candidate's 95% Wilson
+interval is more than ``reject_factor × max_loss`` below the base (a few examples prove little).
 Deliberately absent: any other metric (KL, agreement): the export verification measures those.
 """
 
@@ -14,6 +19,8 @@ from __future__ import annotations
 import math
 
 from ..evaluation.perplexity import evaluate_lm
+from ..evaluation.task import TaskRunner
+from ..evaluation.taskdata import wilson
 
 
 def lm_reference(runtime, windows: list) -> list[float]:
@@ -104,3 +111,44 @@ def cls_summary(flags: list[bool], base_flags: list[bool], rejected: bool = Fals
 def _acc_loss(flags: list[bool], base_flags: list[bool]) -> float:
     base = sum(base_flags[: len(flags)])
     return (base - sum(flags)) / base if base else 0.0
+
+
+def task_flags(runtime, task, max_new_tokens: int = 64, start: int = 0, stop: int | None = None) -> list[bool]:
+    """Whether the model answers each task example exactly (constrained to the task's schema when it has one)."""
+    runner = TaskRunner(runtime, task, constrained=task.schema is not None, max_new_tokens=max_new_tokens)
+    return [bool(runner.answer(i)["exact"]) for i in range(start, len(task) if stop is None else stop)]
+
+
+def task_quality(runtime, task, base_flags: list[bool], max_loss: float | None, screen: int,
+                 reject_factor: float = 2.0, done: list[bool] | None = None, full: bool = True,
+                 max_new_tokens: int = 64) -> dict:
+    """Drop in task exact match against the base (points of accuracy), with interval-based early rejection.
+
+    >>> r = task_quality(rt, task, base_flags, 0.05, screen=10, full=False)   # doctest: +SKIP
+    >>> r["n_rows"], r["accuracy"], r["interval"]                             # doctest: +SKIP
+    (10, 0.9, (0.596, 0.982))
+    """
+    flags = list(done or [])
+    limit = len(task) if full else min(screen, len(task))
+    rejected, runner = False, None
+    while len(flags) < limit:
+        runner = runner or TaskRunner(runtime, task, constrained=task.schema is not None, max_new_tokens=max_new_tokens)
+        flags.append(bool(runner.answer(len(flags))["exact"]))
+        if max_loss is not None and len(flags) <= screen and _task_loss_low(flags, base_flags) > reject_factor * max_loss:
+            rejected = True
+            break
+    return task_summary(flags, base_flags, rejected)
+
+
+def task_summary(flags: list[bool], base_flags: list[bool], rejected: bool = False) -> dict:
+    """The reported figures of the examples answered so far: accuracy with its 95% interval, the base's, the loss."""
+    n, k, kb = len(flags), sum(flags), sum(base_flags[: len(flags)])
+    return {"quality_loss": (kb - k) / n if n else 0.0, "quality_loss_low": _task_loss_low(flags, base_flags),
+            "accuracy": k / n if n else 0.0, "interval": wilson(k, n), "exact_match": k, "base_accuracy": kb / n if n else 0.0,
+            "base_interval": wilson(kb, n), "n_rows": n, "early_rejected": rejected, "flags": list(flags)}
+
+
+def _task_loss_low(flags: list[bool], base_flags: list[bool]) -> float:
+    """The smallest loss the answers so far allow: base accuracy minus the top of the candidate's Wilson interval."""
+    n = len(flags)
+    return sum(base_flags[:n]) / n - wilson(sum(flags), n)[1] if n else 0.0

@@ -4,7 +4,8 @@
 a row, its recipe, the cost-model prediction it shows); the stages themselves live in
 ``stages.py`` and ``deploy.py``. ``load_base`` loads each base model with its evaluation data and
 its reference quality (from the cache when measured before). Every model is judged against the
-FIRST model's fp32 quality on the same tokens, so model selection compares like with like.
+FIRST model's fp32 quality on the same tokens, so model selection compares like with like (with a
+task, ``--task-data``: against the best base model's exact-match answers, ``quality.task_quality``).
 ``executor`` is where the work runs (``executors.py``: this process, or a Ray cluster).
 Deliberately absent: the scheduling of that work (the executor's).
 """
@@ -23,6 +24,7 @@ from ..devices.costmodel import Calibration, ModelStats, predict
 from ..devices.detect import detect_host
 from ..errors import EdgeLLMError
 from ..evaluation.perplexity import windows
+from ..evaluation.taskdata import read_task
 from ..models import cache_dir, load
 from ..runtimes.torch import TorchRuntime
 from .budget import Budget, Steps
@@ -30,7 +32,7 @@ from .cache import Entries, ResultCache, model_fingerprint
 from .config import OptimizeConfig
 from .executors import make_executor
 from .pick import OBJECTIVES, _value
-from .quality import correct_flags, lm_reference
+from .quality import correct_flags, lm_reference, task_flags
 from .space import Row, constraints_for, search_recipes, search_runtimes
 
 
@@ -63,6 +65,7 @@ class Search:
         self.recipes = search_recipes(config)
         self.constraints = constraints_for(config, self.device)
         cache = ResultCache(config.cache or cache_dir() / "optimize")
+        self.task = read_task(config.task_data, config.schema) if config.task_data else None   # quality by task
         self.entries = Entries(cache, self.protocol(), fresh=config.fresh)   # keyed by the code versions too
         # host measurements of earlier runs calibrate this one; a candidate is never calibrated on itself
         self.host_id = {"cpu": self.host.details.get("cpu_model"), "threads": config.threads,
@@ -86,6 +89,8 @@ class Search:
     def protocol(self) -> dict:
         """The evaluation protocol: part of every cache key, so a changed protocol never reuses old figures."""
         c = self.cfg
+        if self.task is not None:
+            return {"task": c.task, "task_data": self.task.digest(), "max_new_tokens": c.task_new_tokens}
         if self.lm:
             return {"task": c.task, "ctx": c.ctx, "full_tokens": c.full_tokens, "text": c.eval_text or "wiki.test"}
         return {"task": c.task, "tsv": c.tsv or "sst-2 dev", "max_rows": c.max_rows}
@@ -147,6 +152,9 @@ class Search:
             if "CausalLM" not in type(loaded.model).__name__:
                 raise EdgeLLMError(f"'{spec}' is not a causal LM ({type(loaded.model).__name__})",
                                    "use --task classification for classifiers")
+        if self.task is not None:
+            data, screen = self.task, min(len(self.task), cfg.screen_examples)
+        elif self.lm:
             ids = tokenize_file(loaded.tokenizer, cfg.eval_text or data_file(WIKI_TEST), max_tokens=cfg.full_tokens)
             data = windows(ids, cfg.ctx, cfg.full_tokens)
             screen = max(1, min(len(data), math.ceil(cfg.screen_tokens / cfg.ctx)))
@@ -157,13 +165,19 @@ class Search:
         self.bases[spec] = base
         ident = next(r for r in self.recipes if r.is_identity)
         e = self.entries.get(spec, ident)
-        ref_key = "nlls" if self.lm else "flags"
+        ref_key = "nlls" if self.lm and self.task is None else "flags"
         if len(e.get(ref_key, [])) < len(data):
             self.step(f"reference quality of {Path(spec).name}")
             rt = TorchRuntime(loaded, device="cpu", threads=cfg.threads)
-            e[ref_key] = lm_reference(rt, data) if self.lm else correct_flags(rt, data)
+            e[ref_key] = (task_flags(rt, data, cfg.task_new_tokens) if self.task is not None
+                          else lm_reference(rt, data) if self.lm else correct_flags(rt, data))
             self.entries.save(spec, ident)
         base.reference = e[ref_key]
+        if self.task is not None:        # judged against the best base model in the run (answers need no shared tokenizer)
+            best = max((self.entries.get(b.spec, ident)["flags"] for b in self.bases.values()), key=sum)
+            for b in self.bases.values():
+                b.reference = best
+            return base
         first = self.bases[cfg.models[0]]
         if first is not base:
             if self.lm and [w.tolist() for w in first.data] != [w.tolist() for w in data]:

@@ -23,6 +23,7 @@ retries a task whose worker died).
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 from ..devices.costmodel import predict, prediction_error
@@ -32,7 +33,7 @@ from ..runtimes.torch import TorchRuntime
 from .build import build_candidate, task_kwargs
 from .deploy import exact_stats, llamacpp_quality, llamacpp_screen, onnx_quality
 from .pick import same_weights_dominator
-from .quality import cls_quality, cls_summary, lm_quality, lm_summary
+from .quality import cls_quality, cls_summary, lm_quality, lm_summary, task_quality, task_summary
 from .space import base_weights
 from .speed import harness_rss
 
@@ -73,7 +74,7 @@ def screen(search) -> None:
                 if screen_rejects(res, mql):
                     r.status = "rejected"
                     r.reason = (f"screen: quality loss {100 * res['quality_loss']:+.1f}% on "
-                                f"{res.get('n_tokens', res.get('n_rows'))} {'tokens' if search.lm else 'rows'}"
+                                f"{res.get('n_tokens', res.get('n_rows'))} {'tokens' if 'n_tokens' in res else 'rows'}"
                                 + (" (stopped early)" if res["early_rejected"] else ""))
                 else:
                     r.status = "screened"
@@ -105,13 +106,15 @@ def built_folder(search, spec: str, recipe) -> Path:
 def torch_quality(search, spec: str, recipe, folder: Path, full: bool) -> dict:
     """Quality of the built candidate on PyTorch: the screen (``full=False``) or every window/row, resumed from the cache."""
     base, e = search.bases[spec], search.entries.get(spec, recipe)
-    key = "nlls" if search.lm else "flags"
+    key = "nlls" if search.lm and search.task is None else "flags"
     need = len(base.data) if full else base.screen
     if len(e.get(key, [])) < need and not e.get("rejected_at"):
         search.step(f"{'full' if full else 'screen'} {recipe.name} (torch)")
         loaded = base.loaded if recipe.is_identity else load(str(folder), **task_kwargs(search.cfg.task))
         rt = TorchRuntime(loaded, device="cpu", threads=search.cfg.threads)
         score = lm_quality if search.lm else cls_quality
+        if search.task is not None:
+            score = partial(task_quality, max_new_tokens=search.cfg.task_new_tokens)
         res = score(rt, base.data, base.reference, search.constraints.max_quality_loss, base.screen,
                     search.cfg.reject_factor, done=e.get(key), full=full)
         e[key] = res[key]
@@ -119,6 +122,8 @@ def torch_quality(search, spec: str, recipe, folder: Path, full: bool) -> dict:
             e["rejected_at"] = len(res[key])
         search.entries.save(spec, recipe)
     early = bool(e.get("rejected_at"))
+    if search.task is not None:
+        return task_summary(e[key][:need], base.reference, rejected=early)
     if search.lm:
         return lm_summary(e[key], base.reference, base.data[0].numel() - 1, rejected=early)
     return cls_summary(e[key], base.reference, rejected=early)

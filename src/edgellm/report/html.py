@@ -90,6 +90,7 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
     []
     """
     lm = result.get("config", {}).get("task", "text-generation") == "text-generation"
+    task = bool(result.get("config", {}).get("task_data"))      # quality is task exact match (points of accuracy)
     out = []
     for r in result["rows"] + result.get("references", []):
         if not all_rows and r["status"] == "dropped":
@@ -100,9 +101,13 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
         q = r.get("quality") or {}
         row = {"candidate": f"{Path(r['model']).name} · {r['recipe']}", "runtime": r["runtime"], "status": r["status"],
                "quality loss": _pct(r.get("quality_loss")) + ("" if q.get("protocol") != "screen" else " (screen)")}
-        if lm:
+        if task:
+            row["quality loss"] = (f"{100 * r['quality_loss']:+.1f} pts" if r.get("quality_loss") is not None else "-") + \
+                ("" if q.get("protocol") != "screen" else " (screen)")
+            row["task accuracy [95% CI]"] = task_accuracy(q)
+        if lm and (not task or q.get("perplexity") is not None):
             row["ppl"] = _num(q.get("perplexity"), 2)
-        else:
+        elif not lm:
             row["accuracy"] = _num(100 * q["accuracy"], 2) if q.get("accuracy") is not None else "-"
         row["size"] = human_bytes(r.get("size_bytes"))
         row["peak RAM"] = human_bytes(r.get("peak_ram_bytes"))
@@ -115,6 +120,19 @@ def summary_rows(result: dict, all_rows: bool = False) -> list[dict]:
                                                         "reference" if r.get("reference") else "")
         out.append(row)
     return out
+
+
+def task_accuracy(q: dict) -> str:
+    """A task row's exact-match accuracy with its 95% Wilson interval, in percent.
+
+    >>> task_accuracy({"accuracy": 0.9, "interval": [0.744, 0.965], "n_rows": 30})
+    '90.0 [74.4, 96.5] of 30'
+    """
+    if q.get("accuracy") is None:
+        return "-"
+    lo, hi = q.get("interval") or (None, None)
+    band = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
+    return f"{100 * q['accuracy']:.1f}{band} of {q.get('n_rows', '?')}"
 
 
 def _table(rows: list[dict], classes: list[str] | None = None) -> str:
