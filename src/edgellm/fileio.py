@@ -5,6 +5,13 @@ Ctrl-C never leaves a half-written file or folder behind. ``check_output`` guard
 first: ``--force`` only ever replaces something edgellm wrote, never an input, the home folder, a
 repository root or ``/``. Inputs are never modified;
 ``read_yaml`` reads the YAML inputs (recipes, device profiles) with one error for both.
+
+A SIGKILL (or a power cut) cannot be caught: it can leave the writer's temporary sibling
+``.NAME.tmp-PID-*`` (or, in the instant of a forced replacement, the previous output moved aside
+as ``.NAME.old-PID``) next to the output, never a half-written output. The next write of the same
+output (``check_output``, ``clean_stale``) removes the temporaries whose process is gone and puts
+back a moved-aside output whose replacement never landed. Deliberately absent: fsync (a killed
+process loses nothing the kernel already holds; a power cut can still lose the last output).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +40,9 @@ def check_output(path: str | os.PathLike, force: bool = False, *, inputs=(), own
       edgellm did not write (``written_by_edgellm``). *own* skips that last check for paths the
       caller names itself (a cache entry, a training checkpoint).
 
+    After the first two refusals and before the existence check, it removes what a killed edgellm left
+    beside *path* (``clean_stale``), so a moved-aside output is back in place before it is judged.
+
     >>> check_output("out/model", inputs=("out/model",))        # doctest: +SKIP
     Traceback (most recent call last):
     edgellm.errors.EdgeLLMError: output 'out/model' is the input 'out/model'
@@ -49,6 +60,7 @@ def check_output(path: str | os.PathLike, force: bool = False, *, inputs=(), own
         raise EdgeLLMError(f"output '{path}' is a repository root (it holds .git)", hint)
     for inp in inputs:
         _check_not_input(path, real, inp)
+    clean_stale(path)                     # a killed writer's temporaries; a moved-aside output goes back
     if path.exists() or path.is_symlink():
         if not force:
             raise EdgeLLMError(f"output '{path}' already exists", "choose another path or pass --force")
@@ -82,6 +94,63 @@ def _check_not_input(path: Path, real: Path, inp) -> None:
         raise EdgeLLMError(f"output '{path}' contains the input '{inp}'", hint)
     if real.is_relative_to(rsrc):
         raise EdgeLLMError(f"output '{path}' lies inside the input '{inp}'", hint)
+
+
+_STALE = re.compile(r"^\.(?P<name>.+)\.(?:tmp-(?P<pid>\d+)-.*|old-(?P<old>\d+))$")
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name prefix of this process's temporary siblings of *path*: ``.NAME.tmp-PID-`` (``clean_stale`` reads it).
+
+    >>> temp_prefix("out/model").startswith(".model.tmp-")
+    True
+    """
+    return f".{Path(path).name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                       # another user's live process
+    return True
+
+
+def clean_stale(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary siblings of *path* (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) whose process is gone,
+    as a SIGKILLed writer leaves them; an ``.old`` copy whose output is missing is renamed back onto it.
+    *path*'s name may be a glob (``checkpoint-*``). Returns the names removed or put back.
+
+    >>> clean_stale("out/model")      # after `edgellm quantize ... --out out/model` was killed     # doctest: +SKIP
+    ['.model.tmp-4242-k3j9x1']
+    """
+    import fnmatch
+
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    done = []
+    for e in entries:
+        m = _STALE.match(e.name)
+        if not m or not fnmatch.fnmatchcase(m["name"], path.name) or _alive(int(m["pid"] or m["old"])):
+            continue
+        p, target = Path(e.path), parent / m["name"]
+        if m["old"] and not (target.exists() or target.is_symlink()):
+            os.replace(p, target)         # killed between moving the old output aside and landing the new one
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        done.append(e.name)
+    return done
 
 
 _MARKERS = ("manifest.json", "edgellm.json", "results.json")     # content manifest, artifact sidecar, optimize's
@@ -164,7 +233,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False, *, inputs=(), own: 
     ...     (tmp / "config.json").write_text("{}")
     """
     path = check_output(path, force, inputs=inputs, own=own)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         yield tmp
         _publish(tmp, is_dir=True)
@@ -188,7 +257,7 @@ def atomic_file(path: str | os.PathLike, force: bool = True, mode: str = "w", *,
     a file the user named passes ``own=False`` so ``check_output`` keeps what edgellm did not write.
     """
     path = check_output(path, force, inputs=inputs, own=own)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -7,7 +7,10 @@ and the run's fingerprint. The learning rate is a pure function of the step and 
 order a pure function of (seed, micro-batch), so nothing else is needed to continue exactly.
 The fingerprint hashes the config (minus eval/save cadence), the teacher, the student's
 initial weights and the data; a checkpoint whose fingerprint differs is refused.
-Written atomically; only the newest checkpoint is kept. Deliberately absent: sharded
+Written atomically; only the newest checkpoint is kept. A checkpoint (or a finished run's folder)
+is discarded by renaming it to a temporary name first, so a SIGKILL during the deletion never
+leaves a half-deleted checkpoint that ``--resume`` would pick; the next save (or the next finished
+run) removes what a killed one left (``fileio.clean_stale``). Deliberately absent: sharded
 (FSDP) optimizer states.
 """
 
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..errors import EdgeLLMError
-from ..fileio import atomic_dir, write_json
+from ..fileio import atomic_dir, clean_stale, temp_prefix, write_json
 
 PREFIX = "checkpoint-"
 NOT_FINGERPRINTED = ("eval_every", "save_every")
@@ -51,6 +55,7 @@ def save_checkpoint(run_dir: Path, step: int, container, optimizer, rng_state: d
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        clean_checkpoints(run_dir)
         with atomic_dir(path, force=True, own=True) as tmp:
             save_model(accelerator.unwrap_model(container), str(tmp / "state.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -65,8 +70,32 @@ def save_checkpoint(run_dir: Path, step: int, container, optimizer, rng_state: d
     if accelerator.is_main_process:
         for old in run_dir.glob(f"{PREFIX}*"):
             if old != path and old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+                discard(old)
     return path
+
+
+def clean_checkpoints(run_dir: Path) -> list[str]:
+    """Remove the temporaries a killed run left among *run_dir*'s checkpoints (``fileio.clean_stale``).
+
+    >>> clean_checkpoints(Path("out/s.run"))        # doctest: +SKIP
+    ['.checkpoint-000004.tmp-4242-x1y2z3']
+    """
+    return clean_stale(Path(run_dir) / f"{PREFIX}*")
+
+
+def discard(path: Path) -> None:
+    """Delete a checkpoint or a finished run's folder: renamed to a temporary name first (one atomic step),
+    then removed, so a kill half-way leaves a temporary the next run removes, never half a checkpoint.
+
+    >>> discard(Path("out/s.run"))        # after the student is saved        # doctest: +SKIP
+    """
+    path = Path(path)
+    clean_stale(path)
+    if not path.exists():
+        return
+    gone = path.with_name(f"{temp_prefix(path)}discard-{os.urandom(4).hex()}")
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def find_checkpoint(resume: str | Path) -> Path:

@@ -47,8 +47,8 @@ import torch
 from ..calibconfig import CalibConfig, config_field
 from ..errors import EdgeLLMError
 from ..families import NORM_ROLES
-from ..fileio import check_writable_target
-from . import gguf_mix
+from ..fileio import check_writable_target, temp_prefix
+from . import gguf_gptq, gguf_mix
 from .gguf_blocks import GridMismatch, dequantize_codes, permute_qk, unpermute_qk
 from .gguf_types import TYPES as QTYPES
 from .gguf_types import block_of, fallback, from_quantized, pack, rtn
@@ -340,8 +340,9 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
         report.how[p.how] = report.how.get(p.how, 0) + 1
     provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "embedding_type": cfg.embedding,
                   "how": report.how, "requantized": report.requantized, "fallbacks": report.fallbacks,
-                  "source_edgellm": loaded.meta.edgellm or {}}
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.tmp-", suffix=".gguf", dir=out.parent)
+                  "source_edgellm": loaded.meta.edgellm or {}, "quantizer": cfg.quantizer,
+                  "awq_prescale": cfg.awq_prescale}
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".gguf", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     umask = os.umask(0)

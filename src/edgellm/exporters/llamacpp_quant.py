@@ -22,7 +22,7 @@ import torch
 
 from ..calibrate import InputNormStats, find_blocks, run_blockwise
 from ..errors import EdgeLLMError
-from ..fileio import check_writable_target
+from ..fileio import check_writable_target, temp_prefix
 from ..runtimes.llamacpp import import_llama_cpp
 from .gguf_names import gguf_arch
 
@@ -99,7 +99,7 @@ def llama_quantize(src, dst, qtype: str, *, imatrix: dict[str, np.ndarray] | Non
             entries[i].size = arr.size
         params.imatrix = entries
         keep.append(entries)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.tmp-", suffix=".gguf", dir=dst.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst), suffix=".gguf", dir=dst.parent)
     os.close(fd)
     try:
         with _captured_stderr() as log:
