@@ -168,7 +168,8 @@ def write_result(name: str | os.PathLike, result: dict, *, machine: dict | None 
     # replaces a results file edgellm wrote, never anything else; the JSON files in bench/results/ are this
     # repository's own records (the older ones predate the format tag), so they count as its own
     check_output(path, force=True, own=path.resolve().parent == RESULTS.resolve() and path.suffix == ".json")
-    out = write_json(path, {**result, **envelope(machine if machine is not None else result.get("machine"), command)})
+    fresh = {k: v for k, v in result.items() if k != "provenance"}     # a re-measured legacy record sheds its marker
+    out = write_json(path, {**fresh, **envelope(machine if machine is not None else result.get("machine"), command)})
     if render and path.resolve().parent == RESULTS.resolve():
         from bench.render import render as render_docs
 

@@ -31,7 +31,7 @@ from edgellm.models import Loaded, cache_dir, load
 
 RESULT = RESULTS / "distill.json"
 IMG = ROOT / "docs" / "img"
-WORK = Path("/tmp/edgellm-distill-bench")
+WORK = cache_dir() / "bench-distill"      # the trained models, which optimize_cls/optimize_multi then searched
 
 
 def pick_threads(model, n_tokens: int) -> dict:

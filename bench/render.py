@@ -10,15 +10,24 @@ this shape:
 Rows may carry their own "measured_at". Files written before the envelope lack its fields; they
 render without them. Commands are shown relative to the repository (``repo_relative``), whatever
 the file recorded. Run from the repository root: python -m bench.render
+
+It also refreshes the generated blocks of the hand-written pages (README.md, docs/*.md): a table
+quoted from a results file sits between
+    <!-- generated: FILE.json | TABLE TITLE | COLUMN, COLUMN, ... -->
+    <!-- end generated -->
+and is re-rendered from that table's rows (the listed columns; all when the list is empty), so the page
+cannot drift from its JSON (tests/test_docs_numbers.py re-renders and compares). Figures quoted in
+prose are checked instead (bench/figures.py). The prose around a block is left alone.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
-from bench._common import ROOT, repo_relative
+from bench._common import RESULTS, ROOT, repo_relative
 from edgellm.fileio import atomic_file
 
 
@@ -54,6 +63,9 @@ def render(results_dir: Path = ROOT / "bench" / "results", out: Path = ROOT / "d
         if r.get("description"):
             parts += [r["description"], ""]
         parts += [f"Reproduce: `{repo_relative(r.get('command', '?'))}` (source: `bench/results/{f.name}`)", ""]
+        if str(r.get("provenance", "")).startswith("legacy"):
+            parts += ["Measured before the provenance envelope: no argv, commit or time of measurement recorded "
+                      "(`provenance` in the file says how to re-measure it).", ""]
         if r.get("measured_at"):
             commit = f"commit {r['commit'][:12]}" if r.get("commit") else "no git commit"
             parts += [f"Measured {r['measured_at']} at {commit}"
@@ -68,7 +80,57 @@ def render(results_dir: Path = ROOT / "bench" / "results", out: Path = ROOT / "d
             parts += [f"![{Path(p).stem}]({Path(p).relative_to('docs') if p.startswith('docs/') else p})", ""]
     with atomic_file(out) as fh:
         fh.write("\n".join(parts).rstrip() + "\n")
+    if Path(results_dir).resolve() == RESULTS.resolve():
+        refresh_pages()
     return Path(out)
+
+
+BLOCK = re.compile(r"(<!-- generated: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+
+
+def render_block(spec: str, results_dir: Path = RESULTS) -> str:
+    """The markdown table a generated block's *spec* (``FILE.json | TABLE TITLE | COLUMNS``) stands for.
+
+    >>> print(render_block("optimize_demo.json | Candidates | candidate, pick"))   # doctest: +SKIP
+    | candidate | pick |
+    ...
+    """
+    parts = [p.strip() for p in spec.split("|")]
+    if len(parts) != 3:
+        raise ValueError(f"generated block '{spec}': want 'FILE.json | TABLE TITLE | COLUMN, ...'")
+    name, title, columns = parts
+    r = json.loads((Path(results_dir) / name).read_text())
+    tables = [t for t in r.get("tables", []) if t.get("title") == title]
+    if not tables:
+        raise ValueError(f"generated block '{spec}': {name} has no table titled '{title}'")
+    cols = [c.strip() for c in columns.split(",") if c.strip()] or tables[0]["columns"]
+    missing = [c for c in cols if c not in tables[0]["columns"]]
+    if missing:
+        raise ValueError(f"generated block '{spec}': no column {missing} in {name} '{title}'")
+    return render_table({"columns": cols, "rows": tables[0]["rows"]}) + "\n"     # a blank line ends the table
+
+
+def render_blocks(text: str, results_dir: Path = RESULTS) -> str:
+    """*text* with every generated block re-rendered from its results file."""
+    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("spec"), results_dir) + m.group(4), text)
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """The hand-written pages that may hold generated blocks: README.md and docs/*.md but benchmarks.md."""
+    return [root / "README.md"] + sorted(p for p in (root / "docs").glob("*.md") if p.name != "benchmarks.md")
+
+
+def refresh_pages(root: Path = ROOT, results_dir: Path = RESULTS) -> list[Path]:
+    """Re-render the generated blocks of every page (atomically, only the pages that changed); returns those."""
+    changed = []
+    for page in pages(root):
+        text = page.read_text()
+        new = render_blocks(text, results_dir)
+        if new != text:
+            with atomic_file(page) as fh:
+                fh.write(new)
+            changed.append(page)
+    return changed
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ from bench._common import ENVELOPE, FORMAT, RESULTS, ROOT, envelope, invocation,
 from bench.render import render
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-# written before the envelope existed: they render, but lack argv/measured_at/commit (records, not rewritten).
-# A file not listed here must carry the whole envelope; a listed file that is re-measured gets it too.
-LEGACY = {"classifier_onnx", "costmodel", "distill", "foundation", "gguf_vs_llamacpp", "optimize_cls", "optimize_demo",
-          "optimize_demo_rerun", "optimize_multi", "parallel", "prune", "quantize", "runtime_speed", "serve_load",
-          "smart_home"}
+# a file written before the envelope existed lacks argv/measured_at/commit and says so: "provenance" holds this
+# marker followed by its (repository-relative, runnable) command; re-measured, it gets the envelope instead
+LEGACY = "legacy: measured before the envelope; re-run with "
 SCRIPTS = sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem != "__init__")
 
 
@@ -132,7 +130,14 @@ def test_every_result_file_renders_and_states_its_provenance(path):
         assert all(isinstance(n, str) for n in t.get("notes", []))
     for p in r.get("plots", []):
         assert (ROOT / p).is_file(), p
-    if path.stem in LEGACY and r.get("format") != FORMAT:
+    if r.get("format") != FORMAT:
+        assert str(r.get("provenance", "")).startswith(LEGACY + r["command"]), (
+            f"{path.name} has neither the envelope nor the marker '{LEGACY}<its command>': re-measure it "
+            "(bench._common.write_result) or mark it")
+        placeholders = [w for w in re.findall(r"(?<![$\w])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", r["command"]) if len(w) >= 8]
+        assert not placeholders, f"placeholders, not a runnable command: {placeholders}"
+        assert not re.search(r"(^|[\s;])(\.venv/bin/)?python bench/\w+\.py", r["command"]), \
+            "bench scripts run as modules now: python -m bench.<name>"
         return
     assert r.get("format") == FORMAT, f"{path.name} lacks the envelope: write it with bench._common.write_result"
     assert set(ENVELOPE) <= set(r)
