@@ -76,7 +76,7 @@ def run(args) -> int:
 
 def run_task(args) -> int:
     """Answer the task's examples on the model's runtime and print the scores (one row)."""
-    if args.ppl or args.reference or args.tsv:
+    if any(getattr(args, f, None) for f in ("ppl", "reference", "tsv")):      # config flags are absent unless given
         raise EdgeLLMError("a task file does not go with --ppl, --reference or --tsv", "evaluate one thing at a time")
     if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
         raise EdgeLLMError("--max-new-tokens and --limit must be at least 1", "fix the flag")
