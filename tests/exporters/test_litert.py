@@ -104,7 +104,7 @@ def test_classifier_probabilities_and_labels(sharp_cls, tmp_path):
 
 
 def test_fake_quantize_matches_the_quantizer_rule():
-    W = torch.tensor([[1.0, -0.5, 0.26, 0.0], [0.1, 0.2, -0.4, 0.05]])
+    W = torch.tensor([[1.0, -0.6, 0.26, 0.0], [0.1, 0.2, -0.4, 0.05]])
     assert fake_quantize_symmetric(W, 2).tolist()[0] == [1.0, -1.0, 0.0, 0.0]      # scale max|w| / 1
     q = fake_quantize_symmetric(W, 4, block=2)
     assert torch.allclose(q[1, 2:], torch.tensor([-0.4, 0.0571428]), atol=1e-6)    # per block of 2: scale 0.4 / 7
@@ -124,6 +124,6 @@ def test_bad_input(tiny_bert, llama1, lm_fp32, tmp_path, monkeypatch):
     with pytest.raises(EdgeLLMError) as e:
         export_litert(llama1, tmp_path / "m.tflite")
     assert "edgellm[litert]" in e.value.hint
-    code, out, err = run_cli("eval", str(lm_fp32.path), "--ppl-tokens", "256")
+    code, out, err = run_cli("eval", str(lm_fp32.path), "--max-tokens", "256", "--ctx", "32")
     assert code == 2 and "edgellm[litert]" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.tflite").exists()
