@@ -119,13 +119,13 @@ def test_resume_after_ctrl_c_gives_the_same_weights(chat_llama, task_file, tmp_p
     assert cut.interrupted and cut.steps == 5 and cut.checkpoint.endswith("checkpoint-000005")
     assert (tmp_path / "cut.run" / "checkpoint-000005" / "trainer_state.json").is_file()
     assert not (tmp_path / "cut").exists()
+    with pytest.raises(EdgeLLMError, match="different run.*config"):
+        finetune_lm(chat_llama, task_file, cfg.replace(lr=1e-3), out=tmp_path / "x", resume=cut.checkpoint, progress=False)
     resumed = finetune_lm(chat_llama, task_file, cfg, out=tmp_path / "cut", resume=tmp_path / "cut.run", progress=False)
     assert [x["step"] for x in resumed.train_log] == list(range(1, 9))
     assert [x["loss"] for x in resumed.train_log] == pytest.approx([x["loss"] for x in full.train_log], rel=1e-6)
     sa, sb = full.student.model.state_dict(), resumed.student.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
-    with pytest.raises(EdgeLLMError, match="different run"):
-        finetune_lm(chat_llama, task_file, cfg.replace(lr=1e-3), out=tmp_path / "x", resume=cut.checkpoint, progress=False)
 
 
 def test_teacher_kd_on_the_completions(chat_llama, task_file):
