@@ -4,7 +4,8 @@ Only the fields edgellm honours are declared; unknown fields are accepted and ig
 API's clients send many optional ones. Fields that would change the meaning of a request and that we
 cannot honour (``n > 1``, ``logprobs``, tools) are refused with a 400 rather than silently ignored, as is text that
 is not valid Unicode (a lone surrogate escape such as ``"\\ud800"``, which JSON allows but UTF-8 cannot carry) and a
-``seed`` outside the signed 64-bit range the runtimes' generators take.
+``seed`` outside the signed 64-bit range the runtimes' generators take, and a temperature between 0 and 0.001 (dividing
+the logits by it overflows; 0 means greedy).
 Deliberately absent: response models (the JSON is built by hand in ``app.py``, which keeps it exact).
 """
 
@@ -15,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SEED_RANGE = (-(2**63), 2**63 - 1)      # torch.Generator.manual_seed and the OpenAI API both take a signed int64
+MIN_TEMPERATURE = 1e-3                  # below it (but above 0) logits / temperature overflow to inf: NaN probabilities
 
 
 def _refused(name: str, message: str):
@@ -60,6 +62,13 @@ class _Request(BaseModel):
         return stops
 
     _no_logprobs = _refused("logprobs", "logprobs are not supported by this server")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        if 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
+        return v
 
     @model_validator(mode="before")
     @classmethod
