@@ -4,10 +4,15 @@ For each model in ``--models`` (default SmolLM2 as shipped and the built-in ``sm
 has no GGUF of its own and is exported F32 here like the other):
   build   an F32 GGUF (edgellm's exporter), the base; llama.cpp's references (``--refs``: Q4_0, IQ4_NL,
           Q4_K_S, Q4_K_M, Q5_0) by ``llama_model_quantize`` with an importance matrix; edgellm's
-          candidates: RTN onto each type's own grid (``--rtn``), GPTQ after AWQ's prescale on the Q4_0/Q5_0
-          grids (``--gptq``), and budgeted mixes (``gguf_mix``) with each reference's file size as the byte
-          budget, one per ladder (``--ladders``). Imatrix, GPTQ/AWQ and mixes read the same calibration
-          windows of wiki.valid (``--calib-samples`` x ``--calib-len``, seed 0);
+          candidates: RTN onto each type's own grid (``--rtn``), GPTQ after AWQ's prescale onto each type's
+          own grid (``gptq-<type>``, ``--gptq-types``; ``exporters.gguf_gptq``, the K-quants and IQ4_NL
+          included; ``--gptq 4,5`` adds Q4_0/Q5_0 to them), the former path (``quantize``'s GPTQ after AWQ
+          with MSE clipping into int4/int5 group-32 linears, exported as Q4_0/Q5_0 as they are:
+          ``gptqlin-<type>``, ``--gptq-linear``), and budgeted mixes (``gguf_mix``) with
+          each reference's file size as the byte budget, one per ladder (``--ladders``), each written twice:
+          RTN (``mix-<ladder>@<ref>``) and GPTQ onto every tensor's allocated type (``gptqmix-...``).
+          Imatrix, GPTQ/AWQ and mixes read the same calibration windows of wiki.valid
+          (``--calib-samples`` x ``--calib-len``, seed 0);
   select  every file's perplexity through llama.cpp on a held-out slice of wiki.valid: ``--select-windows``
           tiles of the calibration tiling that no calibration window drew. For each reference, edgellm's
           pick is the file no larger on disk with the lowest held-out perplexity. The evaluation texts are
@@ -52,7 +57,8 @@ MODELS = ("smollm2-135m", "smollm2-135m-rotated")
 REFS = ("q4_0", "iq4_nl", "q4_k_s", "q4_k_m", "q5_0")
 PRIVILEGED = {"smollm2-135m"}                 # ships as Q4_1: its weights sit on the asymmetric block-32 grid
 SYM_LADDER = ("q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q6_k", "q8_0")   # no type whose fallback is Q4_1/Q5_1
-GPTQ_TYPE = {4: "q4_0", 5: "q5_0"}
+GPTQ_TYPE = {4: "q4_0", 5: "q5_0"}          # --gptq BITS (the former QuantizedLinear path): now these grid types
+GPTQ_TYPES = ("q4_0", "iq4_nl", "q4_k", "q5_0", "q5_k", "q6_k")
 STEPS = ("build", "select", "eval", "speed")
 
 
@@ -151,6 +157,13 @@ def record(m: Model, name: str, path: Path, t0: float, **extra) -> dict:
     return m.store.put(f"build:{name}", e)
 
 
+def embedding_pin(m: Model, qtype: str) -> tuple[str, ...]:
+    """llama.cpp's rule for the token embedding: with an untied output head it takes the file's main type
+    (the head alone stays Q8_0, Q6_K's fallback for 576-wide rows); a tied one is the head and stays Q8_0."""
+    cfg = m.src().model.config
+    return () if getattr(cfg, "tie_word_embeddings", False) else (f"model.embed_tokens.weight={qtype}",)
+
+
 def build(m: Model, refs: list) -> None:
     from edgellm.calibconfig import CalibConfig
     from edgellm.errors import EdgeLLMError
@@ -193,9 +206,11 @@ def build(m: Model, refs: list) -> None:
             have[f"ref-{q}"] = record(m, f"ref-{q}", out(f"ref-{q}"), t0, kind="reference", qtype=q)
             t0 = time.time()
     for t in a.rtn:
-        gguf(f"rtn-{t}", m.src(), GGUFExportConfig(gguf_type=t), kind="rtn", qtype=t)
-    for bits in a.gptq:
-        name = f"gptq-{GPTQ_TYPE[bits]}"
+        gguf(f"rtn-{t}", m.src(), GGUFExportConfig(gguf_type=t, tensor_types=embedding_pin(m, t)), kind="rtn", qtype=t)
+    for name in [n for n, e in have.items() if n.startswith("gptq-") and e.get("quantizer") != "gptq-grid"]:
+        del have[name]                     # built by the former QuantizedLinear path (now gptqlin-): rebuilt on the grid
+    for bits in a.gptq_linear:
+        name = f"gptqlin-{GPTQ_TYPE[bits]}"
         if name in have or "failed" in (m.store.get(f"build:{name}") or {}):
             continue
         cfg = QuantConfig(method="gptq", bits=bits, group_size=32, symmetric=True, act_order=True, static_groups=True,
@@ -207,11 +222,18 @@ def build(m: Model, refs: list) -> None:
         gguf(name, q, GGUFExportConfig(gguf_type=GPTQ_TYPE[bits]), kind="gptq", qtype=GPTQ_TYPE[bits],
              quantizer=cfg.describe(), quantize_seconds=round(time.time() - t0, 2))
         del q
+    gptq = dict(quantizer="gptq", awq_prescale=a.awq_prescale, calib=calib)
+    for t in a.gptq_types:
+        gguf(f"gptq-{t}", m.src(), GGUFExportConfig(gguf_type=t, tensor_types=embedding_pin(m, t), **gptq), kind="gptq", qtype=t,
+             quantizer="gptq-grid", awq_prescale=a.awq_prescale)
     for lname, ladder in a.ladders.items():
         for q in refs:
             if f"ref-{q}" in have:
-                gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder,
-                     calib=calib), kind="mix", ladder=list(ladder), budget_of=q)
+                budget = dict(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder, calib=calib)
+                gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(**budget), kind="mix", ladder=list(ladder), budget_of=q)
+                if a.gptq_mix:
+                    gguf(f"gptqmix-{lname}@{q}", m.src(), GGUFExportConfig(**budget, **gptq), kind="mix",
+                         quantizer="gptq-grid", ladder=list(ladder), budget_of=q, awq_prescale=a.awq_prescale)
 
 
 def runtime(m: Model, name: str):
@@ -336,7 +358,15 @@ def parse_args(argv=None):
     ap.add_argument("--step", choices=("all",) + STEPS, default="all", help="measure only this kind of step")
     ap.add_argument("--skip-speed", action="store_true", help="no paired speed rounds")
     ap.add_argument("--rtn", default="q4_0,iq4_nl,q4_k,q5_0,q5_k", help="types written RTN onto their own grid")
-    ap.add_argument("--gptq", default="4,5", help="GPTQ+AWQ bits (4 -> Q4_0, 5 -> Q5_0); empty for none")
+    ap.add_argument("--gptq-types", default=",".join(GPTQ_TYPES),
+                    help="types written by GPTQ onto their own grid (gptq-<type>); empty for none")
+    ap.add_argument("--gptq", default="", help="GPTQ bits (4 -> Q4_0, 5 -> Q5_0): added to --gptq-types")
+    ap.add_argument("--gptq-linear", default="4,5", help="the QuantizedLinear path (quantize: GPTQ+AWQ+MSE clip, "
+                    "int4/5 group 32) exported as Q4_0/Q5_0: gptqlin-<type>; empty for none")
+    ap.add_argument("--no-awq-prescale", dest="awq_prescale", action="store_false",
+                    help="GPTQ candidates without AWQ's prescale")
+    ap.add_argument("--no-gptq-mix", dest="gptq_mix", action="store_false",
+                    help="no gptqmix-<ladder>@<ref> (GPTQ into each budgeted mix)")
     ap.add_argument("--ladders", default=f"full={','.join(DEFAULT_LADDER)};sym={','.join(SYM_LADDER)}",
                     help="NAME=TYPE,TYPE;... : one budgeted mix per ladder per reference")
     ap.add_argument("--allow-asymmetric", action="store_true", help="let Q4_1/Q5_1 files be picked on SmolLM2 as shipped")
@@ -370,8 +400,14 @@ def parse_args(argv=None):
         ap.error(f"unknown reference {unknown}; choose from {', '.join(REFS)}")
     a.rtn = [t for t in a.rtn.split(",") if t]
     a.gptq = [int(b) for b in a.gptq.split(",") if b]
-    if set(a.gptq) - set(GPTQ_TYPE):
-        ap.error("--gptq takes 4 and/or 5")
+    a.gptq_linear = [int(b) for b in a.gptq_linear.split(",") if b]
+    if set(a.gptq) - set(GPTQ_TYPE) or set(a.gptq_linear) - set(GPTQ_TYPE):
+        ap.error("--gptq and --gptq-linear take 4 and/or 5")
+    a.gptq_types = list(dict.fromkeys([t for t in a.gptq_types.split(",") if t] + [GPTQ_TYPE[b] for b in a.gptq]))
+    from edgellm.exporters.gguf_types import TYPES
+
+    if set(a.gptq_types) - set(TYPES):
+        ap.error(f"--gptq-types: unknown {sorted(set(a.gptq_types) - set(TYPES))}; choose from {', '.join(TYPES)}")
     a.ladders = {k: tuple(v.split(",")) for k, _, v in (x.partition("=") for x in a.ladders.split(";") if x)}
     a.privileged = {s for s in a.privileged.split(",") if s}
     return a
