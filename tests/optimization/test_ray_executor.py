@@ -79,6 +79,9 @@ def test_ray_rows_and_pick_equal_the_local_search(runs):
     assert min(s["start"] for s in speeds) >= max(t["end"] for t in others)   # measured alone, after the rest
     for a, b in zip(speeds, speeds[1:]):
         assert b["start"] >= a["end"]                                             # one at a time
+    work = sorted(others, key=lambda t: t["start"])          # --threads 2 on 2 CPUs: one task at a time
+    for a, b in zip(work, work[1:]):
+        assert b["start"] >= a["end"] - 0.05, (a, b)
     assert runs["local"]["executor"] == {"executor": "local"}
     # the report's timeline: one lane per worker process, a bar per task
     assert "timeline.svg" in runs["ray"]["plots"] and "timeline.svg" not in runs["local"]["plots"]

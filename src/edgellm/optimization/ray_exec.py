@@ -102,11 +102,10 @@ def check_cluster(nodes: list[dict], driver_node: str, cache: str | None) -> dic
 def _run(board, key, fn, *args):
     """A task's body: report its start to the board (for progress and the attempt count), then run *fn*.
 
-    The report waits for the board's answer, so an attempt whose worker dies right after still counts.
+    The report is not waited for: a task blocked in ``ray.get`` lends its CPUs to the next queued task, which
+    would then run beside it.
     """
-    import ray
-
-    ray.get(board.started.remote(key))
+    board.started.remote(key)
     return fn(*args)
 
 

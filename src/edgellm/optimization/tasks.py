@@ -194,4 +194,5 @@ def _test_kill_hook() -> None:
         os.rename(Path(folder) / "kill", Path(folder) / "killed")
     except OSError:
         return
+    time.sleep(1.0)                 # the attempt's start report (sent without waiting) leaves first
     os.kill(os.getpid(), 9)
