@@ -19,7 +19,6 @@ Deliberately absent: FSDP/DeepSpeed configs, and saving the hidden-state project
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +202,7 @@ def distill(teacher, student, data, cfg: DistillConfig | None = None, out=None, 
                                         teacher=teacher.meta.name if teacher else None, total_seconds=time.time() - t_start)
             result.out = str(out)
             if run_dir is not None and run_dir.exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
+                ckpt.discard(run_dir)           # renamed away first: a kill never leaves half a checkpoint
     return result
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -199,5 +198,5 @@ def finetune_lm(model, data, cfg: TuneConfig | None = None, out=None, *, teacher
                                         total_seconds=time.time() - t_start, save=save)
             result.out = str(out)
             if run_dir is not None and run_dir.exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
+                ckpt.discard(run_dir)           # renamed away first: a kill never leaves half a checkpoint
     return result
