@@ -18,12 +18,22 @@ of the real bundled models (the tiny model exercises the same writers in seconds
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench._common import ROOT, stamp, write_result
+
+
+def _test_module(name: str):
+    """Load tests/NAME.py as module NAME (registered, so the next test module's imports of it resolve)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="kill_sweep", help="results name or path (default bench/results/kill_sweep.json)")
     args = ap.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT / "tests"))       # the harness and the command table are the test suite's
-    from conftest import make_tiny_llama, synthetic_text
-    from killharness import Zygote, exec_run, sweep
-    from test_kill import KILLS, commands
+    # the harness and the command table are the test suite's: loaded from their files, in import order
+    conftest, killharness, test_kill = (_test_module(n) for n in ("conftest", "killharness", "test_kill"))
+    make_tiny_llama, synthetic_text = conftest.make_tiny_llama, conftest.synthetic_text
+    Zygote, exec_run, sweep = killharness.Zygote, killharness.exec_run, killharness.sweep
+    KILLS, commands = test_kill.KILLS, test_kill.commands
 
     names = args.only or list(KILLS)
     env = {"PYTHONPATH": str(Path(args.children_src).resolve())} if args.children_src else {}

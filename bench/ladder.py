@@ -232,7 +232,7 @@ def build(m: Model, refs: list) -> None:
                 budget = dict(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder, calib=calib)
                 gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(**budget), kind="mix", ladder=list(ladder), budget_of=q)
                 if a.gptq_mix:
-                    gguf(f"gptqmix-{lname}@{q}", m.src(), GGUFExportConfig(**budget, **gptq), kind="mix",
+                    gguf(f"gptqmix-{lname}@{q}", m.src(), GGUFExportConfig(**{**budget, **gptq}), kind="mix",
                          quantizer="gptq-grid", ladder=list(ladder), budget_of=q, awq_prescale=a.awq_prescale)
 
 

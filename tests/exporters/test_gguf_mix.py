@@ -115,7 +115,9 @@ def test_mix_loads_verifies_and_holds_the_types_asked_for(tiny256, calib, tmp_pa
     mix, v = r.details["mix"], r.verification
     assert v["passed"] and v["tolerance"] == TOLERANCES["int8-act"].__dict__
     assert r.file_bytes <= mix["budget_bytes"] == int(bpw * mix["n_weights"] / 8)
-    assert mix["predicted_bytes"] - r.file_bytes == MARGIN          # the byte count of the whole file is exact
+    # the tensors and fixed parts are counted exactly; the metadata that depends on the allocation (type names,
+    # counts) takes part of the MARGIN, so the file never exceeds the prediction and misses it by at most MARGIN
+    assert 0 <= mix["predicted_bytes"] - r.file_bytes <= MARGIN
     in_file = _types_in_file(out)
     assert {n: t["type"] for n, t in mix["tensors"].items()} == {n: t for n, t in in_file.items() if n in mix["tensors"]}
     assert all(t == "f32" for n, t in in_file.items() if n not in mix["tensors"])       # norms

@@ -92,8 +92,11 @@ def test_ray_rows_and_pick_equal_the_local_search(runs):
 def test_a_worker_killed_mid_build_is_retried(runs):
     assert (runs["hook"] / "killed").exists() and not (runs["hook"] / "kill").exists()
     tasks = runs["killed"]["executor"]["tasks"]
+    # the hook wrote "killed" and then SIGKILLed the worker inside the first attempt of one build, and that row
+    # still finished below: so Ray re-ran it. The attempt counter (a fire-and-forget report to an actor, see
+    # ray_exec._run) can lose the killed attempt's report, so it is checked only for what it must never claim.
     retried = [t for t in tasks if t["attempts"] > 1]
-    assert len(retried) == 1 and retried[0]["kind"] == "screen"
+    assert len(retried) <= 1 and all(t["kind"] == "screen" for t in retried)
     killed, ray = _rows(runs["killed"]), _rows(runs["ray"])
     assert {k: (r["status"], r["quality_loss"]) for k, r in killed.items()} == \
         {k: (r["status"], r["quality_loss"]) for k, r in ray.items()}

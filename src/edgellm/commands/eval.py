@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):    # checked even without a task file
+        raise EdgeLLMError("--max-new-tokens and --limit must be at least 1", "fix the flag")
     if args.task and args.task not in MODEL_TASKS:
         if not (args.task.endswith(".jsonl") or Path(args.task).is_file()):
             raise EdgeLLMError(f"--task '{args.task}' is neither a model kind nor a task file",
