@@ -2,8 +2,8 @@
 
 ``create_app(engine, config)`` builds the app around one ``Engine``. Each request is checked before it
 touches the model (API key → 401, body → 400, model name → 404, empty or too long prompt / ``max_tokens`` /
-context → 400, JSON schema → 400), then queued (full → 429), then answered as JSON or as server-sent
-events. Every error is an OpenAI error object ``{"error": {"message", "type", "param", "code"}}``, and
+context → 400, JSON schema → 400), then queued (full → 429; a request whose client goes away leaves the queue
+at once), then answered as JSON or as server-sent events. Every error is an OpenAI error object ``{"error": {"message", "type", "param", "code"}}``, and
 each request leaves one structured (JSON) log line (the key check and the log are ``middleware.py``). ``/health``
 reports the engine's job counts (``in_flight`` returns to 0 when idle). Running the app (uvicorn, logging setup, the CLI
 entry) lives in ``server.py``. Deliberately absent: embeddings, tools, logprobs, n > 1.
@@ -225,7 +225,7 @@ def create_app(engine: Engine, config: ServeConfig, *, openapi: bool = False):
             if time.monotonic() - checked > 0.25:      # tokens may arrive faster than that: check by the clock
                 checked = time.monotonic()
                 if await request.is_disconnected():
-                    job.cancelled.set()
+                    engine.cancel(job)                 # a job still queued frees its slot now
                     request.state.fields["finish_reason"] = "client_disconnected"
                     raise APIError(499, "the client disconnected", code="client_disconnected")
             if kind is None:
@@ -285,7 +285,7 @@ def create_app(engine: Engine, config: ServeConfig, *, openapi: bool = False):
                     break
             yield "data: [DONE]\n\n"
         finally:
-            job.cancelled.set()            # the client went away (or we are done): stop generating
+            engine.cancel(job)             # the client went away (or we are done): free the slot, stop generating
 
     class JobStream(StreamingResponse):
         """Server-sent events that stop their job however the response ends, also when the client leaves before
@@ -299,7 +299,7 @@ def create_app(engine: Engine, config: ServeConfig, *, openapi: bool = False):
             try:
                 await super().__call__(scope, receive, send)
             finally:
-                self.job.cancelled.set()
+                engine.cancel(self.job)
 
     async def _answer(request, req, prompt_ids, chunk, body):
         """Queue *prompt_ids*; stream ``chunk(...)`` objects, or wait and return ``body(text, result)``."""

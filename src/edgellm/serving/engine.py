@@ -2,13 +2,16 @@
 
 The web handlers (``app.py``) tokenize, validate and compile constraints, then ``Engine.submit`` a
 ``Job``. ``submit`` refuses at once with ``QueueFull`` when ``max_queue`` jobs are already waiting, so an
-overloaded device answers 429 instead of piling up work. The worker runs one job at a time through the
+overloaded device answers 429 instead of piling up work. The queue holds only live jobs: ``Engine.cancel`` (the
+handlers call it when a client goes away) takes a job that is still waiting out of the queue at once, under the
+same lock the worker takes a job with, so its slot is free for the next request and a job is either released or
+run, never both. The worker runs one job at a time through the
 Runtime interface (``Runtime.generate``), turns tokens into text (holding back bytes of an unfinished
 UTF-8 character and any tail that may be the start of a stop string) and hands events to the job's
 ``emit`` callback. Between tokens it checks the job's cancel flag (client gone) and deadline (timeout),
 so generation really stops. Every submitted job is accounted for: ``in_flight()`` (submitted and not yet
-answered, skipped or stopped) returns to 0 when the server is idle, and ``counts()`` says how many jobs were
-submitted, finished and cancelled (client gone), which ``/health`` reports so a leak is visible from outside.
+answered, released, skipped or stopped) returns to 0 when the server is idle, and ``counts()`` says how many jobs were
+submitted, finished and cancelled (client gone, while waiting or generating), which ``/health`` reports so a leak is visible from outside.
 Deliberately absent: batching several requests into one forward pass.
 """
 
@@ -16,9 +19,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -137,9 +140,10 @@ class Engine:
         self.stop_ids = stop_ids_of(tokenizer, getattr(runtime, "model", None))
         params = inspect.signature(runtime.generate).parameters
         self.supports_processor = "logits_processor" in params
-        self._queue: queue.Queue = queue.Queue()
-        self._waiting = 0
+        self._pending: deque[Job] = deque()      # live jobs waiting, oldest first; a cancelled one leaves at once
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
         # HF fast tokenizers are not safe to use from two threads at once (the handlers encode while
         # the worker decodes), so every use of the tokenizer goes through this lock
         self.tokenizer_lock = threading.Lock()
@@ -147,24 +151,29 @@ class Engine:
         self.busy = False
         self.served = 0
         self.submitted = 0                    # jobs accepted by submit()
-        self.finished = 0                     # of those, jobs the worker is done with (answered, skipped or stopped)
-        self.cancelled = 0                    # of those, jobs stopped or skipped because their client went away
+        self.finished = 0                     # of those, jobs done with (answered, released from the queue, or stopped)
+        self.cancelled = 0                    # of those, jobs released or stopped because their client went away
 
     # -- queue ----------------------------------------------------------------------------------
     def start(self) -> "Engine":
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="edgellm-engine", daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            with self._wake:                  # the worker answers the jobs already waiting, then exits
+                self._stopping = True
+                self._wake.notify()
             self._thread.join(timeout=30)
             self._thread = None
 
     def waiting(self) -> int:
-        return self._waiting
+        """Jobs in the queue (live ones: a cancelled job leaves it at once)."""
+        with self._lock:
+            return len(self._pending)
 
     def in_flight(self) -> int:
         """Jobs submitted and not yet finished (waiting or generating); 0 when the server is idle."""
@@ -179,15 +188,38 @@ class Engine:
         """
         with self._lock:
             return {"submitted": self.submitted, "finished": self.finished, "cancelled": self.cancelled,
-                    "in_flight": self.submitted - self.finished, "waiting": self._waiting, "busy": self.busy}
+                    "in_flight": self.submitted - self.finished, "waiting": len(self._pending), "busy": self.busy}
 
     def submit(self, job: Job) -> None:
-        with self._lock:
-            if self._waiting >= self.max_queue:
-                raise QueueFull(f"{self._waiting} requests are already waiting (max_queue={self.max_queue})")
-            self._waiting += 1
+        """Queue *job* for the worker; ``QueueFull`` when ``max_queue`` live jobs are already waiting.
+
+        >>> eng.submit(Job(ids, 16, emit))            # doctest: +SKIP
+        """
+        with self._wake:
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are already waiting (max_queue={self.max_queue})")
+            self._pending.append(job)
             self.submitted += 1
-        self._queue.put(job)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> bool:
+        """Stop *job* because its client went away. A job still waiting leaves the queue now (counted finished and
+        cancelled, nothing emitted, its slot free for the next request); a running one stops at its next token; a
+        finished one is left as it is. Returns True when the job was released from the queue. The worker takes
+        jobs under the same lock, so a job is released or run, never both.
+
+        >>> eng.cancel(job)                           # doctest: +SKIP
+        True
+        """
+        job.cancelled.set()                   # first: a job the worker has just taken sees it before its first token
+        with self._lock:
+            for i, queued in enumerate(self._pending):
+                if queued is job:
+                    del self._pending[i]
+                    self.finished += 1
+                    self.cancelled += 1
+                    return True
+        return False
 
     def _done(self, cancelled: bool = False) -> None:
         with self._lock:
@@ -196,12 +228,13 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            with self._lock:
-                self._waiting -= 1
-            if job.cancelled.is_set():
+            with self._wake:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if not self._pending:
+                    return
+                job = self._pending.popleft()
+            if job.cancelled.is_set():        # cancelled without Engine.cancel, or just after the worker took it
                 self._done(cancelled=True)
                 continue
             started = time.monotonic()
