@@ -1,24 +1,28 @@
 """``edgellm optimize`` locally and on Ray on this machine, and a projection of a larger search onto N nodes.
 
-One setting per invocation (resumable), each a fresh search with its own empty cache, on the default search space
-plus the GPTQ recipes:
+One setting per invocation (a failed one is re-run alone), each a fresh search with its own empty cache, on the
+default search space plus the GPTQ recipe (``--recipes`` changes the space), with a 180-minute time budget that no
+setting should reach (the table counts skipped steps):
 
     .venv/bin/python -m bench.ray_scaling --setting local      # in-process, --threads 2
-    .venv/bin/python -m bench.ray_scaling --setting ray-1x2    # a private Ray instance: 1 worker x 2 threads
-    .venv/bin/python -m bench.ray_scaling --setting ray-2x1    #                          2 workers x 1 thread
-    .venv/bin/python -m bench.ray_scaling --report             # the table, the projection and the plot
+    .venv/bin/python -m bench.ray_scaling --setting ray-1x2    # a private Ray instance: tasks of 2 threads
+    .venv/bin/python -m bench.ray_scaling --setting ray-2x1    #                          tasks of 1 thread
+    .venv/bin/python -m bench.ray_scaling --report             # the tables, the projection and the plot
 
-Each setting stores its optimize folder's results.json under ``bench/results/raw/ray_scaling.<setting>.json``;
-``--report`` writes ``bench/results/ray_scaling.json`` (rendered into docs/benchmarks.md) and
-``docs/img/ray_scaling.png``. Measured per setting: wall time, time per stage (build + screen, export + full
-protocol, speed, the driver's own steps), and the fraction of wall time spent in the serialized speed
-measurements. **Projection** (not a measurement) for 5 models x 15 recipes on 1, 4, 16 and 64 nodes like this one,
-from the Ray run's recorded task durations: the parallel phase takes max(work / task slots, critical path) (work:
-the mean (model, recipe) unit's task time x 75 units; critical path: the longest unit's screen + its longest full
-protocol), plus the serialized stage that does not scale: the speed measurements (5 x this run's, one node) and the
-driver's steps (reference quality per model, pick, export, report). ``--model`` and extra ``optimize`` arguments
-after ``--`` let a tiny model check the script end to end. Deliberately absent: a real multi-node measurement (one
-machine here) and GPU nodes.
+On a 2-CPU machine the Ray settings are 1 worker x 2 threads and 2 workers x 1 thread (the table shows the
+cluster's CPUs and the workers that follow). Each setting stores its optimize folder's results.json, trimmed, as
+``bench/results/raw/ray_scaling.<setting>.json`` (``--raw-dir``); ``--report`` writes
+``bench/results/ray_scaling.json`` (``--out``; rendered into docs/benchmarks.md) and ``docs/img/ray_scaling.png``
+(``--img-dir``). Measured per setting: wall time of the whole ``edgellm optimize`` process (Ray's start included),
+time per stage (build + screen, export + full protocol, speed, the driver's own steps) and the fraction of wall time
+spent in the serialized speed measurements. **Projection** (not a measurement) for 5 models x 15 recipes on 1, 4,
+16 and 64 nodes like this one, from a Ray run's recorded task durations (ray-2x1's, else ray-1x2's): the parallel
+phase takes max(work / task slots, critical path) (work: the mean (model, recipe) unit's task time x 75 units;
+critical path: the longest unit's screen + its longest full protocol), plus the serialized stage that does not scale:
+the speed measurements (this run's per unit, x 75 units, on the one bench node) and the driver's steps (reference
+quality, pick, export, report: this run's x 5 models). ``--model``, ``--recipes`` and extra ``optimize`` arguments
+after ``--`` let a tiny model check the script end to end (tests/bench_scripts/test_ray_scaling_dry.py).
+Deliberately absent: a real multi-node measurement (one machine here) and GPU nodes.
 """
 
 from __future__ import annotations
@@ -31,13 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._common import RESULTS, ROOT, stamp, write_result
+from bench._common import RESULTS, ROOT, repo_relative, stamp, write_result
+from edgellm.fileio import write_json
 
 SETTINGS = {"local": ("local", 2), "ray-1x2": ("ray", 2), "ray-2x1": ("ray", 1)}   # executor, threads per task
 GPTQ = ("w4-gptq-g32-sym-fast",)
+BUDGET_MINUTES = 180           # far above any setting's wall time: a budget cut would leave rows skipped
 NODES = (1, 4, 16, 64)
 PROJECTED = (5, 15)            # models x recipes
-RAW = RESULTS / "raw"
+PROJECTION_TITLE = f"PROJECTION (not measured): {PROJECTED[0]} models x {PROJECTED[1]} recipes on N nodes like this one"
+MEASURED_TITLE = "Measured on this machine: one search per setting, empty cache each"
 
 
 def stage_of(step: str) -> str:
@@ -72,33 +79,49 @@ def stages(result: dict) -> dict:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def run_setting(name: str, model: str, extra: list[str]) -> None:
-    executor, threads = SETTINGS[name]
-    recipes = [str(ROOT / f"recipes/{r}.yaml") for r in GPTQ]
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "edgellm.cli", "optimize", "--model", model, "--executor", executor,
-               "--threads", str(threads), "--cache", f"{tmp}/cache", "--out", f"{tmp}/out", "--no-progress",
-               "--recipes", *default_recipes(), *recipes, *extra]
-        t0 = time.time()
-        rc = subprocess.run(cmd).returncode
-        wall = time.time() - t0
-        if rc not in (0, 2):
-            raise SystemExit(f"bench.ray_scaling: the {name} search failed (exit {rc}); nothing recorded")
-        result = json.loads(Path(f"{tmp}/out/results.json").read_text())
-    RAW.mkdir(parents=True, exist_ok=True)
-    keep = {k: result[k] for k in ("rows", "chosen", "steps", "timings", "executor", "elapsed_s", "budget")}
-    keep.update(setting=name, threads=threads, wall_s=wall, model=model, extra=extra,
-                measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    (RAW / f"ray_scaling.{name}.json").write_text(json.dumps(keep, indent=1))
+def recipe_paths(names: list[str]) -> list[str]:
+    """Recipe files for *names*: a path as given, a name as ``recipes/<name>.yaml``.
+
+    >>> recipe_paths(["fp32"])[0].endswith("recipes/fp32.yaml")
+    True
+    """
+    out = []
+    for n in names:
+        p = Path(n) if n.endswith((".yaml", ".yml")) else ROOT / "recipes" / f"{n}.yaml"
+        if not p.is_file():
+            raise SystemExit(f"bench.ray_scaling: no recipe file {p}")
+        out.append(str(p))
+    return out
 
 
 def default_recipes() -> list[str]:
-    """The default LM space's recipe files (``--recipes`` replaces the default space, so it is passed in full)."""
+    """The default LM space's recipe names plus ``GPTQ`` (``--recipes`` replaces the default space, so the
+    script passes it in full)."""
     from edgellm.optimization.config import OptimizeConfig
     from edgellm.optimization.space import search_recipes
 
-    names = [r.name for r in search_recipes(OptimizeConfig())]
-    return [str(p) for n in names if (p := ROOT / f"recipes/{n}.yaml").is_file()]
+    return [r.name for r in search_recipes(OptimizeConfig())] + list(GPTQ)
+
+
+def run_setting(name: str, model: str, recipes: list[str], extra: list[str], raw: Path) -> Path:
+    """Run one setting's search in a fresh ``edgellm optimize`` process with an empty cache; returns its record."""
+    executor, threads = SETTINGS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "edgellm.cli", "optimize", "--model", model, "--executor", executor,
+               "--threads", str(threads), "--cache", f"{tmp}/cache", "--out", f"{tmp}/out", "--no-progress",
+               "--budget-minutes", str(BUDGET_MINUTES), "--recipes", *recipe_paths(recipes), *extra]
+        t0 = time.time()
+        rc = subprocess.run(cmd).returncode
+        wall = time.time() - t0
+        found = Path(f"{tmp}/out/results.json")
+        if rc not in (0, 2) or not found.is_file():      # 2 with results: no candidate met the constraints
+            raise SystemExit(f"bench.ray_scaling: the {name} search failed (exit {rc}); nothing recorded")
+        result = json.loads(found.read_text())
+    keep = {k: result[k] for k in ("rows", "chosen", "steps", "timings", "executor", "elapsed_s", "budget", "recipes")}
+    keep.update(setting=name, threads=threads, wall_s=round(wall, 2), model=repo_relative(model),
+                extra=[repo_relative(e) for e in extra], measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    raw.mkdir(parents=True, exist_ok=True)
+    return write_json(raw / f"ray_scaling.{name}.json", keep)
 
 
 def projection(ray_run: dict) -> tuple[list[dict], dict]:
@@ -109,7 +132,8 @@ def projection(ray_run: dict) -> tuple[list[dict], dict]:
     for t in tasks:
         if t["kind"] == "speed":
             continue
-        unit = t["task"].split()[1]                           # the recipe name
+        name = t["task"].split()
+        unit = f"{name[1]} {name[-1]}"                           # the recipe and the [model]
         u = units.setdefault(unit, {"screen": 0.0, "full": [0.0]})
         if t["kind"] == "screen":
             u["screen"] += t["end"] - t["start"]
@@ -119,7 +143,7 @@ def projection(ray_run: dict) -> tuple[list[dict], dict]:
     chain = max(u["screen"] + max(u["full"]) for u in units.values())
     n_units = PROJECTED[0] * PROJECTED[1]
     total_work = sum(work) / len(work) * n_units
-    speed = sum(t["end"] - t["start"] for t in tasks if t["kind"] == "speed") * PROJECTED[0]
+    speed = sum(t["end"] - t["start"] for t in tasks if t["kind"] == "speed") / len(units) * n_units
     driver = stages(ray_run).get("driver", 0.0) * PROJECTED[0]
     rows = []
     for n in NODES:
@@ -128,48 +152,62 @@ def projection(ray_run: dict) -> tuple[list[dict], dict]:
                      "serialized speed (min)": round(speed / 60, 1), "driver (min)": round(driver / 60, 1),
                      "projected wall (min)": round((parallel + speed + driver) / 60, 1)})
     basis = {"units_measured": len(units), "mean_unit_work_s": round(sum(work) / len(work), 1),
-             "critical_path_s": round(chain, 1), "slots_per_node": slots_per_node}
+             "critical_path_s": round(chain, 1), "slots_per_node": slots_per_node,
+             "speed_per_unit_s": round(speed / n_units, 1), "driver_per_model_s": round(driver / PROJECTED[0], 1)}
     return rows, basis
 
 
-def report() -> None:
-    runs = {n: json.loads((RAW / f"ray_scaling.{n}.json").read_text()) for n in SETTINGS
-            if (RAW / f"ray_scaling.{n}.json").is_file()}
+def measured_row(name: str, r: dict) -> dict:
+    """One setting's row of the measured table."""
+    st = stages(r)
+    ex = r["executor"]
+    cpus = ex.get("cluster", {}).get("cpus")
+    speed = st.get("speed", 0.0)
+    return stamp({"setting": name, "threads per task": r["threads"],
+                  "workers": int(cpus // r["threads"]) if cpus else 1, "cluster CPUs": cpus,
+                  "wall (min)": round(r["wall_s"] / 60, 2), **{f"{k} (s)": v for k, v in sorted(st.items())},
+                  "speed share of wall": f"{100 * speed / r['wall_s']:.1f}%",
+                  "tasks": len(ex.get("tasks", [])) or None, "retries": ex.get("retries"),
+                  "skipped": len(r["budget"]["skipped"]),
+                  "pick": (r.get("chosen") or {}).get("label")}, r["measured_at"])
+
+
+def report(raw: Path, out: Path, img_dir: Path) -> Path:
+    """Write the measured table, the projection table and its plot from the settings recorded in *raw*."""
+    runs = {n: json.loads((raw / f"ray_scaling.{n}.json").read_text()) for n in SETTINGS
+            if (raw / f"ray_scaling.{n}.json").is_file()}
     if not runs:
         raise SystemExit("bench.ray_scaling: no setting measured yet (run --setting local first)")
-    measured = []
-    for name, r in runs.items():
-        st = stages(r)
-        speed = sum(t["end"] - t["start"] for t in r["executor"].get("tasks", []) if t["kind"] == "speed") \
-            if r["executor"]["executor"] == "ray" else st.get("speed", 0.0)
-        measured.append(stamp({"setting": name, "threads per task": r["threads"], "wall (min)": round(r["wall_s"] / 60, 2),
-                               **{f"{k} (s)": v for k, v in sorted(st.items())},
-                               "speed share of wall": f"{100 * speed / r['wall_s']:.1f}%",
-                               "pick": (r.get("chosen") or {}).get("label")}, r["measured_at"]))
-    tables = [{"title": "Measured on this machine (one search per setting, empty cache each)",
+    measured = [measured_row(n, r) for n, r in runs.items()]
+    tables = [{"title": MEASURED_TITLE,
                "columns": sorted({c for row in measured for c in row if c != "measured_at"}, key=_col_order),
                "rows": measured,
-               "notes": ["Ray stage times are the tasks' own durations summed over workers (they overlap in wall time)."]}]
+               "notes": ["Ray stage times are the tasks' own durations summed over workers (they overlap in wall "
+                         "time); the local search's are its steps. Wall time is the whole optimize process, Ray's "
+                         "start included.",
+                         f"Recipes: {', '.join(next(iter(runs.values()))['recipes'])}."]}]
     plots = []
     ray_run = runs.get("ray-2x1") or runs.get("ray-1x2")
     if ray_run is not None:
         proj, basis = projection(ray_run)
-        tables.append({"title": f"PROJECTION (not measured): {PROJECTED[0]} models x {PROJECTED[1]} recipes on N nodes "
-                                 f"like this one, from the {ray_run['setting']} run",
-                       "columns": list(proj[0]), "rows": proj,
-                       "notes": [f"basis: {json.dumps(basis)}; parallel phase = max(work / slots, critical path); "
-                                 "speed measurements stay serialized on the one bench node"]})
-        plots.append(plot(proj))
-    write_result("ray_scaling", {"title": "optimize on Ray: local vs Ray on this machine, and a projection",
-                                 "description": __doc__.split("\n\n")[0], "tables": tables, "plots": plots})
+        tables.append({"title": PROJECTION_TITLE, "columns": list(proj[0]), "rows": proj,
+                       "notes": [f"From the {ray_run['setting']} run; basis: {json.dumps(basis)}.",
+                                 "parallel phase = max(work / task slots, critical path); the speed measurements "
+                                 "stay serialized on the one bench node; a projection, not a measurement."]})
+        plots.append(plot(proj, img_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_result(out, {"title": "optimize on Ray: local vs Ray on this machine, and a projection",
+                              "description": __doc__.split("\n\n")[0], "tables": tables, "plots": plots})
 
 
 def _col_order(c: str) -> tuple:
-    first = ["setting", "threads per task", "wall (min)"]
-    return (first.index(c) if c in first else len(first), c)
+    first = ["setting", "threads per task", "workers", "cluster CPUs", "wall (min)"]
+    last = ["speed share of wall", "tasks", "retries", "skipped", "pick"]
+    return (first.index(c) if c in first else len(first) + 1 + last.index(c) if c in last else len(first), c)
 
 
-def plot(rows: list[dict]) -> str:
+def plot(rows: list[dict], img_dir: Path) -> str:
+    """The projection as a log-log plot of wall time over nodes; returns its repository-relative path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,29 +219,36 @@ def plot(rows: list[dict]) -> str:
     ax.plot(n, [r["serialized speed (min)"] + r["driver (min)"] for r in rows], "--", label="serialized floor")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(n, [str(x) for x in n])
     ax.set_xlabel("nodes")
     ax.set_ylabel("minutes")
-    ax.set_title(f"PROJECTION: {PROJECTED[0]} models x {PROJECTED[1]} recipes")
+    ax.set_title(f"PROJECTION (not measured): {PROJECTED[0]} models x {PROJECTED[1]} recipes")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = ROOT / "docs/img/ray_scaling.png"
-    fig.savefig(out, dpi=110)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / "ray_scaling.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return str(out.relative_to(ROOT))
+    return repo_relative(str(path))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=list(SETTINGS))
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--model", default="smollm2-135m")
-    args, extra = ap.parse_known_args()
+    ap.add_argument("--recipes", nargs="+", default=None, help="recipe names or files (default: the default "
+                    f"space + {', '.join(GPTQ)})")
+    ap.add_argument("--raw-dir", type=Path, default=RESULTS / "raw")
+    ap.add_argument("--out", type=Path, default=RESULTS / "ray_scaling.json")
+    ap.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
+    args, extra = ap.parse_known_args(argv)
     extra = [e for e in extra if e != "--"]
     if args.setting:
-        run_setting(args.setting, args.model, extra)
+        run_setting(args.setting, args.model, args.recipes or default_recipes(), extra, args.raw_dir)
     if args.report or not args.setting:
-        report()
+        report(args.raw_dir, args.out, args.img_dir)
 
 
 if __name__ == "__main__":

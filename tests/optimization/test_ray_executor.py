@@ -91,16 +91,27 @@ def test_ray_rows_and_pick_equal_the_local_search(runs):
 
 def test_a_worker_killed_mid_build_is_retried(runs):
     assert (runs["hook"] / "killed").exists() and not (runs["hook"] / "kill").exists()
-    tasks = runs["killed"]["executor"]["tasks"]
-    # the hook wrote "killed" and then SIGKILLed the worker inside the first attempt of one build, and that row
-    # still finished below: so Ray re-ran it. The attempt counter (a fire-and-forget report to an actor, see
-    # ray_exec._run) can lose the killed attempt's report, so it is checked only for what it must never claim.
-    retried = [t for t in tasks if t["attempts"] > 1]
-    assert len(retried) <= 1 and all(t["kind"] == "screen" for t in retried)
+    ex = runs["killed"]["executor"]
+    # the hook killed the worker inside the first attempt of exactly one build: the driver saw that attempt die in
+    # its ObjectRef and resubmitted it once; every other task ran once
+    retried = [t for t in ex["tasks"] if t["attempts"] != 1]
+    assert len(retried) == 1, retried
+    (t,) = retried
+    assert t["kind"] == "screen" and t["attempts"] == 2
+    assert [d["attempt"] for d in t["died"]] == [1] and "WorkerCrashedError" in t["died"][0]["error"]
+    assert 0 < t["died"][0]["seen_at"] <= t["start"]          # seen dead before the second attempt started
+    assert ex["retries"] == 1 and ex["failed_tasks"] == []
+    assert runs["ray"]["executor"]["retries"] == 0 and all(x["attempts"] == 1 for x in runs["ray"]["executor"]["tasks"])
+    # the killed build's full protocols waited on it and ran once, after its second attempt
+    name = t["task"].split()[1]
+    fulls = [x for x in ex["tasks"] if x["kind"] == "full" and x["task"].split()[1] == name]
+    assert fulls and all(x["attempts"] == 1 and x["start"] >= t["end"] - 0.05 for x in fulls)
+    assert len(ex["tasks"]) == len(runs["ray"]["executor"]["tasks"])
     killed, ray = _rows(runs["killed"]), _rows(runs["ray"])
     assert {k: (r["status"], r["quality_loss"]) for k, r in killed.items()} == \
         {k: (r["status"], r["quality_loss"]) for k, r in ray.items()}
     assert runs["killed"]["chosen"]["label"] == runs["ray"]["chosen"]["label"]
+    assert (runs["base"] / "out-killed" / "timeline.svg").is_file()
 
 
 def _one_line_exit_2(code, err, *words):

@@ -26,11 +26,19 @@ def test_stages_count_tasks_once():
 
 def test_projection_is_work_over_slots_or_the_critical_path_plus_the_serial_stage():
     rows, basis = projection(RUN)
-    assert basis == {"units_measured": 2, "mean_unit_work_s": 35.0, "critical_path_s": 40.0, "slots_per_node": 2}
+    assert basis == {"units_measured": 2, "mean_unit_work_s": 35.0, "critical_path_s": 40.0, "slots_per_node": 2,
+                     "speed_per_unit_s": 3.0, "driver_per_model_s": 10.0}
     by = {r["nodes"]: r for r in rows}
-    # 75 units x 35 s of work on 2 slots; the serial part: 5 x (6 s speed + 10 s driver)
-    assert by[1]["projected wall (min)"] == pytest.approx(round((75 * 35 / 2 + 30 + 50) / 60, 1))
+    # 75 units x 35 s of work on 2 slots; the serial part: 75 units x 3 s of speed per unit + 5 models x 10 s driver
+    assert by[1]["projected wall (min)"] == pytest.approx(round((75 * 35 / 2 + 75 * 3 + 50) / 60, 1))
     assert by[64]["parallel phase (min)"] == pytest.approx(round(40 / 60, 1))      # bound by the critical path
-    assert by[64]["projected wall (min)"] == pytest.approx(round((40 + 80) / 60, 1))
+    assert by[64]["projected wall (min)"] == pytest.approx(round((40 + 225 + 50) / 60, 1))
     walls = [r["projected wall (min)"] for r in rows]
     assert walls == sorted(walls, reverse=True)
+
+
+def test_units_are_recipe_and_model():
+    two = {**RUN, "executor": {**RUN["executor"], "tasks": RUN["executor"]["tasks"] + [
+        _task("screen a [n]", "screen", 0, 10), _task("full a (torch) [n]", "full", 10, 30)]}}
+    _, basis = projection(two)
+    assert basis["units_measured"] == 3 and basis["mean_unit_work_s"] == pytest.approx(round(100 / 3, 1))

@@ -11,12 +11,15 @@ cluster without ``--cache DIR`` (artifacts travel through that folder, which eve
 runtime) (export + verification + full protocol), each asking for ``threads`` CPUs and the cost model's RAM
 prediction. A screen far beyond the quality budget ``ray.cancel``s its candidate's downstream tasks (one that has
 already started returns at once). When the time budget runs out, tasks not started yet are cancelled and their rows
-listed as skipped; running ones finish. A task whose worker dies is retried (``max_retries``); one that keeps
-failing, or raises, marks its rows ``failed`` with the reason. The driver alone writes the cache entries, from the
+listed as skipped; running ones finish. A task whose worker dies (``died_errors``) is resubmitted by the driver, up
+to ``RETRIES`` times, with the tasks that wait on it; Ray's own ``max_retries`` is 0, so the driver sees every dead
+attempt in the task's ObjectRef and counts it exactly. One that keeps dying, or raises, marks its rows ``failed``
+with the reason and its attempt count. The driver alone writes the cache entries, from the
 fields each task returns, so the cache stays keyed as in a local run and the two share results. ``speed`` runs
 ``deploy.row_speed`` as a task that needs ``edgellm_bench: 1``: one at a time, after every other task has ended.
-The progress bar shows the cluster's tasks (running, queued, done); ``summary`` is the timeline for the report (one
-lane per worker process, a bar per task and attempt).
+The progress bar shows the cluster's tasks (running, queued, done, retried); ``summary`` is the timeline for the
+report (one lane per worker process, a bar per finished task with its attempts and the dead ones' failures), the
+search's retry count and the tasks that ended without a result.
 Deliberately absent: moving artifacts through Ray's object store (a multi-node cluster needs the shared cache
 folder), GPUs, and autoscaling.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 
 from ..errors import EdgeLLMError
 from .pick import same_weights_dominator
@@ -33,7 +37,7 @@ from .tasks import Context, full_row, screen_unit, speed_row
 from .stages import why
 
 BENCH = "edgellm_bench"
-RETRIES = 2           # a task whose worker dies runs up to 1 + RETRIES times
+RETRIES = 2           # a task whose worker dies runs up to 1 + RETRIES times (the driver resubmits it)
 
 
 def import_ray():
@@ -44,6 +48,13 @@ def import_ray():
         raise EdgeLLMError("--executor ray needs Ray, which is not installed",
                            "pip install 'edgellm[ray]', or use --executor local") from None
     return ray
+
+
+def died_errors(ray) -> tuple:
+    """The Ray errors that mean a task's worker (or its node) died under it, which the driver retries; any other
+    error (a cancel, a failed upstream) is the task's outcome."""
+    ex = ray.exceptions
+    return (ex.WorkerCrashedError, ex.NodeDiedError, ex.OutOfMemoryError, ex.LocalRayletDiedError)
 
 
 def start_local(num_cpus: int | None = None):
@@ -100,17 +111,18 @@ def check_cluster(nodes: list[dict], driver_node: str, cache: str | None) -> dic
 
 
 def _run(board, key, fn, *args):
-    """A task's body: report its start to the board (for progress and the attempt count), then run *fn*.
+    """A task's body: report its start to the board (for the progress bar), then run *fn*.
 
     The report is not waited for: a task blocked in ``ray.get`` lends its CPUs to the next queued task, which
-    would then run beside it.
+    would then run beside it. So the board may miss an attempt whose worker dies at once; attempts are counted by
+    the driver (``_Task.attempts``), never from the board.
     """
     board.started.remote(key)
     return fn(*args)
 
 
 class _Board:
-    """Which tasks have started (and how often: retries), for the progress bar and the timeline."""
+    """Which tasks have started, for the progress bar (running vs queued) and the budget (not started yet)."""
 
     def __init__(self):
         self.starts: dict[str, int] = {}
@@ -120,6 +132,26 @@ class _Board:
 
     def snapshot(self) -> dict:
         return dict(self.starts)
+
+
+@dataclass(eq=False)
+class _Task:
+    """One unit of work on the cluster as the driver submitted it, with its attempts."""
+
+    kind: str                          # screen (build + screen), full (export + full protocol), speed
+    key: str
+    rows: list
+    fn: object
+    args: tuple
+    memory: int = 0
+    bench: bool = False
+    entry: tuple = ()                  # (spec, recipe) whose cache entry the result's fields update
+    upstream: "_Task | None" = None    # a full protocol's screen: its result is the last argument
+    downstream: list = field(default_factory=list)
+    ref: object = None                 # the live attempt
+    attempts: int = 0                  # attempts that ran or are queued (a dead worker's resubmission adds one)
+    died: list = field(default_factory=list)    # the dead attempts: {"attempt", "seen_at", "error"}
+    dropped: bool = False              # cancelled by the driver (a rejected screen, the time budget)
 
 
 class RayExecutor:
@@ -134,6 +166,9 @@ class RayExecutor:
         self.t0 = time.time()
         self.cluster: dict = {}
         self.timeline: list[dict] = []
+        self.failed: list[dict] = []  # tasks that ended without a result: every attempt's worker died, or an error
+        self.retries = 0              # resubmissions after a dead worker, over the whole search
+        self.live: dict = {}          # ObjectRef of a live attempt -> its _Task
         self.outcomes: dict[str, dict[int, tuple]] = {"screen": {}, "full": {}}
         self.ctx = None
 
@@ -159,6 +194,7 @@ class RayExecutor:
         self.node_memory = max(n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive"))
         self.board = ray.remote(num_cpus=0)(_Board).remote()
         self.remote = ray.remote(_run)
+        self.died_errors = died_errors(ray)
         self.t0 = time.time()
 
     def close(self) -> None:
@@ -166,18 +202,55 @@ class RayExecutor:
             self.ray.shutdown()
             self.owned = False
 
-    def _submit(self, key: str, fn, args: tuple, memory: int = 0, bench: bool = False):
-        opts = {"num_cpus": self.cfg.threads, "max_retries": RETRIES, "name": key}
-        if memory:
-            opts["memory"] = int(min(memory, 0.9 * self.node_memory))
-        if bench:
+    def _submit(self, task: _Task, new_attempt: bool = True) -> None:
+        """Submit *task* (again): Ray's own retries are off, the driver resubmits, so it counts every attempt."""
+        opts = {"num_cpus": self.cfg.threads, "max_retries": 0, "retry_exceptions": False, "name": task.key}
+        if task.memory:
+            opts["memory"] = int(min(task.memory, 0.9 * self.node_memory))
+        if task.bench:
             opts["resources"] = {BENCH: 1}
-        return self.remote.options(**opts).remote(self.board, key, fn, *args)
+        args = task.args + ((task.upstream.ref,) if task.upstream is not None else ())
+        task.ref = self.remote.options(**opts).remote(self.board, task.key, task.fn, *args)
+        task.attempts += new_attempt
+        self.live[task.ref] = task
 
-    def _record(self, key: str, kind: str, out: dict, attempts: int) -> None:
-        self.timeline.append({"task": key, "kind": kind, "lane": f"{out['host']}:{out['pid']}",
-                              "start": round(out["start"] - self.t0, 3), "end": round(out["end"] - self.t0, 3),
-                              "attempts": attempts})
+    def _retry(self, task: _Task, error: Exception) -> bool:
+        """Resubmit *task* when its worker died and it has attempts left, with its downstream tasks (their
+        attempt waited on the dead one's result and never ran); False otherwise."""
+        if task.dropped or not isinstance(error, self.died_errors):
+            return False
+        task.died.append({"attempt": task.attempts, "seen_at": round(time.time() - self.t0, 3), "error": why(error)})
+        if task.attempts > RETRIES:
+            return False
+        self.retries += 1
+        self._submit(task)
+        for d in task.downstream:
+            if not d.dropped:
+                self.live.pop(d.ref, None)
+                self.ray.cancel(d.ref)
+                self._submit(d, new_attempt=False)
+        return True
+
+    def _fail(self, task: _Task, error: Exception) -> str:
+        """Record a task that ended without a result; returns the reason its rows get."""
+        reason = f"{why(error)} (after {task.attempts} attempt(s))"
+        self.failed.append({"task": task.key, "kind": task.kind, "attempts": task.attempts, "error": why(error),
+                            "died": task.died})
+        return reason
+
+    def _record(self, task: _Task, out: dict) -> None:
+        t = {"task": task.key, "kind": task.kind, "lane": f"{out['host']}:{out['pid']}",
+             "start": round(out["start"] - self.t0, 3), "end": round(out["end"] - self.t0, 3),
+             "attempts": task.attempts}
+        if task.died:
+            t["died"] = task.died
+        self.timeline.append(t)
+
+    def _drop(self, tasks) -> None:
+        for t in tasks:
+            if not t.dropped:
+                t.dropped = True
+                self.ray.cancel(t.ref)      # a started full protocol returns at once (full_row sees the screen)
 
     def prefetch(self, search) -> None:
         """Run every build, screen and full protocol of the planned rows on the cluster, filling the cache."""
@@ -186,8 +259,7 @@ class RayExecutor:
         search.step("ray: build, screen and full protocol on the cluster")
         live = search.live()
         others_exist = any(r.runtime != "torch" for r in live)
-        jobs: dict = {}           # ref -> (kind, key, rows, spec, recipe)
-        downstream: dict = {}     # screen ref -> its full refs
+        tasks: list[_Task] = []
         for spec in cfg.models:
             for recipe in search.recipes:
                 rows = [r for r in live if r.model == spec and r.recipe == recipe.name]
@@ -198,10 +270,10 @@ class RayExecutor:
                     continue
                 e, folder = search.entries.get(spec, recipe), str(search.entries.folder(spec, recipe))
                 mem = self._memory(search, rows)
-                key = f"screen {recipe.name} [{os.path.basename(spec)}]"
-                sref = self._submit(key, screen_unit, (self.ctx, spec, recipe.name, rows, e, folder), mem)
-                jobs[sref] = ("screen", key, rows, spec, recipe)
-                downstream[sref] = []
+                screen = _Task("screen", f"screen {recipe.name} [{os.path.basename(spec)}]", rows, screen_unit,
+                               (self.ctx, spec, recipe.name, rows, e, folder), mem, entry=(spec, recipe))
+                self._submit(screen)
+                tasks.append(screen)
                 order = sorted(rows, key=lambda r: (not search.is_base(r), others_exist and r.runtime == "torch",
                                                     search.predicted_rank(r)))
                 dominated = set()
@@ -210,55 +282,55 @@ class RayExecutor:
                     if not search.is_base(row) and same_weights_dominator(row, rest, cfg.dominance_margin) is not None:
                         dominated.add(id(row))
                         continue
-                    fkey = f"full {recipe.name} ({row.runtime}) [{os.path.basename(spec)}]"
-                    fref = self._submit(fkey, full_row, (self.ctx, row, e, folder, sref), mem)
-                    jobs[fref] = ("full", fkey, [row], spec, recipe)
-                    downstream[sref].append(fref)
-        self._drain(search, jobs, downstream)
+                    full = _Task("full", f"full {recipe.name} ({row.runtime}) [{os.path.basename(spec)}]", [row],
+                                 full_row, (self.ctx, row, e, folder), mem, entry=(spec, recipe), upstream=screen)
+                    self._submit(full)
+                    screen.downstream.append(full)
+                    tasks.append(full)
+        self._drain(search, tasks)
 
-    def _drain(self, search, jobs: dict, downstream: dict) -> None:
-        """Collect the tasks as they end; cancel what a rejection or the time budget makes useless."""
+    def _drain(self, search, tasks: list[_Task]) -> None:
+        """Collect the tasks as they end; resubmit those whose worker died; cancel what a rejection or the time
+        budget makes useless."""
         ray = self.ray
-        pending, done, cancelled = set(jobs), 0, set()
-        budget_out = False
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+        done, budget_out = 0, False
+        while self.live:
+            ready, _ = ray.wait(list(self.live), num_returns=len(self.live), timeout=0.5)
             starts = ray.get(self.board.snapshot.remote())
-            for ref in ready:
-                pending.discard(ref)
-                done += 1
-                kind, key, rows, spec, recipe = jobs[ref]
+            # screens first: a dead screen's downstream attempts fail with it and are resubmitted by its retry
+            for ref in sorted(ready, key=lambda r: getattr(self.live.get(r), "kind", "") != "screen"):
+                task = self.live.pop(ref, None)
+                if task is None:
+                    continue                # an attempt superseded by its upstream's retry
                 try:
                     out = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 — a dead worker past its retries, or our own cancel
-                    if ref not in cancelled:
-                        self._outcome(kind, rows, "failed", f"{why(e)} (after {starts.get(key, 0)} attempt(s))")
-                        for f in downstream.get(ref, []):
-                            ray.cancel(f)
-                            cancelled.add(f)
+                except Exception as e:  # noqa: BLE001 — a dead worker, our own cancel, or a failed upstream
+                    if self._retry(task, e):
+                        continue
+                    done += 1
+                    if not task.dropped:
+                        self._outcome(task.kind, task.rows, "failed", self._fail(task, e))
+                        self._drop(task.downstream)
                     continue
-                self._record(key, kind, out, starts.get(key, 1))
+                done += 1
+                self._record(task, out)
                 if out.get("fields"):
-                    search.entries.get(spec, recipe).update(out["fields"])
-                    search.entries.save(spec, recipe)
+                    search.entries.get(*task.entry).update(out["fields"])
+                    search.entries.save(*task.entry)
                 if out.get("error"):
-                    self._outcome(kind, rows, "failed", out["error"])
-                if kind == "screen" and (out.get("error") or out.get("rejected")):
-                    for f in downstream[ref]:
-                        ray.cancel(f)       # a started one returns at once (full_row sees the screen)
-                        cancelled.add(f)
-            if pending and not budget_out and not search.budget.fits():
+                    self._outcome(task.kind, task.rows, "failed", out["error"])
+                if task.kind == "screen" and (out.get("error") or out.get("rejected")):
+                    self._drop(task.downstream)
+            if self.live and not budget_out and not search.budget.fits():
                 budget_out = True
-                for ref in pending:
-                    kind, key, rows, _, _ = jobs[ref]
-                    if key not in starts and ref not in cancelled:
-                        ray.cancel(ref)
-                        cancelled.add(ref)
-                        self._outcome(kind, rows, "skipped", "time budget: not started before the budget ran out")
-            running = sum(1 for r in pending if jobs[r][1] in starts)
+                for t in tasks:
+                    if t.ref in self.live and t.key not in starts and not t.dropped:
+                        self._drop([t])
+                        self._outcome(t.kind, t.rows, "skipped", "time budget: not started before the budget ran out")
+            running = sum(1 for t in self.live.values() if t.key in starts)
             if search.step.bar is not None:
-                search.step.bar.set_postfix_str(f"ray: {running} running, {len(pending) - running} queued, "
-                                                f"{done} done")
+                search.step.bar.set_postfix_str(f"ray: {running} running, {len(self.live) - running} queued, "
+                                                f"{done} done, {self.retries} retried")
 
     def _memory(self, search, rows) -> int:
         """Bytes a build-and-score task asks for: the fp32 base twice (load + compressed copy) plus the largest
@@ -287,11 +359,23 @@ class RayExecutor:
         key = f"speed {row.recipe} ({row.runtime}) [{os.path.basename(row.model)}]"
         if self.ctx is None:
             self.ctx = self.ray.put(Context.of(search))
-        ref = self._submit(key, speed_row, (self.ctx, row, search.entry(row), str(search.folder(row))), bench=True)
-        out = self.ray.get(ref)
-        self._record(key, "speed", out, self.ray.get(self.board.snapshot.remote()).get(key, 1))
-        return out["result"]
+        task = _Task("speed", key, [row], speed_row, (self.ctx, row, search.entry(row), str(search.folder(row))),
+                     bench=True)
+        self._submit(task)
+        while True:
+            ref = task.ref
+            try:
+                out = self.ray.get(ref)
+            except Exception as e:  # noqa: BLE001 — retried when the worker died, else the row's failure
+                self.live.pop(ref, None)
+                if self._retry(task, e):
+                    continue
+                raise EdgeLLMError(self._fail(task, e)) from e
+            self.live.pop(ref, None)
+            self._record(task, out)
+            return out["result"]
 
     def summary(self) -> dict:
         return {"executor": "ray", "cluster": self.cluster, "threads_per_task": self.cfg.threads,
-                "max_retries": RETRIES, "tasks": sorted(self.timeline, key=lambda t: t["start"])}
+                "max_retries": RETRIES, "retries": self.retries, "failed_tasks": self.failed,
+                "tasks": sorted(self.timeline, key=lambda t: t["start"])}

@@ -27,6 +27,7 @@ from ..models import load
 from .build import task_kwargs
 from .cache import digest
 from .deploy import llamacpp_quality, llamacpp_screen, onnx_quality, row_speed
+from .litert import litert_quality
 from .space import base_weights
 from .stages import built_folder, screen_rejects, torch_quality, why
 
@@ -170,6 +171,8 @@ def full_row(ctx: Context, row, entry: dict, folder: str, screen: dict) -> dict:
             res = torch_quality(ts, row.model, recipe, Path(row.artifact), full=True)
         elif row.runtime == "onnxruntime":
             res = onnx_quality(ts, row, recipe)
+        elif row.runtime == "litert":
+            res = litert_quality(ts, row, recipe)
         else:
             res = llamacpp_quality(ts, row, recipe)
     except Exception as e:  # noqa: BLE001
@@ -194,5 +197,5 @@ def _test_kill_hook() -> None:
         os.rename(Path(folder) / "kill", Path(folder) / "killed")
     except OSError:
         return
-    time.sleep(1.0)                 # the attempt's start report (sent without waiting) leaves first
+    time.sleep(1.0)                 # well under way (its start reported to the progress board) when it dies
     os.kill(os.getpid(), 9)
