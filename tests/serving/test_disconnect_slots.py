@@ -2,8 +2,8 @@
 point (before the answer starts, after a few streamed events, or while waiting for a whole answer). Afterwards the
 engine has no job in flight, every submitted job is finished, the dropped jobs were stopped (generation really
 ended early), and the server answers normally. Then a burst of queued requests hangs up while the model is busy:
-their slots are freed at once, so a fresh request is accepted (200, not 429). (A client that hangs up before the server has read its body gets
-no job at all: the body read fails, so nothing is queued.)"""
+their slots are freed at once, so a fresh request is accepted (200, not 429). (A client that hangs up before the
+server has read its body gets no job at all: the body read fails, so nothing is queued.)"""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 ``create_app(engine, config)`` builds the app around one ``Engine``. Each request is checked before it
 touches the model (API key → 401, body → 400, model name → 404, empty or too long prompt / ``max_tokens`` /
 context → 400, JSON schema → 400), then queued (full → 429; a request whose client goes away leaves the queue
-at once), then answered as JSON or as server-sent events. Every error is an OpenAI error object ``{"error": {"message", "type", "param", "code"}}``, and
+at once), then answered as JSON or as server-sent events. Every error is an OpenAI error object
+``{"error": {"message", "type", "param", "code"}}``, and
 each request leaves one structured (JSON) log line (the key check and the log are ``middleware.py``). ``/health``
 reports the engine's job counts (``in_flight`` returns to 0 when idle). Running the app (uvicorn, logging setup, the CLI
 entry) lives in ``server.py``. Deliberately absent: embeddings, tools, logprobs, n > 1.

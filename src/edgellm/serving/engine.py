@@ -1,17 +1,17 @@
 """One model instance, one worker thread, a bounded queue of generation jobs.
 
-The web handlers (``app.py``) tokenize, validate and compile constraints, then ``Engine.submit`` a
-``Job``. ``submit`` refuses at once with ``QueueFull`` when ``max_queue`` jobs are already waiting, so an
-overloaded device answers 429 instead of piling up work. The queue holds only live jobs: ``Engine.cancel`` (the
-handlers call it when a client goes away) takes a job that is still waiting out of the queue at once, under the
-same lock the worker takes a job with, so its slot is free for the next request and a job is either released or
-run, never both. The worker runs one job at a time through the
-Runtime interface (``Runtime.generate``), turns tokens into text (holding back bytes of an unfinished
-UTF-8 character and any tail that may be the start of a stop string) and hands events to the job's
-``emit`` callback. Between tokens it checks the job's cancel flag (client gone) and deadline (timeout),
-so generation really stops. Every submitted job is accounted for: ``in_flight()`` (submitted and not yet
-answered, released, skipped or stopped) returns to 0 when the server is idle, and ``counts()`` says how many jobs were
-submitted, finished and cancelled (client gone, while waiting or generating), which ``/health`` reports so a leak is visible from outside.
+The web handlers (``app.py``) tokenize, validate and compile constraints, then ``Engine.submit`` a ``Job``.
+``submit`` refuses at once with ``QueueFull`` when ``max_queue`` jobs are already waiting, so an overloaded
+device answers 429 instead of piling up work. The queue holds only live jobs: ``Engine.cancel`` (the handlers
+call it when a client goes away) takes a job that is still waiting out of the queue at once, under the same lock
+the worker takes a job with, so its slot is free for the next request and a job is either released or run, never
+both. The worker runs one job at a time through the Runtime interface (``Runtime.generate``), turns tokens into
+text (holding back bytes of an unfinished UTF-8 character and any tail that may be the start of a stop string)
+and hands events to the job's ``emit`` callback. Between tokens it checks the job's cancel flag (client gone)
+and deadline (timeout), so generation really stops. Every submitted job is accounted for: ``in_flight()``
+(submitted and not yet answered, released, skipped or stopped) returns to 0 when the server is idle, and
+``counts()`` says how many jobs were submitted, finished and cancelled (client gone, while waiting or
+generating), which ``/health`` reports so a leak is visible from outside.
 Deliberately absent: batching several requests into one forward pass.
 """
 
