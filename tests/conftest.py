@@ -74,19 +74,19 @@ def make_tiny_llama(path: Path, seed: int = 0, **overrides) -> Path:
     return path
 
 
-def make_tiny_decoder(path: Path, family: str, seed: int = 0) -> Path:
+def make_tiny_decoder(path: Path, family: str, seed: int = 0, **overrides) -> Path:
     """A tiny random Qwen2 (Q/K/V biases, tied), Mistral (untied head), Qwen3 (Q/K RMSNorm, head_dim 32 ≠
     hidden / heads, tied) or Gemma (norms scale by 1 + w, embedding × √hidden, GELU, head_dim 32, tied) causal LM
-    with a byte-level BPE tokenizer, saved to *path*."""
+    with a byte-level BPE tokenizer, saved to *path*; 2 layers unless *overrides* (config fields) say otherwise."""
     import transformers
 
     tok = _byte_bpe(synthetic_text().splitlines())
     cls = {"qwen2": "Qwen2", "mistral": "Mistral", "qwen3": "Qwen3", "gemma": "Gemma"}[family]
     extra = {"head_dim": 32} if family in ("qwen3", "gemma") else {}
-    cfg = getattr(transformers, f"{cls}Config")(
-        vocab_size=len(tok), hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, tie_word_embeddings=family != "mistral", **extra)
+    fields = dict(vocab_size=len(tok), hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, tie_word_embeddings=family != "mistral", **extra)
+    cfg = getattr(transformers, f"{cls}Config")(**{**fields, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
     with torch.no_grad():

@@ -244,7 +244,9 @@ def test_sigkill_loses_nothing(name, zygote, tiny_llama, text_file, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["export-gguf", "distill"])
 def test_sigkill_of_a_fresh_interpreter(name, tiny_llama, text_file, tmp_path):
-    """The same, each child a new ``edgellm`` process (imports included in the duration the kills are drawn over)."""
-    tally = sweep(exec_run, commands(tiny_llama, text_file)[name], tmp_path, kills=6, seed=7)
+    """The same, each child a new ``edgellm`` process (imports included in the duration the kills are drawn over).
+    Four kills, at 32%, 15%, 65% and 7% of the reference duration (seed 7), then one re-run: the fifth and sixth
+    kills this test once made (37% and 6%) fell beside the first and fourth and cost a second re-run."""
+    tally = sweep(exec_run, commands(tiny_llama, text_file)[name], tmp_path, kills=4, seed=7)
     print(json.dumps(tally.to_dict()))
     assert tally.kills >= 3 and not tally.failures, "\n".join(tally.failures)

@@ -13,9 +13,12 @@ from bench.ladder import Model, calib_windows, heldout_windows, main, parse_args
 from bench.ladder_report import verdict
 from conftest import make_tiny_llama
 
+# every kind of file the build step writes, once: base, references, RTN, GPTQ on the grid (the default six types
+# through the exporter are tested in tests/exporters/test_gguf_gptq.py; here only Q4_0, the type --gptq 4 adds),
+# the former QuantizedLinear path (one width), RTN and GPTQ mixes for each ladder and reference
 SMALL = ["--ctx", "64", "--max-tokens", "256", "--calib-samples", "4", "--calib-len", "64", "--select-windows", "3",
          "--rounds", "2", "--prompt-len", "8", "--new-tokens", "4", "--refs", "q4_0,q4_k_m", "--rtn", "q4_0",
-         "--gptq", "4", "--ladders", "sym=q4_0,q5_0,q8_0;asym=q2_k,q4_1,q5_1"]
+         "--gptq-types", "", "--gptq", "4", "--gptq-linear", "4", "--ladders", "sym=q4_0,q5_0,q8_0;asym=q2_k,q4_1,q5_1"]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +37,8 @@ def test_ladder_json_has_every_field(dry):
     base, model, _, r, _ = dry
     (label, m), = r["models"].items()
     assert set(m["ladder"]) == {"q4_0", "q4_k_m"} and m["privileged_grid"]
-    assert {"f32", "ref-q4_0", "ref-q4_k_m", "rtn-q4_0", "gptq-q4_0", "mix-sym@q4_0", "mix-sym@q4_k_m",
-            "mix-asym@q4_k_m"} \
-        <= set(m["files"])
+    assert {"f32", "ref-q4_0", "ref-q4_k_m", "rtn-q4_0", "gptq-q4_0", "gptqlin-q4_0", "mix-sym@q4_0", "mix-sym@q4_k_m",
+            "mix-asym@q4_k_m", "gptqmix-sym@q4_0"} <= set(m["files"])
     for q, entry in m["ladder"].items():
         ref, ours = entry["reference"], entry["edgellm"]
         assert ref["types"] and set(ref["rise"]) == {"wikitext", "sst2"} and ref["tokens"]["sst2"] == 256
