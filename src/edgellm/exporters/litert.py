@@ -18,7 +18,11 @@ shorter prompt padded to L leaves masked garbage that decode overwrites before i
 ``exporters.executorch.StaticCacheLM`` does (llama, qwen2, qwen3, gemma).
 Classifiers (BERT family): one signature ``classify_b<B>`` per batch size (1 and ``batch_size``)
 over ``[B, seq_len]`` ids, attention mask and token types; the runtime pads to them.
-Variants (``litert_convert``): ``fp32``; ``int8`` / ``int4`` dynamic-range; ``w8`` weight-only int8.
+Variants (``litert_convert``): ``fp32``; ``int8`` / ``int4`` dynamic-range; ``w8`` weight-only int8. The
+token embedding table stays fp32 unless ``quantize_embeddings`` (as in the ONNX and ExecuTorch exports);
+a tied output head is quantized like every other linear. Quantized variants are verified against a
+PyTorch copy holding the file's weights (``litert_verify.reference_for``) under the tolerance ONNX
+and ExecuTorch use for the same arithmetic (``verify_tolerance``).
 Deliberately left out: dynamic shapes, sliding-window caches, GPU/NPU delegates, and writing
 edgellm's own quantized codes (packed models are dequantized, then re-quantized by the converter).
 """
@@ -60,6 +64,8 @@ class LiteRTExportConfig:
     prefill_len: int = config_field(128, "LiteRT: the short prefill signature's length (a max_len one is always added)")
     seq_len: int = config_field(128, "LiteRT classifiers: tokens per sentence (padded/truncated)")
     batch_size: int = config_field(32, "LiteRT classifiers: the batched signature's batch (besides 1)")
+    quantize_embeddings: bool = config_field(False, "LiteRT int8/int4/w8: quantize the token embedding table too "
+                                             "(default: float, as the ONNX and ExecuTorch exports keep it)")
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -73,6 +79,9 @@ class LiteRTExportConfig:
         if not 8 <= self.seq_len <= 4096 or not 1 <= self.batch_size <= 1024:
             raise EdgeLLMError(f"seq_len {self.seq_len} / batch_size {self.batch_size} out of range",
                                "use seq_len 8-4096 and batch_size 1-1024")
+        if self.quantize_embeddings and self.variant == "fp32":
+            raise EdgeLLMError("quantize_embeddings needs a quantized variant (int8, int4 or w8)",
+                               "add --variant int8, or drop --quantize-embeddings")
 
 
 class ExplicitCacheLM(torch.nn.Module):
@@ -216,7 +225,7 @@ def export_litert_report(model, out, *, force: bool = False, verify=None, thread
             sigs, info = _classifier_signatures(net, loaded.tokenizer, cfg, work)
         export_seconds = time.perf_counter() - t0
         job = {"signatures": sigs, "out": str(tmp / LITERT.main), "variant": cfg.variant, "group_size": cfg.group_size,
-               "report": str(work / "report.json")}
+               "quantize_embeddings": cfg.quantize_embeddings, "report": str(work / "report.json")}
         (work / "job.json").write_text(json.dumps(job))
         run_converter(work / "job.json")
         conv = json.loads((work / "report.json").read_text())

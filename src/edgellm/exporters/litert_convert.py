@@ -11,9 +11,12 @@ sides), and runs this file there as ``python litert_convert.py job.json``.
 This script imports only torch, ``litert_torch`` and ``ai_edge_quantizer``; never edgellm (it is not
 installed there). The job names the programs (one signature each), the output file, and the
 variant: ``fp32``; ``int8`` = dynamic-range int8 (int8 weights per channel, activations quantized at
-run time, ``ai_edge_quantizer``'s ``dynamic_wi8_afp32``); ``int4`` = dynamic-range with 4-bit
-weights per block of ``group_size`` (32-256) on the fully-connected ops; ``w8`` = weight-only int8
-(weights de-quantized to fp32 before the op). All symmetric. Weight-only int4 per block is refused
+run time, ``ai_edge_quantizer``'s dynamic int8 config); ``int4`` = dynamic-range with 4-bit
+weights per block of ``group_size`` (32-256); ``w8`` = weight-only int8 (weights de-quantized to fp32
+before the op). All symmetric. The recipe names its ops: the fully-connected ops (and constant
+batch-matmuls), plus the token embedding's ``EMBEDDING_LOOKUP`` only when the job sets
+``quantize_embeddings`` (``ai_edge_quantizer``'s stock ``dynamic_wi8_afp32`` quantizes the lookup too;
+ONNX and ExecuTorch keep the table float, and so does edgellm by default). Weight-only int4 per block is refused
 by ``ai_edge_quantizer`` 0.10 ("Unsupported op for ComputePrecision.FLOAT: FULLY_CONNECTED"), so
 there is no ``w4``.
 Quantization runs on the converted fp32 flatbuffer. Deliberately absent: static (calibrated) activation quantization and the
@@ -41,19 +44,23 @@ def _sample_args(ep) -> tuple:
     return tuple(args)
 
 
-def _recipe(variant: str, group_size: int):
-    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+def _recipe(variant: str, group_size: int, embeddings: bool = False):
+    """The quantization recipe of *variant*: FC (and constant BATCH_MATMUL) weights, the embedding table if *embeddings*."""
+    from ai_edge_quantizer import qtyping, recipe_manager
 
-    if variant == "int8":
-        return recipe.dynamic_wi8_afp32()
-    if variant == "w8":
-        return recipe.weight_only_wi8_afp32()
+    op = qtyping.TFLOperationName
+    rm = recipe_manager.RecipeManager()
     if variant == "int4":
-        rm = recipe_manager.RecipeManager()
-        rm.add_dynamic_config(regex=".*", operation_name=qtyping.TFLOperationName.FULLY_CONNECTED, num_bits=4,
-                              granularity=qtyping.QuantGranularity(f"BLOCKWISE_{group_size}"))
+        block = qtyping.QuantGranularity(f"BLOCKWISE_{group_size}")
+        for name in (op.FULLY_CONNECTED,) + ((op.EMBEDDING_LOOKUP,) if embeddings else ()):
+            rm.add_dynamic_config(regex=".*", operation_name=name, num_bits=4, granularity=block)
         return rm.get_quantization_recipe()
-    raise ValueError(f"unknown variant {variant}")
+    if variant not in ("int8", "w8"):
+        raise ValueError(f"unknown variant {variant}")
+    add = rm.add_dynamic_config if variant == "int8" else rm.add_weight_only_config
+    for name in (op.FULLY_CONNECTED, op.BATCH_MATMUL) + ((op.EMBEDDING_LOOKUP,) if embeddings else ()):
+        add(regex=".*", operation_name=name, num_bits=8)
+    return rm.get_quantization_recipe()
 
 
 def convert(job: dict) -> dict:
@@ -75,7 +82,8 @@ def convert(job: dict) -> dict:
         from ai_edge_quantizer import quantizer
 
         qt = quantizer.Quantizer(str(fp32))
-        qt.load_quantization_recipe(_recipe(job["variant"], int(job.get("group_size", 32))))
+        qt.load_quantization_recipe(_recipe(job["variant"], int(job.get("group_size", 32)),
+                                             bool(job.get("quantize_embeddings", False))))
         qt.quantize().export_model(job["out"], overwrite=True)
         fp32.unlink()
     import ai_edge_quantizer

@@ -6,8 +6,11 @@ writes (symmetric, scale = max|W| / 127 per output channel for int8, max|W| / 7 
 ``group_size`` input weights for int4, every ``nn.Linear``), so that the tolerance measures the
 converter and the interpreter, not the quantizer. Classifiers are checked here: class
 probabilities on fixed sentences against PyTorch, with the labels agreeing.
-Deliberately absent: quantizing the embedding table in the reference (the int8 variants may
-quantize the gather too; that error shows up in the reported ``vs_source``, within the tolerance).
+The token embedding table stays fp32 in the file unless ``quantize_embeddings``, and then the reference
+rounds it the same way (per row for 8 bits, per block of ``group_size`` along the row for int4); a
+tied output head is untied and rounded like the other linears in either case. This is the rule of
+the ONNX and ExecuTorch int8 exports (``onnx.fake_quantized``, ExecuTorch's torchao model).
+Deliberately absent: modelling the run-time activation quantization (the ``int8-act`` tolerance covers it).
 """
 
 from __future__ import annotations
@@ -48,10 +51,15 @@ def reference_for(loaded: Loaded, cfg) -> Loaded:
         return loaded
     bits, block = (4, cfg.group_size) if cfg.variant == "int4" else (8, None)
     net = copy.deepcopy(plain_model(loaded.model)).float().eval()
+    fits = lambda W: block is None or W.shape[1] % block == 0      # noqa: E731 - int4: whole blocks only
     for mod in net.modules():
-        if isinstance(mod, torch.nn.Linear) and (block is None or mod.weight.shape[1] % block == 0):
+        if isinstance(mod, torch.nn.Linear) and fits(mod.weight):
             Wq = fake_quantize_symmetric(mod.weight.detach(), bits, block)
             mod.weight = torch.nn.Parameter(Wq, requires_grad=False)    # unties a tied head from the table
+    emb = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
+    if getattr(cfg, "quantize_embeddings", False) and isinstance(emb, torch.nn.Embedding) and fits(emb.weight):
+        Eq = fake_quantize_symmetric(emb.weight.detach(), bits, block)   # [vocab, hidden]: per row (or its blocks)
+        emb.weight = torch.nn.Parameter(Eq, requires_grad=False)
     return Loaded(net, loaded.tokenizer, loaded.meta)
 
 
