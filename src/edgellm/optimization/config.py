@@ -1,6 +1,7 @@
 """``OptimizeConfig``: everything ``edgellm optimize`` takes, validated when it is made.
 
-The tasks it searches and the runtimes each task can be measured on (``SEARCH_RUNTIMES``) live
+The tasks it searches and the runtimes each task can be measured on (``SEARCH_RUNTIMES``; those in
+``PROFILE_RUNTIMES`` only where a device profile lists them, or ``--runtimes`` names them) live
 here too. The defaults (protocol sizes, budget, margins) are stated once, in the fields.
 Deliberately absent: anything derived from the device (constraints come from the profile when the
 search starts, ``space.constraints_for``).
@@ -16,7 +17,10 @@ from .pick import OBJECTIVES
 
 TASKS = ("text-generation", "classification")
 EXECUTORS = ("local", "ray")     # where the candidates' work runs (executors.py)
-SEARCH_RUNTIMES = {"text-generation": ("torch", "llama.cpp"), "classification": ("torch", "onnxruntime")}
+SEARCH_RUNTIMES = {"text-generation": ("torch", "llama.cpp", "litert"), "classification": ("torch", "onnxruntime")}
+# deployment runtimes searched where a device profile lists them; on the measured host (whose list is
+# whatever is installed) only when --runtimes names them, so a host search keeps its runtimes and time
+PROFILE_RUNTIMES = ("litert",)
 
 
 @dataclass(frozen=True)

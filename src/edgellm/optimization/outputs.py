@@ -21,6 +21,7 @@ from ..report.plots import pareto_plots
 from ..report.timeline import timeline_plot
 from . import reference
 from .deploy import export_chosen
+from .litert import export_chosen_litert
 from .pick import choose, settle_noise
 
 
@@ -42,7 +43,8 @@ def finish(search, out: Path, force: bool = False) -> dict:
     result["vs_reference"] = reference.compare(search, chosen, lambda row: open_row(search, row))
     with atomic_dir(out, force=force, inputs=search.cfg.inputs()) as tmp:
         if chosen is not None:
-            result["export"] = export_chosen(search, chosen, tmp / "model")
+            result["export"] = (export_chosen_litert if chosen.runtime == "litert" else export_chosen)(
+                search, chosen, tmp / "model")
             result["export"]["path"] = str(out / Path(result["export"]["path"]).relative_to(tmp))
         result["plots"] = pareto_plots([r.to_dict() for r in rows], tmp, search.lm,
                                        predicted=not search.device.measured,
@@ -124,7 +126,8 @@ def results_dict(search, chosen, explanation) -> dict:
 
 # the entry field holding a row's full-protocol quality, by task (LM?) and runtime
 QUALITY_FIELDS = {(True, "torch"): "nlls", (False, "torch"): "flags", (True, "llama.cpp"): "gguf_nlls",
-                  (False, "llama.cpp"): "gguf_flags", (False, "onnxruntime"): "onnx_flags"}
+                  (False, "llama.cpp"): "gguf_flags", (False, "onnxruntime"): "onnx_flags",
+                  (True, "litert"): "litert_nlls", (False, "litert"): "litert_flags"}
 
 
 def with_provenance(search, row) -> dict:

@@ -3,7 +3,7 @@
 The recipes are the files given (or the task's default ones in ``recipes/``, plus the identity
 recipe as the reference); the runtimes are those the task can be measured on, the device has
 and this host can run. ``gguf_type_for`` / ``onnx_variant_for`` say which exact artifact form a
-recipe takes on llama.cpp / ONNX Runtime (a recipe without one is dropped for that runtime), and
+recipe takes on llama.cpp / ONNX Runtime / LiteRT (a recipe without one is dropped for that runtime), and
 ``plan_rows`` predicts every candidate on the device with the cost model, dropping those that
 cannot fit even at the best case. A recipe with a ``gguf`` section (``GGUFExportConfig``: a GGUF
 type written round-to-nearest onto its own grid, or a budgeted per-tensor mix) is a llama.cpp-only
@@ -22,7 +22,7 @@ from pathlib import Path
 from ..devices.stats import estimate_stats, recipe_kind
 from ..errors import EdgeLLMError
 from ..recipe import Recipe, load_recipe
-from .config import SEARCH_RUNTIMES, OptimizeConfig
+from .config import PROFILE_RUNTIMES, SEARCH_RUNTIMES, OptimizeConfig
 from .pick import Constraints, shortfalls
 
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "recipes"
@@ -88,8 +88,10 @@ class Row:
 
 
 def search_runtimes(config: OptimizeConfig, device, host) -> list[str]:
-    """The runtimes searched: the task's, that the device has and this host runs, restricted by ``config.runtimes``."""
-    usable = [r for r in SEARCH_RUNTIMES[config.task] if r in device.runtimes and r in host.runtimes]
+    """The runtimes searched: the task's, that the device has and this host runs, restricted by ``config.runtimes``
+    (a ``PROFILE_RUNTIMES`` runtime on the measured host only when ``config.runtimes`` names it)."""
+    usable = [r for r in SEARCH_RUNTIMES[config.task] if r in device.runtimes and r in host.runtimes
+              and (r not in PROFILE_RUNTIMES or not device.measured or r in config.runtimes)]
     if config.runtimes:
         unknown = [r for r in config.runtimes if r not in SEARCH_RUNTIMES[config.task]]
         if unknown:
@@ -141,6 +143,8 @@ def plan_rows(search) -> list[Row]:
                         row.kind = gguf_type_for(recipe)
                     elif rt == "onnxruntime":
                         row.kind = onnx_variant_for(recipe)
+                    elif rt == "litert":
+                        row.kind = litert_variant_for(recipe)
                     elif "gguf" in recipe.steps:
                         raise EdgeLLMError(f"recipe '{recipe.name}' is a GGUF file type: it runs on llama.cpp only",
                                            "search it with --runtimes llama.cpp")
@@ -235,3 +239,30 @@ def onnx_variant_for(recipe) -> str:
     raise EdgeLLMError(f"recipe '{recipe.name}' ({q.bits}-bit weights"
                        f"{', int8 activations' if q.act_bits else ', weight-only'}) has no ONNX Runtime classifier form",
                        "ONNX Runtime candidates are unquantized recipes (fp32) and w8a8 alone (dynamic int8)")
+
+
+def litert_variant_for(recipe) -> str:
+    """The LiteRT form of an LM recipe: fp32 of the built model when nothing is quantized, else LiteRT's own
+    dynamic-range int8 (8-bit recipes) or int4 (4-bit, blocks of the recipe's group) of the base model.
+
+    LiteRT's converter quantizes the fp32 graph itself (symmetric, per channel or per block, activations
+    quantized per call), so a quantize-only recipe maps to that variant of the *base* by bit width; its
+    quality is measured on LiteRT, not borrowed from the PyTorch build (``optimization.litert``).
+    """
+    if "gguf" in recipe.steps:
+        raise EdgeLLMError(f"recipe '{recipe.name}' is a GGUF file type: it runs on llama.cpp only",
+                           "search it with --runtimes llama.cpp")
+    q = recipe.steps.get("quantize")
+    if q is None:
+        return "fp32"
+    if set(recipe.steps) != {"quantize"}:
+        raise EdgeLLMError(f"recipe '{recipe.name}' quantizes after {', '.join(sorted(set(recipe.steps) - {'quantize'}))}: "
+                           "LiteRT re-quantizes with its own rules, so it has no LiteRT form",
+                           "search the recipe without its quantize step on LiteRT")
+    if q.bits == 8:
+        return "int8"
+    g = q.group_size
+    if q.bits == 4 and g and 16 <= g <= 256 and not g & (g - 1):
+        return f"int4-g{g}"
+    raise EdgeLLMError(f"recipe '{recipe.name}' ({q.bits}-bit, group {g}) has no LiteRT form",
+                       "LiteRT holds 8-bit weights per channel or 4-bit weights in power-of-two blocks of 16-256")

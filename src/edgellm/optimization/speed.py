@@ -15,7 +15,8 @@ import time
 from functools import lru_cache
 
 # what ``edgellm.measure``'s worker imports before it loads a model, per runtime
-_HARNESS = {"torch": "import edgellm.runtimes.torch, transformers", "llama.cpp": "import edgellm.runtimes.llamacpp, llama_cpp"}
+_HARNESS = {"torch": "import edgellm.runtimes.torch, transformers", "llama.cpp": "import edgellm.runtimes.llamacpp, llama_cpp",
+            "litert": "import edgellm.runtimes.litert, ai_edge_litert.interpreter"}
 
 
 @lru_cache(maxsize=None)

@@ -5,7 +5,8 @@
    budget; a recipe with a ``gguf`` section (a GGUF type written at export) is exported and
    screened on llama.cpp instead, timed as the ``screen|llama.cpp`` stage for the budget.
 2. **Full protocol** (docs/design.md §4) for the contenders on each candidate's own runtime (a
-   llama.cpp or ONNX Runtime candidate is first exported and verified there, ``deploy.py``);
+   llama.cpp, ONNX Runtime or LiteRT candidate is first exported and verified there, ``deploy.py``,
+   ``litert.py``);
    the base comes first (it calibrates), a row whose same weights are predicted to lose on another
    runtime is skipped.
 3. **Speed** on the host for the finalists (through the search's executor: here, or alone on the Ray
@@ -32,6 +33,7 @@ from ..models import load
 from ..runtimes.torch import TorchRuntime
 from .build import build_candidate, task_kwargs
 from .deploy import exact_stats, llamacpp_quality, llamacpp_screen, onnx_quality
+from .litert import litert_quality
 from .pick import same_weights_dominator
 from .quality import cls_quality, cls_summary, lm_quality, lm_summary, task_quality, task_summary
 from .space import base_weights
@@ -157,6 +159,8 @@ def full(search) -> None:
                 res = torch_quality(search, row.model, recipe, Path(row.artifact), full=True)
             elif row.runtime == "onnxruntime":
                 res = onnx_quality(search, row, recipe)
+            elif row.runtime == "litert":
+                res = litert_quality(search, row, recipe)
             else:
                 res = llamacpp_quality(search, row, recipe)
         except Exception as e:  # noqa: BLE001 — recorded in the report, the search goes on
