@@ -15,10 +15,12 @@ llama.cpp's fallback type (``gguf_types.fallback``); a fallback to f16 is ``Grid
 (``calibrate.run_blockwise``): each block's linears get their input Hessians (shared by q/k/v and
 by gate/up, which are then swept as one stacked matrix when they share a type), optionally AWQ's
 per-input-channel prescale first (``awq_prescale``: α searched on the type's own RTN grid against
-the same Hessian, folded into the norm or linear that produces the input, so the float model is
-unchanged), then ``gptq_onto_grid`` per linear; the block's weights are replaced by their
-dequantized codes before its outputs are computed, so later blocks calibrate on the quantized
-model. The caller works on a copy (the model's weights and norms change).
+the same Hessian, folded into the norm or linear that produces the input by
+``transforms.scalefold.fold_scale``, so the float model is unchanged), then ``gptq_onto_grid`` per
+linear; the block's weights are replaced by their dequantized codes before its outputs are
+computed, so later blocks calibrate on the quantized model. The caller works on a copy (the
+model's weights and norms change). When the consumers of one prescale have different types, the
+scale is searched on the coarsest grid; a tie in levels goes to the type named first.
 
 Deliberately absent: re-fitting the scales after the sweep, GPTQ of the token embedding or output
 head (the exporter keeps their RTN), and a dynamic (per-group, updated-weight) scale choice.
@@ -37,6 +39,7 @@ from ..calibrate import HessianStats, SharedInputs, current_family, run_blockwis
 from ..data import calibration_windows, resolve_data_path
 from ..errors import EdgeLLMError
 from ..families import find_blocks
+from ..transforms.scalefold import can_fold, fold_scale
 from .gguf_blocks import GridMismatch
 from .gguf_types import TYPES, TypeCodes, fallback, gguf_grid, rtn
 
@@ -173,18 +176,6 @@ def awq_grid_scale(W: torch.Tensor, H: torch.Tensor, x_mean: torch.Tensor, qtype
     return best[0], best[1], base
 
 
-def _fold(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor, norm_offset: float) -> None:
-    """``producer``'s output channels ÷ s, consumers' input columns × s (the float function is unchanged)."""
-    if isinstance(producer, nn.Linear):
-        producer.weight.div_(s.view(-1, 1))
-    else:
-        producer.weight.add_(norm_offset).div_(s).sub_(norm_offset)
-    if getattr(producer, "bias", None) is not None:
-        producer.bias.div_(s)
-    for lin in consumers:
-        lin.weight.mul_(s.view(1, -1))
-
-
 class _Stats:
     """A linear's input Hessian and, for the prescale, Σ|x| per channel."""
 
@@ -241,16 +232,16 @@ class GridGPTQ:
             except AttributeError:
                 continue
             consumers = [stats[n][0] for n in names]
-            k = consumers[0].in_features if consumers else -1
-            ok = all(c.in_features == k for c in consumers) and getattr(producer, "weight", None) is not None and (
-                producer.out_features == k if isinstance(producer, nn.Linear) else producer.weight.numel() == k)
-            if not names or not ok:
+            if not can_fold(producer, consumers):
                 continue
             st = stats[names[0]][1].stats
-            types = sorted({self._effective(n, stats[n][0]) for n in names}, key=lambda q: gguf_grid(q).levels.numel())
+            # the coarsest grid among the consumers' types; ties (q4_0, q4_k, iq4_nl: 16 levels each) go by name,
+            # never by the set's iteration order (it follows PYTHONHASHSEED)
+            types = sorted({self._effective(n, stats[n][0]) for n in names},
+                           key=lambda q: (gguf_grid(q).levels.numel(), q))
             W = torch.cat([lin.weight.float() for lin in consumers])
             s, err, base = awq_grid_scale(W, st.hessian.H, (st.abs_sum / max(st.n, 1)).float(), types[0])
-            _fold(producer, consumers, s.to(consumers[0].weight.dtype), family.norm_offset)
+            fold_scale(producer, consumers, s, family.norm_offset)
             self.prescale.append({"block": self.index, "producer": prod_name, "consumers": names, "type": types[0],
                                   "error": err, "rtn_error": base})
             for n in names:

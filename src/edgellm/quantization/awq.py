@@ -15,16 +15,17 @@ output error, group by group (block-diagonal covariance), all shrink candidates 
 Which operation produces which linears' input is model-family data (``FamilySpec.awq_folds`` in
 the family registry, read through ``calibrate.current_family()``), checked against shapes;
 linears with no foldable producer (e.g. BERT's post-LN q/k/v, GQA o_proj) get only the
-clipping search. ``awq_search_scale`` and ``awq_clip`` are the math; ``AWQMethod`` the plumbing.
+clipping search. ``awq_search_scale`` and ``awq_clip`` are the math; ``AWQMethod`` the plumbing; the
+fold itself is ``transforms.scalefold.fold_scale`` (shared with the GGUF exporter's prescale).
 Deliberately left out: searching on the block's output (we use each linear group's own output).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..calibrate import InputSampleStats, SharedInputs, current_family
+from ..calibrate import HessianStats, InputSampleStats, SharedInputs, current_family
+from ..transforms.scalefold import can_fold, fold_scale
 from .primitives import QuantizedWeight, _group_reduce, choose_qparams, effective_group, quantize_weight
 from .rtn import grouped, shrink_search
 
@@ -124,48 +125,12 @@ def awq_clip(W: torch.Tensor, X: torch.Tensor, bits: int, group_size: int | None
     return shrink_search(W, bits, group_size, symmetric, steps, max_shrink, group_error)
 
 
-def fold_scale(producer: nn.Module, consumers: list[nn.Linear], s: torch.Tensor, norm_offset: float = 0.0) -> None:
-    """Divide *producer*'s output channels by *s* and multiply the consumers' input columns by *s*.
-
-    A norm producer that scales by ``norm_offset + w`` gets ``w ← (norm_offset + w)/s − norm_offset``.
-
-    >>> norm, lin = torch.nn.RMSNorm(4), torch.nn.Linear(4, 2)
-    >>> with torch.no_grad():
-    ...     fold_scale(norm, [lin], torch.tensor([1.0, 2.0, 4.0, 0.5]))
-    >>> norm.weight.tolist()
-    [1.0, 0.5, 0.25, 2.0]
-    """
-    s = s.to(consumers[0].weight.dtype)
-    if isinstance(producer, nn.Linear):
-        producer.weight.div_(s.view(-1, 1))
-    else:
-        producer.weight.add_(norm_offset).div_(s).sub_(norm_offset)
-    if getattr(producer, "bias", None) is not None:
-        producer.bias.div_(s)
-    for lin in consumers:
-        lin.weight.mul_(s.view(1, -1))
-
-
-def _producer_ok(producer: nn.Module | None, consumers: list[nn.Linear]) -> bool:
-    if producer is None or not consumers or getattr(producer, "weight", None) is None:
-        return False
-    k = consumers[0].in_features
-    if any(c.in_features != k for c in consumers):
-        return False
-    if isinstance(producer, nn.Linear):
-        return producer.out_features == k
-    w = producer.weight
-    return w.dim() == 1 and w.numel() == k          # a norm with an elementwise weight
-
-
 class _Both:
     """GPTQ with AWQ pre-scaling: the Hessian GPTQ needs and each channel's Σ|x|, over every token.
 
     AWQ's covariance is then ``H/2`` (no token subsample, no second product)."""
 
     def __init__(self, k):
-        from ..calibrate import HessianStats
-
         self.hessian = HessianStats(k)
         self.abs_sum = torch.zeros(k, dtype=torch.float64)
         self.n = 0
@@ -219,7 +184,7 @@ class AWQMethod:
             except AttributeError:
                 continue
             consumers = [stats[n][0] for n in names]
-            if not _producer_ok(producer, consumers):
+            if not can_fold(producer, consumers):
                 continue
             C, x_mean = self.input_stats(stats[names[0]][1])
             W = torch.cat([lin.weight for lin in consumers])
