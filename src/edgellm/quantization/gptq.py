@@ -60,7 +60,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int, group_size
     zero = torch.empty(out_f, n_groups(K, g), dtype=torch.int32)
     if not grouped or static_groups:
         scale, zero = _qparams(W, bits, group_size, symmetric, mse_clip)
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(K)
+    perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else torch.arange(K)
     W, H = W[:, perm], H[perm][:, perm]
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
     L = torch.linalg.cholesky(H)

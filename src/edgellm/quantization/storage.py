@@ -53,7 +53,10 @@ def save_quantized(loaded, out: str | os.PathLike, *, force: bool = False) -> Pa
     cfg["architectures"] = [type(model).__name__]   # e.g. a classifier built on an encoder checkpoint
     cfg["edgellm"] = section
     with atomic_dir(out, force=force, inputs=(getattr(getattr(loaded, "meta", None), "source", None),)) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "edgellm": "quantized/1"})
+        # one metadata key: safetensors writes __metadata__ in the order of a Rust HashMap seeded afresh in every
+        # process, so two keys made the same tensors' files differ between processes (the folder format and
+        # version are in config.json's "edgellm" section)
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         gen = getattr(model, "generation_config", None)
         if gen is not None:
