@@ -46,7 +46,7 @@ def test_fp32_program_matches_torch_with_static_cache(llama1, pte_fp32):
 def test_other_families_lower_and_decode(family, tmp_path):
     """Qwen2 (Q/K/V biases), Qwen3 (Q/K RMSNorm per head, head_dim ≠ hidden / heads) and Gemma (embedding × √hidden,
     norms 1 + w, GELU) through the static cache. One layer holds every one of these (lowering time grows with the
-    layers); the cache of several layers is checked on a 2-layer Llama (tests/evaluation/test_task_eval.py)."""
+    layers); the cache of several layers is checked on a 3-layer Llama (tests/evaluation/test_task_eval.py)."""
     from conftest import make_tiny_decoder
 
     src = make_tiny_decoder(tmp_path / family, family, num_hidden_layers=1)
