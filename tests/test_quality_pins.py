@@ -8,7 +8,7 @@ margin of a value pinned here, so that a regression in a quantizer, a pruner or 
   quantize_speed.json);
 - SparseGPT at 50% unstructured (bench/results/prune.json);
 - edgellm's Q4_0 GGUF (the GPTQ model above) against llama.cpp's own Q4_0, both through llama.cpp
-  (bench/results/gguf_vs_llamacpp.json);
+  (bench/results/gguf_vs_llamacpp.json), and the same weights' perplexity in llama.cpp against PyTorch;
 - the MiniLM int8 ONNX classifier on SST-2 dev (bench/results/classifier_onnx.json).
 
 Protocol, shared by the language-model pins: wikitext-2 test, ctx 512, the first 4,096 tokens (8 windows),
@@ -99,16 +99,21 @@ def gptq_smollm2():
     return m
 
 
+@pytest.fixture(scope="module")
+def gptq_torch_ppl(gptq_smollm2) -> float:
+    """The GPTQ model's perplexity in PyTorch (shared by its pin and the llama.cpp same-weights check)."""
+    return ppl(gptq_smollm2, runtime="torch")
+
+
 @pytest.mark.slow
-def test_gptq_awq_w4_g32_rise_is_pinned(gptq_smollm2, fp32_ppl):
+def test_gptq_awq_w4_g32_rise_is_pinned(gptq_torch_ppl, fp32_ppl):
     """GPTQ after AWQ, W4 g32 symmetric (the fast recipe): perplexity rise over fp32, torch runtime.
 
     Pinned: +9.088% (fp32 30.0746; published on the full protocol: +7.37%, quantize.json, and +8.06%,
     quantize_speed.json). Margin ± 4 points: the rise growing by half fails. Measured twice (2026-11-30,
     commit 4de72af plus the working tree): 9.0878 both times.
     """
-    r = rise(ppl(gptq_smollm2, runtime="torch"), fp32_ppl)
-    within(r, PIN_GPTQ, 4.0, "GPTQ+AWQ W4 g32 perplexity rise (%)")
+    within(rise(gptq_torch_ppl, fp32_ppl), PIN_GPTQ, 4.0, "GPTQ+AWQ W4 g32 perplexity rise (%)")
 
 
 @pytest.mark.slow
@@ -127,9 +132,11 @@ def test_sparsegpt_50_rise_is_pinned(fp32_ppl):
 
 
 @pytest.mark.slow
-def test_q4_0_export_against_llamacpp_q4_0_is_pinned(gptq_smollm2, fp32_ppl, tmp_path):
+def test_q4_0_export_against_llamacpp_q4_0_is_pinned(gptq_smollm2, gptq_torch_ppl, fp32_ppl, tmp_path):
     """edgellm's Q4_0 GGUF (the GPTQ model's codes written into Q4_0 blocks) against llama.cpp's own Q4_0
     of the same fp32 model (llama_model_quantize), both scored through llama.cpp; rises over fp32 torch.
+    Also: the same 4-bit weights score the same perplexity in llama.cpp as in PyTorch, within 1% (the
+    codes go into the blocks exactly; the token embedding is Q8_0 in the file).
 
     Pinned (2026-11-30): edgellm +9.380%, llama.cpp +24.395%, ratio 0.3845 (published on the full protocol,
     32 calibration windows: +2.144 vs +7.473 perplexity, ratio 0.29, gguf_vs_llamacpp.json; target ≤ 0.5).
@@ -141,7 +148,10 @@ def test_q4_0_export_against_llamacpp_q4_0_is_pinned(gptq_smollm2, fp32_ppl, tmp
     assert ours.details["how"]["exact"] == 210
     f32 = export(load("smollm2-135m"), "gguf", tmp_path / "f32.gguf", gguf_type="f32", verify=False)
     theirs = llama_quantize(f32.path, tmp_path / "llamacpp-q4_0.gguf", "q4_0", threads=THREADS)
-    r_ours, r_theirs = rise(ppl(ours.path), fp32_ppl), rise(ppl(theirs), fp32_ppl)
+    ppl_ours = ppl(ours.path)
+    print(f"same weights: llama.cpp {ppl_ours:.4f}, PyTorch {gptq_torch_ppl:.4f}")
+    assert abs(ppl_ours / gptq_torch_ppl - 1) < 0.01
+    r_ours, r_theirs = rise(ppl_ours, fp32_ppl), rise(ppl(theirs), fp32_ppl)
     print(f"edgellm Q4_0 rise {r_ours:.4f}%, llama.cpp Q4_0 rise {r_theirs:.4f}%")
     within(r_theirs, PIN_LLAMA, 8.0, "llama.cpp Q4_0 perplexity rise (%)")
     within(r_ours / r_theirs, PIN_RATIO, 0.15, "edgellm Q4_0 rise ÷ llama.cpp Q4_0 rise")
