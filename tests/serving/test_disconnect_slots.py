@@ -71,8 +71,8 @@ def test_dropped_clients_leave_no_job_in_flight(tiny_llama):
         status, health = raw_get(srv.url, "/health")
         assert status == 200 and health["in_flight"] == 0 and health["waiting"] == 0 and not health["busy"], health
         # a client that leaves before its body is read never gets a job; a streamed request answered 200 had one.
-        # A dropped job leaves the queue once the server notices the hang-up (at once for a stream, within 0.25 s
-        # for a whole answer), so a storm of drops can still briefly fill the queue: the overload answer is 429
+        # A dropped job leaves the queue as soon as the server sees the hang-up, but clients hang up and send the
+        # next request faster than that, so a storm of drops can still briefly fill the queue: the answer is 429
         streamed = [status for how, status in hows if how == "stream"]
         assert set(streamed) <= {200, 429} and streamed.count(200) >= 4, hows
         assert counts["submitted"] == counts["finished"] >= streamed.count(200), (counts, hows)

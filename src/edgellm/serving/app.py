@@ -215,29 +215,38 @@ def create_app(engine: Engine, config: ServeConfig, *, openapi: bool = False):
             raise APIError(504, f"{err} (the limit is {config.timeout_s:g} s)", "timeout_error", code="timeout")
         raise APIError(500, f"generation failed: {err}", "server_error")
 
+    async def _hang_up(request) -> None:
+        """Returns when the client hangs up: the body is read by now, so the next ASGI message is the disconnect."""
+        try:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        except Exception:                               # the connection broke some other way: gone as well
+            return
+
     async def _collect(request, job, events):
-        """Wait for a whole answer; stop the job if the client goes away."""
-        parts, checked = [], time.monotonic()
-        while True:
-            try:
-                kind, payload = await asyncio.wait_for(events.get(), timeout=0.25)
-            except asyncio.TimeoutError:
-                kind = None
-            if time.monotonic() - checked > 0.25:      # tokens may arrive faster than that: check by the clock
-                checked = time.monotonic()
-                if await request.is_disconnected():
-                    engine.cancel(job)                 # a job still queued frees its slot now
+        """Wait for a whole answer; stop the job the moment the client goes away (a queued one frees its slot)."""
+        parts, get = [], None
+        gone = asyncio.ensure_future(_hang_up(request))
+        try:
+            while True:
+                get = asyncio.ensure_future(events.get())
+                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    engine.cancel(job)
                     request.state.fields["finish_reason"] = "client_disconnected"
                     raise APIError(499, "the client disconnected", code="client_disconnected")
-            if kind is None:
-                continue
-            if kind == "text":
-                parts.append(payload)
-            elif kind == "error":
-                _raise_job_error(payload)
-            else:
-                _finish(request, payload)
-                return "".join(parts), payload
+                kind, payload = get.result()
+                if kind == "text":
+                    parts.append(payload)
+                elif kind == "error":
+                    _raise_job_error(payload)
+                else:
+                    _finish(request, payload)
+                    return "".join(parts), payload
+        finally:
+            gone.cancel()
+            if get is not None:
+                get.cancel()                            # no-op when it is done
 
     def _check_output(text: str, schema) -> None:
         if schema is None:
