@@ -195,3 +195,18 @@ def test_cli_export_and_bad_inputs(tiny_llama, tiny_bert, tmp_path, monkeypatch)
     code, _, err = run_cli("export", tiny_llama, "--format", "gguf", "--out", tmp_path / "y.gguf")
     assert code == 2 and "edgellm[llamacpp]" in err
     assert not (tmp_path / "y.gguf").exists()
+
+
+def test_provenance_metadata_is_compact(tiny, tmp_path):
+    """The ``edgellm.export`` string counts against a byte budget (a reference's file size): no padding
+    separators and no empty or off fields."""
+    import json
+
+    from gguf import GGUFReader
+
+    path = export(tiny, "gguf", tmp_path / "m.gguf", gguf_type="q8_0", verify=False).path
+    text = bytes(GGUFReader(path).fields["edgellm.export"].parts[-1]).decode()
+    meta = json.loads(text)
+    assert ", " not in text and ": " not in text
+    assert meta["gguf_type"] == "q8_0" and meta["how"]
+    assert not {"requantized", "fallbacks", "awq_prescale"} & set(meta)          # empty / off here

@@ -285,8 +285,10 @@ def write_gguf(path: Path, model, tok, plans: list[GGUFTensorPlan], cfg: GGUFExp
     w.add_add_eos_token(tm["add_eos"])
     if tm["chat_template"]:
         w.add_chat_template(tm["chat_template"])
-    # compact separators: the metadata's bytes count against a file-size budget (a reference's size)
-    w.add_string("edgellm.export", json.dumps(provenance, sort_keys=True, separators=(",", ":")))
+    # compact, without empty or off fields: the metadata's bytes count against a file-size budget (a
+    # reference's size; tensor data is 32-byte aligned, so a few bytes can cost 32)
+    kept = {k: v for k, v in provenance.items() if v not in (None, False, {}, [])}
+    w.add_string("edgellm.export", json.dumps(kept, sort_keys=True, separators=(",", ":")))
     for p in plans:
         raw = None if p.gguf_type in ("f32", "f16") else gguf.GGMLQuantizationType[p.gguf_type.upper()]
         w.add_tensor(p.name, p.data, raw_dtype=raw)
