@@ -1,6 +1,7 @@
 """``edgellm optimize`` on llama.cpp shows llama.cpp's own Q4_K_M and Q4_0 (+ importance matrix) as reference rows,
-measured in the same run by the same protocol, never picked; ``--no-reference`` drops them; the default space holds
-the 4- and 5-bit GGUF types (written onto their own grids at export, screened on llama.cpp).
+measured in the same run by the same protocol, never picked, on by default; ``--no-reference`` drops them; the
+default space holds Q5_0 written by GPTQ onto its grid, and ``--ladder`` adds the 4- and 5-bit GGUF types (written
+onto their own grids at export, screened on llama.cpp) and the budgeted mix.
 
 A tiny Llama with hidden 256 and MLP 512, so the K-quants tile its rows; the protocol is shrunk (64-token windows).
 """
@@ -30,7 +31,7 @@ def optimize(model, text, base: Path, out: str, *extra):
                    "--recipes", ROOT / "recipes/fp32.yaml", ROOT / "recipes/q4_k-rtn.yaml",
                    "--ctx", "64", "--screen-tokens", "128", "--full-tokens", "256", "--speed-runs", "2",
                    "--prompt-len", "16", "--new-tokens", "8", "--paired-rounds", "2", "--max-quality-loss", "50%",
-                   "--cache", base / "cache", "--out", base / out, "--no-progress", "--ladder", *extra)
+                   "--cache", base / "cache", "--out", base / out, "--no-progress", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +94,25 @@ def test_no_reference_drops_them(runs):
     assert "(reference)" not in out and "(reference)" not in (base / "noref" / "report.html").read_text()
 
 
-def test_the_default_space_holds_the_4_and_5_bit_gguf_types():
+def test_the_default_space_holds_a_calibrated_gguf_and_the_ladder_the_4_and_5_bit_types():
     from edgellm.optimization.space import default_recipes, gguf_type_for
     from edgellm.recipe import load_recipe
 
+    default = [load_recipe(p) for p in default_recipes("text-generation")]
+    gptq = [r for r in default if "gguf" in r.steps and r.steps["gguf"].quantizer == "gptq"]
+    assert [gguf_type_for(r) for r in gptq] == ["q5_0"] and gptq[0].steps["gguf"].awq_prescale
     kinds = {gguf_type_for(load_recipe(p)) for p in default_recipes("text-generation", ladder=True)}
     assert {"q5_0", "q5_k", "q4_k", "iq4_nl", "q4_0", "q8_0"} <= kinds
+
+
+def test_references_are_on_by_default_for_perplexity_searches_only():
+    from edgellm.errors import EdgeLLMError
+    from edgellm.optimization import OptimizeConfig
+
+    assert OptimizeConfig().references and not OptimizeConfig(reference=False).references
+    assert not OptimizeConfig(task_data="t.jsonl").references          # scored on a task: no perplexity rows
+    with pytest.raises(EdgeLLMError, match="no-reference"):
+        OptimizeConfig(task_data="t.jsonl", reference=True)
 
 
 def test_gguf_estimates_follow_the_types_bits(wide_llama):
@@ -117,7 +131,7 @@ def test_gguf_estimates_follow_the_types_bits(wide_llama):
     assert est["q5_0"].file_bytes == pytest.approx(est["q5_k"].file_bytes, rel=0.05)   # 5.5 vs 5.5 bpw
 
 
-def test_the_default_space_adds_the_mix_at_the_q4_k_m_reference_size():
+def test_the_ladder_adds_the_mix_at_the_q4_k_m_reference_size():
     from types import SimpleNamespace
 
     from edgellm.optimization import OptimizeConfig
@@ -125,8 +139,9 @@ def test_the_default_space_adds_the_mix_at_the_q4_k_m_reference_size():
     from edgellm.optimization.space import Row, gguf_type_for
 
     ref = Row(model="m", recipe=Q4KM, runtime="llama.cpp", kind="q4_k_m", size_bytes=105_000_000, reference=True)
-    search = SimpleNamespace(cfg=OptimizeConfig(models=("m",), reference=True), references=[ref])
+    search = SimpleNamespace(cfg=OptimizeConfig(models=("m",), ladder=True), references=[ref])
     (mix,) = mix_recipes(search)
+    assert mix_recipes(SimpleNamespace(cfg=OptimizeConfig(models=("m",)), references=[ref])) == []   # no --ladder
     assert mix.steps["gguf"].max_bytes == 105_000_000 and gguf_type_for(mix) == "mix"
     assert mix_recipes(SimpleNamespace(cfg=OptimizeConfig(models=("m",)), references=[])) == []     # --no-reference
     given = SimpleNamespace(cfg=OptimizeConfig(models=("m",), recipes=("a.yaml",)), references=[ref])

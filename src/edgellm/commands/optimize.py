@@ -46,10 +46,12 @@ def add_arguments(p) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="measure every figure again instead of reusing the cache (built artifacts are still reused)")
     p.add_argument("--ladder", action="store_true",
-                   help="also try llama.cpp's GGUF types (Q5_K, Q5_0, Q4_K, IQ4_NL) and a budgeted per-tensor mix, "
-                        "beside llama.cpp's own Q4_K_M and Q4_0 with an importance matrix as reference rows "
-                        "(needs a larger --budget-minutes than the default 15 on 2 cores)")
-    p.add_argument("--no-reference", action="store_true", help="with --ladder: leave out the reference rows")
+                   help="also try llama.cpp's GGUF types written round-to-nearest (Q5_K, Q5_0, Q4_K, IQ4_NL) and a "
+                        "budgeted per-tensor mix (needs a larger --budget-minutes than the default 15 on 2 cores)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="leave out llama.cpp's own Q4_K_M and Q4_0 with an importance matrix, which are otherwise "
+                        "measured beside the candidates as reference rows (never picked) when a causal LM is searched "
+                        "on llama.cpp by perplexity")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where candidates run: local (this process) or ray (a Ray cluster; pip install 'edgellm[ray]')")
     p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
@@ -78,7 +80,7 @@ def config_from_args(args):
         new_tokens=args.new_tokens, max_finalists=args.max_finalists, cache=args.cache,
         dominance_margin=args.dominance_margin, fresh=args.fresh, paired_rounds=args.paired_rounds,
         task_data=args.task_data, schema=args.schema, screen_examples=args.screen_examples,
-        reference=args.ladder and not args.no_reference, executor=args.executor, ray_address=args.ray_address)
+        reference=False if args.no_reference else None, ladder=args.ladder, executor=args.executor, ray_address=args.ray_address)
 
 
 def run(args) -> int:

@@ -61,7 +61,9 @@ class OptimizeConfig:
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
     paired_rounds: int = 10                    # paired speed rounds when the finalists' spreads overlap
     fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
-    reference: bool = False                    # LMs on llama.cpp: llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows
+    reference: bool | None = None              # llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows; None = on
+                                               # for perplexity searches of LMs on llama.cpp (off with --task-data)
+    ladder: bool = False                       # also llama.cpp's types RTN onto their grids and a budgeted mix
     task_data: str | None = None               # LMs: a task JSONL; quality = drop in exact match (points), not perplexity
     schema: str | None = None                  # the task's JSON schema: answers decoded constrained to it
     screen_examples: int = 10                  # task examples in the screen
@@ -71,6 +73,15 @@ class OptimizeConfig:
     ray_address: str | None = config_field(None, "with --executor ray: join the cluster at HOST:PORT or 'auto' "
                                            "(default $RAY_ADDRESS, else a private instance on 127.0.0.1)",
                                            metavar="HOST:PORT")
+
+    @property
+    def references(self) -> bool:
+        """Whether llama.cpp's reference rows are wanted: as set, else on unless the search is scored on a task.
+
+        >>> OptimizeConfig().references, OptimizeConfig(task_data="t.jsonl").references
+        (True, False)
+        """
+        return self.task_data is None if self.reference is None else self.reference
 
     def inputs(self) -> tuple[str, ...]:
         """The paths the search reads (models, recipes, data): ``--out`` may be none of them, nor hold or lie in one.
@@ -112,7 +123,7 @@ class OptimizeConfig:
                                "drop --task classification (classifiers take --tsv)")
         if self.task_data is not None and self.reference:
             raise EdgeLLMError("llama.cpp's reference rows are scored by perplexity, not on a task",
-                               "add --no-reference (or drop --ladder)")
+                               "add --no-reference")
         if self.screen_tokens > self.full_tokens:
             raise EdgeLLMError("the screen cannot read more tokens than the full protocol",
                                "lower --screen-tokens or raise --full-tokens")

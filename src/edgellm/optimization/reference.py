@@ -1,6 +1,7 @@
 """llama.cpp's own quantizer as reference rows: Q4_K_M and Q4_0, each with an importance matrix, measured in the run.
 
-For a causal LM searched on llama.cpp (and unless ``OptimizeConfig.reference`` is off), ``build``
+For a causal LM searched on llama.cpp by perplexity (``OptimizeConfig.references``: on unless
+``--no-reference`` or ``--task-data``), ``build``
 writes the base model's F32 GGUF once, computes llama.cpp's importance matrix from the search's
 calibration text (``IMATRIX_SAMPLES`` windows of ``ctx`` tokens of wiki.valid,
 ``exporters.llamacpp_quant.importance_matrix``) and quantizes with ``llama_model_quantize``
@@ -12,7 +13,7 @@ the importance matrix's data), so the code versions and the host key it like eve
 Reference rows live in ``search.references``, never in ``search.rows``: the Pareto front and the
 pick never see them. ``compare`` says how the pick stands against each (size, quality-loss and
 speed ratios; the speed ratio from paired rounds, ``measure_paired``, when both were measured).
-``mix_recipes`` adds the budgeted per-tensor mix (``exporters.gguf_mix``) with the Q4_K_M
+``mix_recipes`` adds (with ``--ladder``) the budgeted per-tensor mix (``exporters.gguf_mix``) with the Q4_K_M
 reference's file size as its byte budget, when the exporter has mixes. Deliberately absent: other
 llama.cpp presets (pass them through ``bench/gguf_vs_llamacpp.py``) and references on other runtimes.
 """
@@ -69,7 +70,7 @@ def is_reference(recipe) -> bool:
 
 def wanted(search) -> bool:
     """Whether this search has reference rows: a causal LM, llama.cpp among its runtimes, references on."""
-    return search.lm and search.cfg.reference and "llama.cpp" in search.runtimes
+    return search.lm and search.cfg.references and "llama.cpp" in search.runtimes
 
 
 def build(search) -> None:
@@ -173,11 +174,11 @@ def measure(search) -> None:
 
 
 def mix_recipes(search) -> list[Recipe]:
-    """The default space's budgeted mix: no larger than the first model's Q4_K_M reference file (needs ``gguf_mix``)."""
+    """With ``--ladder``: the budgeted mix, no larger than the first model's Q4_K_M reference file (needs ``gguf_mix``)."""
     from ..calibconfig import CalibConfig
     from ..exporters.gguf import GGUFExportConfig
 
-    if search.cfg.recipes or "max_bytes" not in {f.name for f in dataclasses.fields(GGUFExportConfig)}:
+    if search.cfg.recipes or not search.cfg.ladder or "max_bytes" not in {f.name for f in dataclasses.fields(GGUFExportConfig)}:
         return []
     ref = next((r for r in search.references if r.model == search.cfg.models[0] and r.kind == "q4_k_m"
                 and r.size_bytes), None)

@@ -6,11 +6,12 @@ and this host can run. ``gguf_type_for`` / ``onnx_variant_for`` say which exact 
 recipe takes on llama.cpp / ONNX Runtime / LiteRT (a recipe without one is dropped for that runtime), and
 ``plan_rows`` predicts every candidate on the device with the cost model, dropping those that
 cannot fit even at the best case. A recipe with a ``gguf`` section (``GGUFExportConfig``: a GGUF
-type written round-to-nearest onto its own grid, or a budgeted per-tensor mix) is a llama.cpp-only
+type written round-to-nearest or by GPTQ onto its own grid, or a budgeted per-tensor mix) is a llama.cpp-only
 candidate: its weights exist only in the GGUF file, so its bytes are predicted per tensor from the
 type's block size (``gguf_estimate``) and it is screened on llama.cpp (``deploy.llamacpp_screen``).
-The default LM space holds fp32, 8- and 4-bit RTN, the 4- and 5-bit GGUF types q5_0, q5_k, q4_k and
-iq4_nl, 2:4 sparsity and depth pruning (the budgeted mix joins it in ``reference.mix_recipes``).
+The default LM space holds fp32, 8- and 4-bit RTN, Q5_0 written by GPTQ onto its grid, 2:4 sparsity and
+depth pruning; ``--ladder`` adds the GGUF types q5_k, q5_0, q4_k and iq4_nl written RTN, and the budgeted
+mix (``reference.mix_recipes``).
 Deliberately absent: runtimes this host cannot run (their quality and speed could not be measured).
 """
 
@@ -28,16 +29,17 @@ from .pick import Constraints, shortfalls
 RECIPE_DIR = Path(__file__).resolve().parents[3] / "recipes"
 # recipes tried by default, per task (files in recipes/); all exist in this repository
 DEFAULT_RECIPES = {
-    # GPTQ (recipes/w4-gptq-g32-sym-fast.yaml, about 80 s on 2 cores for SmolLM2) is not a default yet:
-    # add it with --recipes
-    "text-generation": ("fp32.yaml", "w8-rtn-g32.yaml", "w4-rtn-g32-sym.yaml", "magnitude-2of4.yaml", "depth25.yaml"),
+    # q5_0-gptq: GPTQ after AWQ's prescale onto Q5_0's own grid (exporters/gguf_gptq.py), the calibrated
+    # GGUF that stands against llama.cpp's Q4_K_M + imatrix (the default reference rows, reference.py)
+    "text-generation": ("fp32.yaml", "w8-rtn-g32.yaml", "q5_0-gptq.yaml", "w4-rtn-g32-sym.yaml", "magnitude-2of4.yaml",
+                        "depth25.yaml"),
     "classification": ("fp32.yaml", "w8-rtn.yaml", "w8a8.yaml", "w4-rtn-g32-sym.yaml"),
 }
 
 
-# with --ladder (OptimizeConfig.reference): llama.cpp's types, written RTN onto their own grids, join the
-# default space beside llama.cpp's own reference rows and the budgeted mix. Not on by default: on SmolLM2
-# the whole ladder did not fit the 15-minute demo on 2 cores (13.8 min, no speed measured, fp32 picked).
+# with --ladder (OptimizeConfig.ladder): llama.cpp's types, written RTN onto their own grids, join the
+# default space beside the budgeted mix (reference.mix_recipes). Not on by default: on SmolLM2 the whole
+# RTN ladder did not fit the 15-minute demo on 2 cores (13.8 min, no speed measured, fp32 picked).
 LADDER_RECIPES = ("q5_k-rtn.yaml", "q5_0-rtn.yaml", "q4_k-rtn.yaml", "iq4_nl-rtn.yaml")
 
 
@@ -107,7 +109,7 @@ def search_runtimes(config: OptimizeConfig, device, host) -> list[str]:
 
 def search_recipes(config: OptimizeConfig) -> list:
     """The recipes searched (files given, else the defaults), with the identity recipe first when none is given."""
-    paths = [Path(p) for p in config.recipes] or default_recipes(config.task, ladder=config.reference)
+    paths = [Path(p) for p in config.recipes] or default_recipes(config.task, ladder=config.ladder)
     recipes = [load_recipe(p) for p in paths]
     if not any(r.is_identity for r in recipes):
         recipes.insert(0, Recipe(name="fp32", description="the base model, uncompressed (reference)"))
