@@ -51,11 +51,39 @@ def test_int8_is_verified_against_the_same_weights_and_is_smaller(llama1, lm_fp3
                ppl_tokens=1024)
     v = r.verification
     assert v["passed"] and v["ppl"]["kl"] < 0.02 and v["vs_source"]["kl"] >= v["ppl"]["kl"]
+    assert _lookup_table_dtype(r.path) == "int8"                      # the table too, rounded in the reference as well
     assert open_runtime(r.path).weight_bytes() < 0.5 * open_runtime(lm_fp32.path).weight_bytes()
     assert r.file_bytes < 0.6 * lm_fp32.file_bytes
     ids = torch.arange(5, 25)
     rt, ref = open_runtime(r.path), open_runtime(load(llama1))
     assert sum(a == b for a, b in zip(rt.generate(ids, 8), ref.generate(ids, 8))) >= 6
+
+
+def _lookup_table_dtype(folder) -> str:
+    """The dtype of the table the token EMBEDDING_LOOKUP reads in *folder*'s ``model.tflite``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(folder / "model.tflite"))
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    ops = [op for op in it._get_ops_details() if op["op_name"] == "EMBEDDING_LOOKUP"]
+    return {details[op["inputs"][1]]["dtype"].__name__ for op in ops}.pop()
+
+
+def test_int8_embedding_table_is_a_choice_and_the_reference_follows_it(llama1, lm_fp32, tmp_path):
+    from edgellm.exporters.litert_verify import reference_for
+
+    loaded = load(llama1)
+    table = loaded.model.get_input_embeddings().weight
+    q = reference_for(loaded, LiteRTExportConfig(variant="int8")).model                # default: the table rounded
+    assert torch.equal(q.get_input_embeddings().weight, fake_quantize_symmetric(table, 8))
+    assert torch.equal(q.get_input_embeddings().weight, q.lm_head.weight)
+    f = reference_for(loaded, LiteRTExportConfig(variant="int8", quantize_embeddings=False)).model
+    assert torch.equal(f.get_input_embeddings().weight, table)
+    assert torch.equal(f.lm_head.weight, fake_quantize_symmetric(table, 8))             # the tied head: rounded, untied
+    r = export(llama1, "litert", tmp_path / "f.tflite", variant="int8", quantize_embeddings=False, max_len=96,
+               prefill_len=16, threads=2, ppl_tokens=512)
+    assert r.verification["passed"] and _lookup_table_dtype(r.path) == "float32"
+    assert r.file_bytes > lm_fp32.file_bytes         # the quantizer leaves fp32 buffers behind (see the exporter)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma"])

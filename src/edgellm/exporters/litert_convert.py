@@ -14,9 +14,9 @@ variant: ``fp32``; ``int8`` = dynamic-range int8 (int8 weights per channel, acti
 run time, ``ai_edge_quantizer``'s dynamic int8 config); ``int4`` = dynamic-range with 4-bit
 weights per block of ``group_size`` (32-256); ``w8`` = weight-only int8 (weights de-quantized to fp32
 before the op). All symmetric. The recipe names its ops: the fully-connected ops (and constant
-batch-matmuls), plus the token embedding's ``EMBEDDING_LOOKUP`` only when the job sets
-``quantize_embeddings`` (``ai_edge_quantizer``'s stock ``dynamic_wi8_afp32`` quantizes the lookup too;
-ONNX and ExecuTorch keep the table float, and so does edgellm by default). Weight-only int4 per block is refused
+batch-matmuls), plus the token embedding's ``EMBEDDING_LOOKUP`` when the job sets
+``quantize_embeddings`` (edgellm's default, as ``ai_edge_quantizer``'s stock ``dynamic_wi8_afp32`` does;
+without it the table stays fp32, as ONNX and ExecuTorch keep it). Weight-only int4 per block is refused
 by ``ai_edge_quantizer`` 0.10 ("Unsupported op for ComputePrecision.FLOAT: FULLY_CONNECTED"), so
 there is no ``w4``.
 Quantization runs on the converted fp32 flatbuffer. Deliberately absent: static (calibrated) activation quantization and the

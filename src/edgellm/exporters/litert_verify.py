@@ -6,10 +6,11 @@ writes (symmetric, scale = max|W| / 127 per output channel for int8, max|W| / 7 
 ``group_size`` input weights for int4, every ``nn.Linear``), so that the tolerance measures the
 converter and the interpreter, not the quantizer. Classifiers are checked here: class
 probabilities on fixed sentences against PyTorch, with the labels agreeing.
-The token embedding table stays fp32 in the file unless ``quantize_embeddings``, and then the reference
-rounds it the same way (per row for 8 bits, per block of ``group_size`` along the row for int4); a
-tied output head is untied and rounded like the other linears in either case. This is the rule of
-the ONNX and ExecuTorch int8 exports (``onnx.fake_quantized``, ExecuTorch's torchao model).
+When the file's token embedding table is quantized (``quantize_embeddings``, the default), the reference
+rounds it the same way (per row for 8 bits, per block of ``group_size`` along the row for int4); else
+it stays fp32 in both. A tied output head is untied and rounded like the other linears in either case.
+The rule is the ONNX and ExecuTorch int8 exports' (``onnx.fake_quantized``, ExecuTorch's torchao
+model): the reference holds exactly the weights the file holds.
 Deliberately absent: modelling the run-time activation quantization (the ``int8-act`` tolerance covers it).
 """
 
