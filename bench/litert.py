@@ -83,7 +83,8 @@ def lm_export(args, work: Path) -> dict:
                                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
                                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e3)}))
         print(rows[-1])
-    old = {r["artifact"]: r for r in _parts(work).get("lm-export", [])}
+    done = _parts(work).get("lm-export") or {}         # a part is saved as {"rows": [...]}
+    old = {r["artifact"]: r for r in (done.get("rows", []) if isinstance(done, dict) else done)}
     old.update({r["artifact"]: r for r in rows})
     return {"rows": list(old.values())}
 
