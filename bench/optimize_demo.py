@@ -32,6 +32,17 @@ from edgellm.fileio import write_json
 from edgellm.report.html import summary_rows
 
 
+def shown_paths(r: dict) -> dict:
+    """*r* with its paths as the repository shows them: the search's ``--cache`` folder as ``<cache>``, the
+    rest through ``repo_relative`` (the cache, the virtual environment, the home folder)."""
+    text = json.dumps(r)
+    cache = (r.get("config") or {}).get("cache")
+    if cache:
+        text = text.replace(json.dumps(str(Path(cache).resolve()))[1:-1], "<cache>")
+        text = text.replace(json.dumps(cache)[1:-1], "<cache>")
+    return json.loads(repo_relative(text))
+
+
 def screenshot(report: Path, png: Path) -> bool:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -102,7 +113,7 @@ def main() -> None:
                     "columns": [c for c in checks[0] if c != "measured_at"] if checks else [], "rows": checks}],
         "plots": plots, "wall_seconds": wall or r["elapsed_s"],
     }
-    write_json(RESULTS / "raw" / f"{args.name}.results.json", r)     # the raw search the table summarises
+    write_json(RESULTS / "raw" / f"{args.name}.results.json", shown_paths(r))   # the raw search the table summarises
     write_result(args.name, result, machine=result["machine"])
     print(json.dumps({"chosen": (r.get("chosen") or {}).get("label"), "vs_base": vb, "wall_s": result["wall_seconds"]}))
 
