@@ -160,7 +160,9 @@ def test_q4_0_export_against_llamacpp_q4_0_is_pinned(gptq_smollm2, gptq_torch_pp
 @pytest.mark.slow
 def test_minilm_int8_classifier_accuracy_is_pinned(tmp_path):
     """all-MiniLM-L6-v2 with a fresh 2-label head fine-tuned on SST-2 train (40 steps × 16 sentences, lr 1e-4,
-    max 64 tokens, seed 0), exported as the fused int8 ONNX graph; accuracy on all 872 SST-2 dev rows.
+    max 64 tokens, seed 0), exported as the fused int8 ONNX graph; accuracy on all 6,735 rows of ``sst-2/dev.tsv``
+    (short phrases; the 872 full sentences of ``test.tsv`` were tried and dropped: the 40-step fine-tune's
+    accuracy there moved by 2.5 points between two runs, torch 77.18% then 74.66%, too much for a pin).
 
     Pinned (2026-11-30): int8 81.60%, torch fp32 81.89% (Δ −0.28 points; published after 200 × 32 steps:
     87.02% and −0.53 points, classifier_onnx.json). Margins: int8 accuracy ± 2.5 points, Δ vs torch ± 1 point.
