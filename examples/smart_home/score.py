@@ -185,7 +185,7 @@ def write_result(args, results: list[dict], wall: float) -> None:
           f" --threads {args.threads} --json {args.json_out}" + (" --merge" if args.merge else "") + \
           (" --zero-shot" if args.zero_shot else "")
     cmd = "; ".join(commands + [cmd])
-    write_json(args.json_out, {
+    record = {
         "title": "Smart-home commands through the OpenAI-compatible server",
         "command": cmd,
         "description": "30 spoken-style commands (examples/smart_home/commands.jsonl) → one device action each "
@@ -196,7 +196,14 @@ def write_result(args, results: list[dict], wall: float) -> None:
         "tables": [{"title": "Exact-match actions (of 30)", "columns": list(rows[0]), "rows": rows,
                     "notes": args.note}],
         "raw": results, "wall_seconds": round(wall, 1),
-    })
+    }
+    try:    # inside the repository: the bench envelope (commit, argv, time), as every bench/results file has
+        sys.path.insert(0, str(HERE.parents[1]))
+        from bench._common import write_result as write_bench_result
+    except ImportError:     # the example copied elsewhere: the record alone
+        write_json(args.json_out, record)
+    else:
+        write_bench_result(args.json_out, record, machine=record["machine"], command=cmd)
     print(f"wrote {args.json_out}")
 
 
