@@ -57,8 +57,8 @@ PIN_GPTQ = 9.088      # % rise
 PIN_SPARSE = 35.10    # % rise
 PIN_LLAMA = 24.39     # % rise of llama.cpp's own Q4_0
 PIN_RATIO = 0.3845    # edgellm Q4_0 rise (9.380%) ÷ llama.cpp Q4_0 rise (24.395%)
-PIN_INT8 = 81.60      # % SST-2 dev accuracy of the int8 ONNX classifier (torch: 81.89%)
-PIN_DELTA = -0.28     # int8 − torch, accuracy points
+PIN_INT8 = 81.83      # % SST-2 dev accuracy of the int8 ONNX classifier (torch: 81.86%)
+PIN_DELTA = -0.03     # int8 − torch, accuracy points
 
 
 def ppl(model, runtime: str = "auto") -> float:
@@ -143,8 +143,7 @@ def test_q4_0_export_against_llamacpp_q4_0_is_pinned(gptq_smollm2, gptq_torch_pp
     Margins: ratio ± 0.15 (edgellm's rise growing by half fails), llama.cpp's rise ± 8 points (it checks
     the reference itself).
     """
-    ours = export(gptq_smollm2, "gguf", tmp_path / "ours-q4_0.gguf", gguf_type="q4_0", threads=THREADS,
-                  ppl_tokens=1024)
+    ours = export(gptq_smollm2, "gguf", tmp_path / "ours-q4_0.gguf", gguf_type="q4_0", verify=False)   # checked below
     assert ours.details["how"]["exact"] == 210
     f32 = export(load("smollm2-135m"), "gguf", tmp_path / "f32.gguf", gguf_type="f32", verify=False)
     theirs = llama_quantize(f32.path, tmp_path / "llamacpp-q4_0.gguf", "q4_0", threads=THREADS)
@@ -164,7 +163,11 @@ def test_minilm_int8_classifier_accuracy_is_pinned(tmp_path):
     (short phrases; the 872 full sentences of ``test.tsv`` were tried and dropped: the 40-step fine-tune's
     accuracy there moved by 2.5 points between two runs, torch 77.18% then 74.66%, too much for a pin).
 
-    Pinned (2026-11-30): int8 81.60%, torch fp32 81.89% (Δ −0.28 points; published after 200 × 32 steps:
+    The rows go in batches of 32 sorted by length: half the padding, half the time. The accuracy in PyTorch is the
+    same as in file order; the int8 graph's differs by a few rows (its activations are quantized per tensor, and
+    the padding is part of the tensor): 81.83% sorted, 81.72% in file order, from the same fine-tune.
+
+    Pinned (2026-11-30, sorted): int8 81.83%, torch fp32 81.86% (Δ −0.03 points; published after 200 × 32 steps:
     87.02% and −0.53 points, classifier_onnx.json). Margins: int8 accuracy ± 2.5 points, Δ vs torch ± 1 point.
     """
     torch.set_num_threads(THREADS)
@@ -174,7 +177,7 @@ def test_minilm_int8_classifier_accuracy_is_pinned(tmp_path):
              out=ft, progress=False)
     art = export(load(ft, task="classification"), "onnx", tmp_path / "minilm-int8.onnx", variant="int8",
                  threads=THREADS)
-    dev = read_tsv(data_file(SST2.format(split="dev")))
+    dev = sorted(read_tsv(data_file(SST2.format(split="dev"))), key=lambda r: len(r.text))   # batches of like length
     acc_torch = 100 * accuracy(open_runtime(load(ft, task="classification"), threads=THREADS, device="cpu"), dev).accuracy
     acc_int8 = 100 * accuracy(open_runtime(art.path, threads=THREADS), dev).accuracy
     print(f"accuracy torch {acc_torch:.4f}%, int8 {acc_int8:.4f}%")

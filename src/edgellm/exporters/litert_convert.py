@@ -6,7 +6,8 @@ converter cannot live beside the rest of edgellm. ``exporters.litert_env`` build
 environment with the same torch and ``litert-torch``; ``exporters.litert`` exports the signatures
 with ``torch.export`` in the main environment (where the model, the family registry and the cache
 wrapper live), saves each ``ExportedProgram`` with ``torch.export.save`` (same torch version on both
-sides), and runs this file there as ``python litert_convert.py job.json``.
+sides), and runs this file there as ``python litert_convert.py --serve``, which converts one job per
+line of stdin (``serve``; ``python litert_convert.py job.json`` converts one job and exits).
 
 This script imports only torch, ``litert_torch`` and ``ai_edge_quantizer``; never edgellm (it is not
 installed there). The job names the programs (one signature each), the output file, and the
@@ -93,10 +94,47 @@ def convert(job: dict) -> dict:
             "ai_edge_quantizer": getattr(ai_edge_quantizer, "__version__", None)}
 
 
-def main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[1]).read_text())
+def run_job(path: str) -> None:
+    """Convert the job in the file *path*; its report (with the converter's peak RSS so far) goes where it says."""
+    import resource
+
+    job = json.loads(Path(path).read_text())
     report = convert(job)
+    report["converter_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     Path(job["report"]).write_text(json.dumps(report))
+
+
+def serve() -> int:
+    """Convert one job per line of stdin (a job file's path) until stdin closes; answer each with one JSON line
+    on stdout, ``{"ok": true}`` or ``{"ok": false, "error": "<the exception's last line>"}`` (its traceback on
+    stderr). The libraries' own prints are sent to stderr, so stdout carries the answers alone."""
+    import os
+    import traceback
+
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    import ai_edge_quantizer  # noqa: F401  (imported before the first job: that is what the process is kept for)
+    import litert_torch  # noqa: F401
+
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            run_job(line.strip())
+            answer = {"ok": True}
+        except Exception as e:  # noqa: BLE001 - any failure is the job's, reported to the caller
+            traceback.print_exc()
+            answer = {"ok": False, "error": traceback.format_exception_only(type(e), e)[-1].strip()}
+        sys.stderr.flush()
+        answers.write(json.dumps(answer) + "\n")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--serve"]:
+        return serve()
+    run_job(argv[1])
     return 0
 
 

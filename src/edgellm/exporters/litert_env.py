@@ -6,7 +6,9 @@ pins ``typing-extensions<4.13``, while pydantic, anyio and openai in the main en
 So the converter lives in its own virtual environment, built on first use under edgellm's cache
 (``modelfiles.cache_dir()/litert-converter-<version>``, rebuilt when the main torch changes) from the package registry, with the same
 torch version as the main environment (programs are handed over with ``torch.export.save``).
-``$EDGELLM_LITERT_PYTHON`` names an existing interpreter instead. The runtime side,
+``$EDGELLM_LITERT_PYTHON`` names an existing interpreter instead. One converter process serves an edgellm
+process's conversions in turn (``run_converter``), so that ``optimize`` on a phone profile pays the
+converter's import once, not per candidate. The runtime side,
 ``ai-edge-litert``, installs in the main environment (the ``litert`` extra).
 
 The build is serialised with a file lock and marked complete by a ``ready`` file, so two exports
@@ -16,10 +18,16 @@ repairing an environment in place (delete its folder to rebuild it).
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 from ..errors import EdgeLLMError
@@ -86,23 +94,103 @@ def _build(root: Path) -> None:
     (root / "ready").write_text(f"litert-torch=={LITERT_TORCH} torch=={_torch_version()}\n")
 
 
+# A conversion of a tiny model takes a second or two; importing litert_torch takes 6-7 s. So one converter
+# process serves the conversions of one edgellm process in turn (litert_convert.py --serve), and is closed after
+# a conversion that took longer than KEEP_SECONDS (the import is then a small share, and a large model's
+# converter should not sit in memory), after any failure, and at exit.
+KEEP_SECONDS = 30.0
+
+
+class _Converter:
+    """One converter process: job paths in on stdin, one JSON answer line each on stdout, its stderr in a file."""
+
+    def __init__(self):
+        script = Path(__file__).with_name("litert_convert.py")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        self.owner = os.getpid()
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([str(converter_python()), str(script), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, env=env, text=True)
+
+    def usable(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
+    def stderr_since(self, offset: int) -> str:
+        self.log.seek(offset)
+        return self.log.read().decode(errors="replace")
+
+    def run(self, job_file: Path, timeout: float | None) -> dict:
+        """The answer to one job: ``{"ok": true}`` or ``{"ok": false, "error": ...}``, with ``stderr``."""
+        offset = os.fstat(self.log.fileno()).st_size
+        try:
+            self.proc.stdin.write(f"{job_file}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass                                    # it died; read() below sees the end of its output
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.close()
+            raise EdgeLLMError(f"the LiteRT conversion took longer than {timeout:.0f} s", "use a smaller model or max_len")
+        line = self.proc.stdout.readline()
+        if not line:                                # killed or crashed inside the converter
+            code = self.proc.wait()
+            answer = {"ok": False, "crash": f"the converter process ended with code {code}"}
+        else:
+            answer = json.loads(line)
+        return {**answer, "stderr": self.stderr_since(offset)}
+
+    def close(self) -> None:
+        if self.owner != os.getpid():
+            return                                  # a forked child's copy: the parent's process, not ours
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+_converter: _Converter | None = None
+_lock = threading.Lock()
+
+
+def _close_converter() -> None:
+    global _converter
+    if _converter is not None:
+        _converter.close()
+        _converter = None
+
+
+atexit.register(_close_converter)
+
+
 def run_converter(job_file: Path, *, timeout: float | None = None) -> None:
-    """Run ``litert_convert.py job_file`` in the converter environment; its last error line becomes an EdgeLLMError.
+    """Run the job ``job_file`` (see ``litert_convert.py``) in the converter process; a failure becomes an EdgeLLMError
+    naming its last error line.
 
     >>> run_converter(Path("job.json"))             # doctest: +SKIP
     """
-    script = Path(__file__).with_name("litert_convert.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    try:
-        r = subprocess.run([str(converter_python()), str(script), str(job_file)], capture_output=True, text=True,
-                           env=env, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise EdgeLLMError(f"the LiteRT conversion took longer than {timeout:.0f} s", "use a smaller model or max_len") from e
-    if r.returncode != 0:
-        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln or "error:" in ln] or lines or ["(no output)"]
+    global _converter
+    with _lock:
+        if _converter is None or not _converter.usable():
+            if _converter is not None and _converter.owner == os.getpid():
+                _converter.close()
+            _converter = _Converter()
+        t0 = time.perf_counter()
+        try:
+            answer = _converter.run(job_file, timeout)
+        except BaseException:
+            _close_converter()                      # Ctrl-C or a timeout: never reuse a converter mid-job
+            raise
+        if not answer["ok"] or time.perf_counter() - t0 > KEEP_SECONDS:
+            _close_converter()
+    if not answer["ok"]:
+        lines = [ln for ln in answer["stderr"].strip().splitlines() if ln.strip()]
+        errors = ([answer["error"]] if "error" in answer else
+                  [ln for ln in lines if "Error" in ln or "error:" in ln] or lines[-1:] or [answer["crash"]])
         if os.environ.get("EDGELLM_DEBUG"):
-            sys.stderr.write(r.stderr)
+            sys.stderr.write(answer["stderr"])
         raise EdgeLLMError(f"LiteRT conversion failed: {errors[-1].strip()[:300]}", "report it with the model's config")
 
 
