@@ -1,7 +1,8 @@
 """LiteRT (TFLite) against ExecuTorch, llama.cpp and ONNX Runtime: SmolLM2 and the MiniLM SST-2 classifier.
 
 One part per invocation (``--part``), so a long series can be stopped and resumed; each part stores its
-rows in ``<work>/parts.json`` and the result file is rewritten from every part done so far.
+rows in ``<work>/parts.json`` and the result file is rewritten from every part done so far (``--part report``
+rewrites it without measuring anything).
 
 - ``lm-export``: SmolLM2-135M to ``.tflite`` fp32 and int8 (dynamic-range; ``edgellm export --format litert``,
   verified), and the same model to ``.pte`` fp32 / int8 (8da8w) and GGUF F32 / Q8_0 (those unverified here:
@@ -199,7 +200,8 @@ def main() -> None:
     from edgellm.models import cache_dir
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", required=True, choices=PARTS)
+    ap.add_argument("--part", required=True, choices=PARTS + ("report",),
+                    help="one part to measure, or 'report': rewrite the result file from the parts done so far")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="lm-export: only these artifact labels")
     ap.add_argument("--ppl-tokens", type=int, default=20480)
@@ -211,11 +213,18 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    value = {"lm-export": lm_export, "lm-ppl": lm_ppl, "lm-speed": lm_speed, "cls": cls}[args.part](args, work)
-    value["command"] = shlex.join(invocation())
-    value["seconds"] = round(time.time() - t0, 1)
-    parts = _save(work, args.part, value)
-    tables = [{"title": TITLES[p], "columns": list(parts[p]["rows"][0]), "rows": parts[p]["rows"],
+    if args.part == "report":
+        parts = _parts(work)
+    else:
+        value = {"lm-export": lm_export, "lm-ppl": lm_ppl, "lm-speed": lm_speed, "cls": cls}[args.part](args, work)
+        value["command"] = shlex.join(invocation())
+        value["seconds"] = round(time.time() - t0, 1)
+        parts = _save(work, args.part, value)
+
+    def columns(rows: list) -> list:       # every key of every row, first seen first (the ratio columns skip LiteRT)
+        return list(dict.fromkeys(k for r in rows for k in r))
+
+    tables = [{"title": TITLES[p], "columns": columns(parts[p]["rows"]), "rows": parts[p]["rows"],
                "notes": [f"command: {parts[p]['command']}"]} for p in PARTS if p in parts and parts[p]["rows"]]
     write_result("litert", {
         "title": "LiteRT (TFLite) export and runtime",
