@@ -12,7 +12,7 @@ margin of a value pinned here, so that a regression in a quantizer, a pruner or 
 - the MiniLM int8 ONNX classifier on SST-2 dev (bench/results/classifier_onnx.json).
 
 Protocol, shared by the language-model pins: wikitext-2 test, ctx 512, the first 4,096 tokens (8 windows),
-2 threads; calibration on 8 windows of 512 tokens of wiki.valid; SparseGPT prunes the first 10 of the 30
+2 threads; calibration on 8 windows of 512 tokens of wiki.valid; SparseGPT prunes the first 5 of the 30
 blocks (the published runs use 32 windows, every block and 20,480 scored tokens, so the pinned figures are
 this protocol's own, not the published ones). The pins were measured on a 2-core AMD EPYC, under the
 shared lock, with:
@@ -51,10 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 TOKENS = 4096          # scored tokens of wikitext-2 test (8 windows of 512)
 CALIB = CalibConfig(samples=8, seq_len=512)
-SPARSE_BLOCKS = "model.layers.[0-9].*"     # SparseGPT's column loop is the slow part: the first 10 of 30 blocks
+SPARSE_BLOCKS = "model.layers.[0-4].*"     # SparseGPT's column loop is the slow part: the first 5 of 30 blocks
 # measured once each (see the tests' docstrings); fp32 on this protocol: perplexity 30.0746
 PIN_GPTQ = 9.088      # % rise
-PIN_SPARSE = 35.10    # % rise
+PIN_SPARSE = 20.51    # % rise
 PIN_LLAMA = 24.39     # % rise of llama.cpp's own Q4_0
 PIN_RATIO = 0.3845    # edgellm Q4_0 rise (9.380%) ÷ llama.cpp Q4_0 rise (24.395%)
 PIN_INT8 = 81.83      # % SST-2 dev accuracy of the int8 ONNX classifier (torch: 81.86%)
@@ -118,17 +118,17 @@ def test_gptq_awq_w4_g32_rise_is_pinned(gptq_torch_ppl, fp32_ppl):
 
 @pytest.mark.slow
 def test_sparsegpt_50_rise_is_pinned(fp32_ppl):
-    """SparseGPT, 50% unstructured, every linear of the first 10 decoder blocks (of 30): perplexity rise over fp32.
+    """SparseGPT, 50% unstructured, every linear of the first 5 decoder blocks (of 30): perplexity rise over fp32.
 
-    Pinned: +35.10% (2026-11-30; published on the full protocol with all 30 blocks pruned: +81.0%,
-    prune.json). Margin ± 15 points: the rise growing by half fails.
+    Pinned: +20.51% (2026-11-30, 5 blocks; 10 blocks gave +35.10%; published on the full protocol with all 30
+    blocks pruned: +81.0%, prune.json). Margin ± 10 points: the rise growing by half fails.
     """
     torch.set_num_threads(THREADS)
     m = load("smollm2-135m")
     _, res = prune(m, PruneConfig(method="sparsegpt", sparsity=0.5, include=(SPARSE_BLOCKS,), calib=CALIB),
                    progress=False)
-    assert res.n_linears == 10 * 7 and abs(res.achieved_sparsity - 0.5) < 1e-3
-    within(rise(ppl(m, runtime="torch"), fp32_ppl), PIN_SPARSE, 15.0, "SparseGPT 50% perplexity rise (%)")
+    assert res.n_linears == 5 * 7 and abs(res.achieved_sparsity - 0.5) < 1e-3
+    within(rise(ppl(m, runtime="torch"), fp32_ppl), PIN_SPARSE, 10.0, "SparseGPT 50% perplexity rise (%)")
 
 
 @pytest.mark.slow
