@@ -174,8 +174,7 @@ def run_converter(job_file: Path, *, timeout: float | None = None) -> None:
     global _converter
     with _lock:
         if _converter is None or not _converter.usable():
-            if _converter is not None and _converter.owner == os.getpid():
-                _converter.close()
+            _close_converter()                      # a dead one is reaped; a forked child's copy is left alone
             _converter = _Converter()
         t0 = time.perf_counter()
         try:
