@@ -41,7 +41,7 @@ def fake_quantize_symmetric(W: torch.Tensor, bits: int, block: int | None = None
     """*W* [out, in] rounded to signed *bits*-bit codes, symmetric, per output row or per *block* of inputs.
 
     >>> fake_quantize_symmetric(torch.tensor([[1.0, -0.5, 0.26]]), 2).tolist()
-    [[1.0, -1.0, 0.0]]
+    [[1.0, -0.0, 0.0]]
     """
     qmax = 2 ** (bits - 1) - 1
     out_f, in_f = W.shape
