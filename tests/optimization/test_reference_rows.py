@@ -100,7 +100,7 @@ def test_the_default_space_holds_a_calibrated_gguf_and_the_ladder_the_4_and_5_bi
 
     default = [load_recipe(p) for p in default_recipes("text-generation")]
     gptq = [r for r in default if "gguf" in r.steps and r.steps["gguf"].quantizer == "gptq"]
-    assert [gguf_type_for(r) for r in gptq] == ["q5_0"] and gptq[0].steps["gguf"].awq_prescale
+    assert [gguf_type_for(r) for r in gptq] == ["q4_k"] and gptq[0].steps["gguf"].awq_prescale
     kinds = {gguf_type_for(load_recipe(p)) for p in default_recipes("text-generation", ladder=True)}
     assert {"q5_0", "q5_k", "q4_k", "iq4_nl", "q4_0", "q8_0"} <= kinds
 
