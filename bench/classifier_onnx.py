@@ -84,9 +84,14 @@ def gemm_ceiling(work: Path, threads: int, m: int = 1312, k: int = 384, n: int =
     return rows
 
 
-GEMM_NOTES = ["at batch 32 the encoder is GEMM-bound: end to end, int8 cannot beat fp32 by more than its GEMMs do "
-              "(median of 6 alternating rounds); this CPU has AVX2 without VNNI (no vpdpbusd int8 dot product), and "
-              "MatMulNBits' int8-compute path is slower than fp32 at this m"]
+def gemm_notes(machine: dict) -> list[str]:
+    """The GEMM table's note, naming the int8 dot-product instructions of the CPU the figures came from."""
+    flags = set(machine.get("isa_flags") or [])
+    isa = ("this CPU has AVX-512 VNNI (vpdpbusd: a 4-way int8 dot product per lane)" if "avx512_vnni" in flags else
+           "this CPU has AVX-VNNI (vpdpbusd on 256-bit registers)" if "avx_vnni" in flags else
+           "this CPU has AVX2 without VNNI (no vpdpbusd int8 dot product)")
+    return ["at batch 32 the encoder is GEMM-bound: end to end, int8 cannot beat fp32 by more than its GEMMs do "
+            f"(median of 6 alternating rounds); {isa}"]
 
 
 def gemm_only(args) -> None:
@@ -97,7 +102,7 @@ def gemm_only(args) -> None:
     result = json.loads(path.read_text())
     rows = gemm_ceiling(Path(args.work), args.threads)
     result["tables"][1] = {"title": GEMM_TITLE, "columns": list(rows[0]), "rows": [stamp(r) for r in rows],
-                           "notes": GEMM_NOTES}
+                           "notes": gemm_notes(machine_info())}
     result["commands"] = (result.get("commands") or [result["command"]]) + [shlex.join(invocation())]
     write_result(path, result, machine=machine_info(), command="; ".join(result["commands"]))
     for r in rows:
@@ -116,6 +121,7 @@ def main() -> None:
     from edgellm.exporters import export
     from edgellm.models import cache_dir, load
     from edgellm.runtimes import open_runtime
+    from edgellm.measure import machine_info
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -190,7 +196,8 @@ def main() -> None:
                         "ratio."),
         "tables": [{"title": "accuracy and throughput", "columns": list(table[0]), "rows": [stamp(r) for r in table],
                     "notes": [verdict]},
-                   {"title": GEMM_TITLE, "columns": list(gemm[0]), "rows": [stamp(r) for r in gemm], "notes": GEMM_NOTES}],
+                   {"title": GEMM_TITLE, "columns": list(gemm[0]), "rows": [stamp(r) for r in gemm],
+                    "notes": gemm_notes(machine_info())}],
         "commands": [shlex.join(invocation())],
         "raw": {"speed": {f"{k[0]} b{k[1]}": v for k, v in speed.items()}, "accuracy": acc,
                 "exports": {k: v.to_dict() for k, v in arts.items()}, "finetune_seconds": ft_seconds,

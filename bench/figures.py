@@ -111,7 +111,7 @@ FIGURES: list[tuple[str, str, list]] = [
     ("README.md", "about {:.0f} s for SmolLM2 on 2 cores", [C(QS, "Best W4 recipe", "quantize s", run="after")]),
     # docs/onnx-executorch.md
     ("docs/onnx-executorch.md", "int8 vs PyTorch fp32: {:.2f}x at batch 1 (unfused int8: {:.2f}x) and {:.2f}x at "
-     "batch 32 (unfused: {:.2f}x, the same);",
+     "batch 32 (unfused: {:.2f}x);",
      [_ox("onnx int8", "batch 1 × torch"), _ox("onnx int8, unfused", "batch 1 × torch"),
       _ox("onnx int8", "batch 32 × torch"), _ox("onnx int8, unfused", "batch 32 × torch")]),
     ("docs/onnx-executorch.md", "file {:.1f} MB (unfused {:.1f} MB",
@@ -126,7 +126,6 @@ FIGURES: list[tuple[str, str, list]] = [
       _ox("onnx fp32", "batch 32 × torch"), C(OX, GEMM, "× fp32", kernel="dynamic int8 MatMulInteger")]),
     ("docs/onnx-executorch.md", "before counting any other op, and {:.2f}x is what it measures",
      [_ox("onnx int8", "batch 32 × torch")]),
-    ("docs/onnx-executorch.md", "and {:.2f}x is in that range", [C(OX, GEMM, "× fp32", kernel="dynamic int8 MatMulInteger")]),
     ("docs/onnx-executorch.md", "fp32 {:.1f}, 8da8w {:.1f}, 8da4w {:.1f} tok/s decode. That is slower than ONNX Runtime "
      "({:.1f} / {:.1f} / {:.1f}) and llama.cpp ({:.1f} / {:.1f} / {:.1f}) here.",
      [_rs("executorch", b) for b in ("fp32", "8-bit", "4-bit")] + [_rs("onnxruntime", b) for b in ("fp32", "8-bit", "4-bit")]
