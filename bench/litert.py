@@ -12,6 +12,12 @@ rewrites it without measuring anything).
 - ``lm-speed``: prefill and decode tok/s of LiteRT, ExecuTorch and llama.cpp at the same bit width (fp32 /
   int8 / F32-Q8_0), loaded side by side and measured in paired rounds (``edgellm.measure.measure_paired``);
   the ratios are medians of per-round ratios to LiteRT.
+- ``lm-noise``: the int8 files against the ``int8-act`` verification limits: each file (the output head's input
+  rounded to int8, and the default, head input fp32) against its modelled PyTorch reference (FC inputs rounded
+  per row as the kernel does), next to the same reference against itself with its inputs scaled by
+  1 + 1e-6·N(0, 1) before each rounding (two seeds: the rounding's own noise floor) and against the
+  weights-only reference; on the verification text (4,096 wikitext-2 test tokens, windows of 512),
+  KL(reference ‖ other) and top-1 agreement per token.
 - ``cls``: MiniLM-L6 fine-tuned on SST-2 (the folder bench.classifier_onnx makes, fine-tuned here the same
   way when missing), exported to ``.tflite`` and ``.onnx`` fp32 / int8; accuracy on all 872 dev rows and
   throughput at batch 1 and 32 (end to end through ``classify``), alternating rounds.
@@ -30,10 +36,12 @@ from pathlib import Path
 
 from bench._common import invocation, repo_relative, stamp, write_result
 
-PARTS = ("lm-export", "lm-ppl", "lm-speed", "cls")
+PARTS = ("lm-export", "lm-ppl", "lm-speed", "lm-noise", "cls")
 LM_ARTIFACTS = {  # label -> (format, options, file name)
     "litert fp32": ("litert", {"variant": "fp32", "max_len": 512, "prefill_len": 128}, "smollm2-fp32.tflite"),
     "litert int8": ("litert", {"variant": "int8", "max_len": 512, "prefill_len": 128}, "smollm2-int8.tflite"),
+    "litert int8, head input int8": ("litert", {"variant": "int8", "max_len": 512, "prefill_len": 128,
+                                                "quantize_head_input": True}, "smollm2-int8-headq.tflite"),
     "executorch fp32": ("executorch", {"variant": "fp32", "max_len": 512}, "smollm2-fp32.pte"),
     "executorch int8": ("executorch", {"variant": "int8", "max_len": 512}, "smollm2-int8.pte"),
     "llama.cpp F32": ("gguf", {"gguf_type": "f32"}, "smollm2-f32.gguf"),
@@ -99,12 +107,66 @@ def lm_ppl(args, work: Path) -> dict:
     ref = open_runtime(load("smollm2-135m"), threads=args.threads, device="cpu")
     ids = tokenize_file(ref.tokenizer, WIKI_TEST, max_tokens=args.ppl_tokens)
     rows = []
-    for label in ("torch fp32", "litert fp32", "litert int8"):
+    for label in ("torch fp32", "litert fp32", "litert int8", "litert int8, head input int8"):
+        if label != "torch fp32" and not (work / LM_ARTIFACTS[label][2]).exists():
+            continue
         rt = ref if label == "torch fp32" else open_runtime(work / LM_ARTIFACTS[label][2], threads=args.threads)
         t0 = time.perf_counter()
         r = evaluate_lm(rt, ids, ctx=512, max_tokens=args.ppl_tokens)
         rows.append(stamp({"runtime": label, "perplexity": round(r.perplexity, 3), "tokens": args.ppl_tokens,
                            "ctx": 512, "seconds": round(time.perf_counter() - t0, 1)}))
+        print(rows[-1])
+    return {"rows": rows}
+
+
+def lm_noise(args, work: Path) -> dict:
+    import math
+
+    import torch
+
+    from edgellm.exporters.litert import LiteRTExportConfig
+    from edgellm.exporters.litert_verify import fake_quantize_rows_asymmetric, reference_for
+    from edgellm.exporters.verify import Tolerance, verify_artifact
+    from edgellm.models import load
+
+    loose = Tolerance(max_kl=math.inf, min_top1=0.0, max_ppl_rel=math.inf)      # the figures, never a failure
+    loaded = load("smollm2-135m")
+    head_q = LiteRTExportConfig(variant="int8", quantize_head_input=True)
+
+    def jittered(seed: int | None, head: bool = True):
+        """The modelled int8 reference (the head's input rounded if *head*) with each rounded FC input scaled by
+        1 + 1e-6·N(0, 1) first (*seed* None: no jitter)."""
+        ref = reference_for(loaded, head_q)
+        gen = torch.Generator().manual_seed(seed or 0)
+        out_head = ref.model.get_output_embeddings()
+        for mod in ref.model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod._forward_pre_hooks.clear()
+                if mod is out_head and not head:
+                    continue
+                mod.register_forward_pre_hook(lambda m, a: (fake_quantize_rows_asymmetric(
+                    a[0] if seed is None else a[0] * (1 + 1e-6 * torch.randn(a[0].shape, generator=gen))),) + a[1:])
+        return ref
+
+    weights_only = reference_for(loaded, LiteRTExportConfig(variant="w8"))
+    with_head, default = reference_for(loaded, head_q), reference_for(loaded, LiteRTExportConfig(variant="int8"))
+    file_q, file_d = (work / LM_ARTIFACTS[k][2] for k in ("litert int8, head input int8", "litert int8"))
+    cases = [("int8 file, head input int8: interpreter", "its modelled reference", with_head, file_q, "litert"),
+             ("that reference, inputs jittered (seed 1)", "that reference", with_head, jittered(1), "torch"),
+             ("that reference, inputs jittered (seed 2)", "that reference", with_head, jittered(2), "torch"),
+             ("that reference", "weights-only reference", weights_only, with_head, "torch"),
+             ("int8 file, head input fp32 (default): interpreter", "its modelled reference", default, file_d, "litert"),
+             ("that reference, inputs jittered (seed 1)", "that reference", default, jittered(1, head=False), "torch"),
+             ("that reference, inputs jittered (seed 2)", "that reference", default, jittered(2, head=False), "torch"),
+             ("that reference", "weights-only reference", weights_only, default, "torch")]
+    rows = []
+    for label, against, ref, art, runtime in cases:
+        t0 = time.perf_counter()
+        r = verify_artifact(art, ref, runtime, loose, threads=args.threads)["ppl"]
+        rows.append(stamp({"compared": label, "against": against, "KL": round(r["kl"], 4), "top-1": round(r["top1"], 4),
+                           "ppl": round(r["artifact"], 3), "ppl against": round(r["reference"], 3),
+                           "ppl diff %": round(100 * r["relative_diff"], 2), "tokens": r["n_tokens"],
+                           "seconds": round(time.perf_counter() - t0, 1)}))
         print(rows[-1])
     return {"rows": rows}
 
@@ -115,7 +177,7 @@ def lm_speed(args, work: Path) -> dict:
 
     rows, raw = [], {}
     for width, labels in (("fp32", ("litert fp32", "executorch fp32", "llama.cpp F32")),
-                          ("int8", ("litert int8", "executorch int8", "llama.cpp Q8_0"))):
+                          ("int8", ("litert int8", "litert int8, head input int8", "executorch int8", "llama.cpp Q8_0"))):
         labels = [label for label in labels if (work / LM_ARTIFACTS[label][2]).exists()]   # the exports made so far
         if len(labels) < 2:
             continue
@@ -193,6 +255,8 @@ def cls(args, work: Path) -> dict:
 TITLES = {"lm-export": "SmolLM2-135M exports: size and weight bytes per token",
           "lm-ppl": "SmolLM2-135M perplexity on the LiteRT interpreter (wikitext-2 test, ctx 512)",
           "lm-speed": "SmolLM2-135M speed, paired rounds: LiteRT vs ExecuTorch vs llama.cpp at the same bit width",
+          "lm-noise": "SmolLM2-135M int8: the file against its modelled reference, and the reference against itself "
+                      "with inputs moved by 1e-6 (verification text, 4,096 tokens; int8-act limits: KL 0.02, top-1 0.90)",
           "cls": "MiniLM-L6 SST-2 classifier: LiteRT vs ONNX Runtime"}
 
 
@@ -216,7 +280,8 @@ def main() -> None:
     if args.part == "report":
         parts = _parts(work)
     else:
-        value = {"lm-export": lm_export, "lm-ppl": lm_ppl, "lm-speed": lm_speed, "cls": cls}[args.part](args, work)
+        value = {"lm-export": lm_export, "lm-ppl": lm_ppl, "lm-speed": lm_speed, "lm-noise": lm_noise,
+                 "cls": cls}[args.part](args, work)
         value["command"] = shlex.join(invocation())
         value["seconds"] = round(time.time() - t0, 1)
         parts = _save(work, args.part, value)

@@ -52,6 +52,7 @@ def test_int8_is_verified_against_the_same_weights_and_is_smaller(llama1, lm_fp3
     v = r.verification
     assert v["passed"] and v["ppl"]["kl"] < 0.02 and v["vs_source"]["kl"] >= v["ppl"]["kl"]
     assert _lookup_table_dtype(r.path) == "int8"                      # the table too, rounded in the reference as well
+    assert _head_weight_dtypes(r.path, 320) == {"head": "float32 from int8", "other": "int8"}   # the head weight-only
     assert open_runtime(r.path).weight_bytes() < 0.5 * open_runtime(lm_fp32.path).weight_bytes()
     assert r.file_bytes < 0.6 * lm_fp32.file_bytes
     ids = torch.arange(5, 25)
@@ -67,6 +68,41 @@ def _lookup_table_dtype(folder) -> str:
     details = {t["index"]: t for t in it.get_tensor_details()}
     ops = [op for op in it._get_ops_details() if op["op_name"] == "EMBEDDING_LOOKUP"]
     return {details[op["inputs"][1]]["dtype"].__name__ for op in ops}.pop()
+
+
+def _head_weight_dtypes(folder, vocab: int) -> dict:
+    """How the FULLY_CONNECTED ops of *folder*'s ``model.tflite`` get their weights: the output head (*vocab* rows)
+    and the others; "float32 from int8" is an int8 constant through a DEQUANTIZE op (weight-only: fp32 input)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(folder / "model.tflite"))
+    details = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    made_by = {o: op for op in ops for o in op["outputs"]}
+    kinds: dict = {}
+    for op in ops:
+        if op["op_name"] != "FULLY_CONNECTED":
+            continue
+        w = details[op["inputs"][1]]
+        kind = w["dtype"].__name__
+        src = made_by.get(op["inputs"][1])
+        if src is not None and src["op_name"] == "DEQUANTIZE":
+            kind = f"{kind} from {details[src['inputs'][0]]['dtype'].__name__}"
+        kinds.setdefault("head" if int(w["shape"][0]) == vocab else "other", set()).add(kind)
+    return {k: v.pop() for k, v in kinds.items() if len(v) == 1}
+
+
+def test_the_head_input_rounding_is_a_choice_and_the_reference_follows_it(llama1):
+    from edgellm.exporters.litert_verify import reference_for
+
+    loaded = load(llama1)
+    d = reference_for(loaded, LiteRTExportConfig(variant="int8")).model
+    q = reference_for(loaded, LiteRTExportConfig(variant="int8", quantize_head_input=True)).model
+    assert not d.lm_head._forward_pre_hooks and len(q.lm_head._forward_pre_hooks) == 1
+    assert all(len(m._forward_pre_hooks) == 1 for m in d.modules() if isinstance(m, torch.nn.Linear) and m is not d.lm_head)
+    ids = torch.arange(3, 23)[None]
+    with torch.no_grad():
+        assert not torch.equal(d(ids).logits, q(ids).logits)            # the head's rounding moves the logits
 
 
 def test_int8_embedding_table_is_a_choice_and_the_reference_follows_it(llama1, lm_fp32, tmp_path):

@@ -68,6 +68,10 @@ class LiteRTExportConfig:
     quantize_embeddings: bool = config_field(True, "LiteRT int8/int4/w8: quantize the token embedding table too "
                                              "(--no-quantize-embeddings keeps it fp32, as ONNX/ExecuTorch do, "
                                              "in a larger file)")
+    quantize_head_input: bool = config_field(False, "LiteRT int8 causal LMs: round the output head's input to int8 "
+                                             "at run time like every other FC op (faster; by default the head "
+                                             "keeps int8 weights with fp32 input: SmolLM2's per-row rounding of "
+                                             "it alone puts the file outside the int8-act verification limits)")
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -224,7 +228,9 @@ def export_litert_report(model, out, *, force: bool = False, verify=None, thread
             sigs, info = _classifier_signatures(net, loaded.tokenizer, cfg, work)
         export_seconds = time.perf_counter() - t0
         job = {"signatures": sigs, "out": str(tmp / LITERT.main), "variant": cfg.variant, "group_size": cfg.group_size,
-               "quantize_embeddings": cfg.quantize_embeddings, "report": str(work / "report.json")}
+               "quantize_embeddings": cfg.quantize_embeddings, "report": str(work / "report.json"),
+               "weight_only_rows": c.vocab_size if task == "causal-lm" and cfg.variant == "int8"
+               and not cfg.quantize_head_input else None}
         (work / "job.json").write_text(json.dumps(job))
         run_converter(work / "job.json")
         conv = json.loads((work / "report.json").read_text())

@@ -17,7 +17,9 @@ weights per block of ``group_size`` (32-256); ``w8`` = weight-only int8 (weights
 before the op). All symmetric. The recipe names its ops: the fully-connected ops (and constant
 batch-matmuls), plus the token embedding's ``EMBEDDING_LOOKUP`` when the job sets
 ``quantize_embeddings`` (edgellm's default, as ``ai_edge_quantizer``'s stock ``dynamic_wi8_afp32`` does;
-without it the table stays fp32, as ONNX and ExecuTorch keep it). Weight-only int4 per block is refused
+without it the table stays fp32, as ONNX and ExecuTorch keep it). With ``weight_only_rows`` (int8 causal LMs,
+edgellm's default) the FC ops with that many output rows, the output head, are weight-only int8 instead
+(int8 weights, fp32 input; ``head_scopes`` finds them in the converted flatbuffer). Weight-only int4 per block is refused
 by ``ai_edge_quantizer`` 0.10 ("Unsupported op for ComputePrecision.FLOAT: FULLY_CONNECTED"), so
 there is no ``w4``.
 Quantization runs on the converted fp32 flatbuffer. Deliberately absent: static (calibrated) activation quantization and the
@@ -45,8 +47,28 @@ def _sample_args(ep) -> tuple:
     return tuple(args)
 
 
-def _recipe(variant: str, group_size: int, embeddings: bool = False):
-    """The quantization recipe of *variant*: FC (and constant BATCH_MATMUL) weights, the embedding table if *embeddings*."""
+def head_scopes(path: str, rows: int) -> list[str]:
+    """The scopes (output tensor names, as ``ai_edge_quantizer`` matches them) of every FULLY_CONNECTED op, in every
+    signature's subgraph, whose weight has *rows* output rows: a causal LM's output head (rows = vocabulary)."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fu.read_model(Path(path))
+    found = []
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            name = fu.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
+            if str(name) == "FULLY_CONNECTED" or getattr(name, "value", None) == "FULLY_CONNECTED":
+                weight = sg.tensors[op.inputs[1]]
+                if len(weight.shape) == 2 and int(weight.shape[0]) == rows:
+                    found.append(fu.get_op_scope(op, sg.tensors))
+    return found
+
+
+def _recipe(variant: str, group_size: int, embeddings: bool = False, weight_only: tuple = ()):
+    """The quantization recipe of *variant*: FC (and constant BATCH_MATMUL) weights, the embedding table if *embeddings*;
+    the FC ops of the scopes in *weight_only* (int8) keep int8 weights with fp32 input (the recipe's last match wins)."""
+    import re
+
     from ai_edge_quantizer import qtyping, recipe_manager
 
     op = qtyping.TFLOperationName
@@ -61,6 +83,8 @@ def _recipe(variant: str, group_size: int, embeddings: bool = False):
     add = rm.add_dynamic_config if variant == "int8" else rm.add_weight_only_config
     for name in (op.FULLY_CONNECTED, op.BATCH_MATMUL) + ((op.EMBEDDING_LOOKUP,) if embeddings else ()):
         add(regex=".*", operation_name=name, num_bits=8)
+    for scope in weight_only:
+        rm.add_weight_only_config(regex=f"^{re.escape(scope)}$", operation_name=op.FULLY_CONNECTED, num_bits=8)
     return rm.get_quantization_recipe()
 
 
@@ -82,14 +106,19 @@ def convert(job: dict) -> dict:
     if job["variant"] != "fp32":
         from ai_edge_quantizer import quantizer
 
+        rows = job.get("weight_only_rows")
+        keep = tuple(head_scopes(str(fp32), int(rows))) if rows else ()
+        if rows and not keep:
+            raise RuntimeError(f"no fully-connected op with {rows} output rows (the output head) in the converted model")
         qt = quantizer.Quantizer(str(fp32))
         qt.load_quantization_recipe(_recipe(job["variant"], int(job.get("group_size", 32)),
-                                             bool(job.get("quantize_embeddings", False))))
+                                             bool(job.get("quantize_embeddings", False)), keep))
         qt.quantize().export_model(job["out"], overwrite=True)
         fp32.unlink()
     import ai_edge_quantizer
 
     return {"convert_seconds": t1 - t0, "quantize_seconds": time.perf_counter() - t1,
+            "weight_only_fc": len(keep) if job["variant"] != "fp32" else 0,
             "litert_torch": litert_torch.__version__, "torch": torch.__version__,
             "ai_edge_quantizer": getattr(ai_edge_quantizer, "__version__", None)}
 

@@ -23,7 +23,10 @@ whole step and, through the KV cache, every later position. Tiny Llamas with ran
 so they part within a few tokens (within 1e-6 again with the interpreter's RMSNorm outputs substituted). A deep
 model over thousands of tokens meets such ties somewhere, so there the reference matches the interpreter's
 rounding noise in distribution, not token for token. ``w8`` dequantizes its weights and
-runs fp32, so its reference rounds the weights only. Deliberately absent: the same for ``int4``, whose
+runs fp32, so its reference rounds the weights only. A causal LM's ``int8`` output head is weight-only too
+unless ``quantize_head_input``: per-row int8 of the final norm's output was measured to be the largest single
+noise source on SmolLM2 (bench/results/litert.json, the noise table), so the head keeps its input fp32 in the
+file and in the reference. Deliberately absent: the same for ``int4``, whose
 blockwise kernel matches none of per-row, per-block, symmetric or asymmetric input rounding (2.3e-1 to
 2.7e-1 on the same Llama), so its reference rounds the weights only and the ``int8-act`` tolerance covers
 the rest.
@@ -101,11 +104,13 @@ def reference_for(loaded: Loaded, cfg) -> Loaded:
     bits, block = (4, cfg.group_size) if cfg.variant == "int4" else (8, None)
     net = copy.deepcopy(plain_model(loaded.model)).float().eval()
     fits = lambda W: block is None or W.shape[1] % block == 0      # noqa: E731 - int4: whole blocks only
+    head = net.get_output_embeddings() if hasattr(net, "get_output_embeddings") else None
+    head_input = getattr(cfg, "quantize_head_input", True)
     for mod in net.modules():
         if isinstance(mod, torch.nn.Linear) and fits(mod.weight):
             Wq = fake_quantize_symmetric(mod.weight.detach(), bits, block)
             mod.weight = torch.nn.Parameter(Wq, requires_grad=False)    # unties a tied head from the table
-            if cfg.variant == "int8":                                   # dynamic range: the input rounded at run time
+            if cfg.variant == "int8" and (mod is not head or head_input):   # dynamic range: input rounded at run time
                 mod.register_forward_pre_hook(_quantize_input)
     emb = net.get_input_embeddings() if hasattr(net, "get_input_embeddings") else None
     if getattr(cfg, "quantize_embeddings", False) and isinstance(emb, torch.nn.Embedding) and fits(emb.weight):
