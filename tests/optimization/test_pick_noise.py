@@ -75,6 +75,21 @@ def test_a_pick_that_is_truly_faster_stays_and_reports_its_confidence():
     assert conf["runner_up"] == b.label
 
 
+def test_a_tie_within_the_noise_is_decided_by_size_then_quality():
+    # equally fast in truth: the paired ratios straddle 1, so the smaller runner-up becomes the pick
+    a, b, spreads, open_row, _ = setup(10.2, 10.0, true_a_s=0.003, true_b_s=0.003)
+    b.size_bytes = 50
+    chosen, conf = settle_noise([a, b], a, Constraints(max_quality_loss=0.1), "speed", spreads, open_row,
+                                rounds=8, prompt_len=4, new_tokens=6)
+    assert conf["tie"] and conf["iqr"][0] <= 1 <= conf["iqr"][1] and chosen is b and conf["switched"]
+    assert "tie" in conf["decided_by"] and "tie within the noise" in confidence_line(conf)
+    a, b, spreads, open_row, _ = setup(10.2, 10.0, true_a_s=0.003, true_b_s=0.003)
+    a.size_bytes = 50                                  # the medians' pick is also the smaller: it stays
+    chosen, conf = settle_noise([a, b], a, Constraints(max_quality_loss=0.1), "speed", spreads, open_row,
+                                rounds=8, prompt_len=4, new_tokens=6)
+    assert conf["tie"] and chosen is a and not conf["switched"]
+
+
 def test_apart_spreads_infeasible_runner_up_and_other_objectives_need_no_paired_rounds():
     a, b, spreads, open_row, opened = setup(20.0, 10.0, 0.002, 0.004)
     chosen, conf = settle_noise([a, b], a, Constraints(), "speed", spreads, open_row)

@@ -11,7 +11,8 @@ rows; ``same_weights_dominator`` is the search's shortcut past a runtime predict
 ``settle_noise`` keeps a speed pick honest: when the pick's and the runner-up's measured decode
 spreads (min..max of their runs) overlap, the two are run in paired rounds (``measure_paired``),
 the faster by the median per-round ratio is picked, and the pick's confidence is reported (the
-fraction of rounds it won, the median ratio and its IQR). Deliberately absent: weighted scalar scores (the pick is lexicographic on a named objective, so it
+fraction of rounds it won, the median ratio and its IQR). When that IQR holds 1 the rounds did not tell
+the two apart: their speed is a tie, and the next objectives decide, in ``pick``'s order. Deliberately absent: weighted scalar scores (the pick is lexicographic on a named objective, so it
 can be explained).
 """
 
@@ -243,7 +244,9 @@ def settle_noise(rows: list, chosen, constraints: Constraints, objective: str, s
 
     *spreads* maps a row's label to its measured (min, max) decode tok/s; *open_row(row)* opens its runtime.
     When the chosen row's spread overlaps the runner-up's (the best other eligible feasible row), both run
-    *rounds* paired rounds; the runner-up becomes the pick when its median per-round ratio is above 1.
+    *rounds* paired rounds; the runner-up becomes the pick when its median per-round ratio is above 1, or,
+    when the interquartile range of the per-round ratios holds 1 (a tie within the noise), when it is
+    better on the objectives after speed (size, then quality: ``pick``'s order).
 
     >>> pick_row, conf = settle_noise(rows, chosen, Constraints(), "speed", spreads, open_row)   # doctest: +SKIP
     >>> conf["decided_by"], conf["pick_won"]                                                     # doctest: +SKIP
@@ -272,12 +275,21 @@ def settle_noise(rows: list, chosen, constraints: Constraints, objective: str, s
             if hasattr(rt, "close"):
                 rt.close()
     ratios = res["ratios"][other.label]["decode"]["per_round"]           # runner-up / chosen, per round
-    switched = statistics.median(ratios) > 1
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    tie = q[0] <= 1 <= q[2]
+    if tie:                                                               # speed cannot separate them: the next objectives do
+        pair = [chosen.to_dict(), other.to_dict()]
+        for d in pair:
+            d[speed_key(d)] = 0.0
+        switched = pick(pair, Constraints(), objective) == 1
+    else:
+        switched = statistics.median(ratios) > 1
     if switched:
         chosen.chosen, other.chosen = False, True
         chosen, other = other, chosen
     won = [r if switched else 1 / r for r in ratios]                      # the pick / the other, per round
     q = statistics.quantiles(won, n=4) if len(won) > 1 else [won[0]] * 3
-    return chosen, dict(conf, contested=True, decided_by="paired rounds", rounds=len(won), switched=switched,
+    decided = "paired rounds: a tie within the noise, decided by size then quality" if tie else "paired rounds"
+    return chosen, dict(conf, contested=True, decided_by=decided, tie=tie, rounds=len(won), switched=switched,
                         pick_won=sum(w > 1 for w in won) / len(won), median_ratio=statistics.median(won),
                         iqr=[q[0], q[2]], runner_up=other.label)

@@ -80,6 +80,7 @@ def confidence_line(c: dict) -> str:
         return f"pick decided by {c['decided_by']}" + (f" (runner-up: {c['runner_up']})" if c.get("runner_up") else "")
     return (f"pick confidence: won {round(c['pick_won'] * c['rounds'])} of {c['rounds']} paired rounds against "
             f"{c['runner_up']}, median speed ratio {c['median_ratio']:.3f} (IQR {c['iqr'][0]:.3f}-{c['iqr'][1]:.3f})"
+            + ("; a tie within the noise (the IQR holds 1), so size, then quality decided" if c.get("tie") else "")
             + ("; the paired rounds overturned the medians' pick" if c.get("switched") else ""))
 
 
