@@ -77,6 +77,8 @@ QT, QSPEED = "Quality against the issue's targets", "Decode speed, PyTorch eager
 OXT, GEMM = "accuracy and throughput", "the int8 ceiling"
 RST = "speed by runtime and bit width"
 LOO, HELD = "leave-one-out decode predictions", "held-out models"
+LT, LTN = "litert.json", "SmolLM2-135M int8: the file against its modelled reference"
+LTS, LTP = "SmolLM2-135M speed, paired rounds", "SmolLM2-135M perplexity on the LiteRT interpreter"
 
 
 def _q(setting):
@@ -180,6 +182,21 @@ FIGURES: list[tuple[str, str, list]] = [
                                                        method="sparsegpt", pattern="unstructured")]),
     ("docs/pruning.md", "against {:+.1f}%)", [C("prune.json", "Unstructured and 2:4", "Δ ppl",
                                                method="sparsegpt", pattern="unstructured")]),
+    # docs/litert.md: the int8 verification (its noise table is a generated block)
+    ("docs/litert.md", "KL {:.4f} (limit 0.02) and top-1 {:.3f} (limit 0.90)",
+     [C(LT, LTN, "KL", compared="int8 file, head input fp32 (default): interpreter"),
+      C(LT, LTN, "top-1", compared="int8 file, head input fp32 (default): interpreter")]),
+    ("docs/litert.md", "fails on KL {:.4f} and top-1 {:.3f}",
+     [C(LT, LTN, "KL", compared="int8 file, head input int8: interpreter"),
+      C(LT, LTN, "top-1", compared="int8 file, head input int8: interpreter")]),
+    ("docs/litert.md", "ExecuTorch decodes at {:.2f}× (fp32) and {:.2f}× (int8),\nand llama.cpp at {:.2f}× and {:.2f}×",
+     [C(LT, LTS, "decode × litert", runtime="executorch fp32"), C(LT, LTS, "decode × litert", runtime="executorch int8"),
+      C(LT, LTS, "decode × litert", runtime="llama.cpp F32"), C(LT, LTS, "decode × litert", runtime="llama.cpp Q8_0")]),
+    ("docs/litert.md", "rounds the head's input decodes {:.2f}× as fast",
+     [C(LT, LTS, "decode × litert", runtime="litert int8, head input int8")]),
+    ("docs/litert.md", "rises 1.49% on the\nstandard protocol ({:.3f} against {:.3f}), and 1.97% when the head's input is "
+     "rounded too ({:.3f})", [C(LT, LTP, "perplexity", runtime="litert int8"), C(LT, LTP, "perplexity", runtime="torch fp32"),
+                              C(LT, LTP, "perplexity", runtime="litert int8, head input int8")]),
 ]
 
 _NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?")
