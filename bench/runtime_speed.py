@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated runtimes to (re)measure, e.g. onnxruntime,executorch")
     ap.add_argument("--work", default=str(cache_dir() / "bench" / "runtime_speed"))
     args = ap.parse_args()
-    t_start = time.time()
+    t_start, run_start = time.time(), now_utc()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows_path = work / "rows.json"
@@ -149,13 +149,13 @@ def main() -> None:
                          f"{best['BW util']} of the bandwidth bound ({best['BW-bound tok/s']} tok/s for its "
                          f"{best['weights MB/token']} MB/token); "
                          + ", ".join(f"{r['runtime']} {r['decode tok/s']} ({r['BW util']})" for r in measured))
-    when: dict[str, list[str]] = {}
+    when: dict[str, list[str]] = {}        # rows kept from an earlier run (this one used --only): which, and when
     for runtime, bits in ROWS:
         r = stored.get(f"{runtime}|{bits}")
-        if r is not None and r.get("ok"):
+        if r is not None and r.get("ok") and not r.get("measured_at", "") >= run_start:
             when.setdefault(r.get("measured_at", "an earlier run (no time recorded)"), []).append(f"{runtime} {bits}")
-    if len(when) > 1:       # rows re-measured with --only: say which rows come from which run
-        notes.append("rows measured at different times (re-measured with --only): "
+    if when:
+        notes.append(f"rows kept from earlier runs (this run measured {', '.join(sorted(wanted))} only): "
                      + "; ".join(f"{', '.join(v)}: {k}" for k, v in sorted(when.items())))
     missing = [f"{r['runtime']} {r['bits']}: {r['note']}" for r in rows if "note" in r]
     if missing:
