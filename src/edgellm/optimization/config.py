@@ -59,7 +59,7 @@ class OptimizeConfig:
     reject_factor: float = 2.0
     cache: str | None = None
     verify_tokens: int = 1024                  # perplexity tokens in each search-time export verification
-    paired_rounds: int = 8                     # paired speed rounds when the finalists' spreads overlap (and pick vs references)
+    paired_rounds: int = 10                    # paired speed rounds when the finalists' spreads overlap (and pick vs references)
     fresh: bool = False                        # measure every figure again, ignoring the cache (builds are reused)
     reference: bool | None = None              # llama.cpp's own Q4_K_M/Q4_0 + imatrix as reference rows; None = on
                                                # for perplexity searches of LMs on llama.cpp (off with --task-data)
