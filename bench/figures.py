@@ -108,6 +108,13 @@ FIGURES: list[tuple[str, str, list]] = [
      [C(OD, "Cost model", "error (before)", candidate="smollm2-135m · fp32 · llama.cpp")]),
     ("README.md", "(leave-one-out: {} for the pick)",
      [C(OD, "Cost model", "error (leave-one-out)", candidate="smollm2-135m · w8-rtn-g32 · llama.cpp")]),
+    ("README.md", "the pick is {}× its size, its\nperplexity rise is {}× Q4_K_M's ({} against {}), and it decodes {}× as fast "
+     "(paired, {} rounds)", [Note(OD, r"pick vs [^:]*Q4_K_M[^:]*: size ([\d.]+)x", table="Candidates"),
+                             Note(OD, r"pick vs [^:]*Q4_K_M[^:]*: .*\(([\d.]+)x\), decode", table="Candidates"),
+                             Note(OD, r"pick vs [^:]*Q4_K_M[^:]*: .*rise ([-+\d.]+%) vs", table="Candidates"),
+                             Note(OD, r"pick vs [^:]*Q4_K_M[^:]*: .* vs ([-+\d.]+%) \(", table="Candidates"),
+                             Note(OD, r"pick vs [^:]*Q4_K_M[^:]*: .*decode speed ([\d.]+)x", table="Candidates"),
+                             Note(OD, r"pick vs [^:]*Q4_K_M[^:]*: .*paired, (\d+) rounds", table="Candidates")]),
     ("README.md", "that run took {} min", [Note("optimize_demo_ladder.json", r"search wall time ([\d.]+) min",
                                                   table="Candidates")]),
     ("README.md", "about {:.0f} s for SmolLM2 on 2 cores", [C(QS, "Best W4 recipe", "quantize s", run="after")]),

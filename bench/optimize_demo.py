@@ -99,6 +99,11 @@ def main() -> None:
              f"nothing met the constraints; binding: {r['infeasible']['binding']}",
              f"search wall time {r['elapsed_s'] / 60:.1f} min (budget {r['budget']['minutes']} min, "
              f"{r['config']['threads']} threads); skipped: {len(r['budget']['skipped'])}"] + r.get("notes", [])
+    for v in r.get("vs_reference") or []:           # the pick against llama.cpp's own files (reference rows)
+        notes.append(f"pick vs {v['reference']}: size {v['size_ratio']:.2f}x, perplexity rise "
+                     f"{100 * v['quality_loss']:+.2f}% vs {100 * v['reference_quality_loss']:+.2f}% "
+                     f"({v['loss_ratio']:.2f}x), decode speed {v['speed_ratio']:.2f}x"
+                     + (f" (paired, {v['speed_rounds']} rounds)" if v.get("speed_paired") else " (medians)"))
     result = {
         "title": args.title, "optimize_argv": optimize_argv and [repo_relative(a) for a in optimize_argv],
         "raw_results": f"bench/results/raw/{args.name}.results.json",
