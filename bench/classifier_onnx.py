@@ -101,10 +101,11 @@ def gemm_only(args) -> None:
     path = RESULTS / "classifier_onnx.json"
     result = json.loads(path.read_text())
     rows = gemm_ceiling(Path(args.work), args.threads)
+    machine = machine_info()
     result["tables"][1] = {"title": GEMM_TITLE, "columns": list(rows[0]), "rows": [stamp(r) for r in rows],
-                           "notes": gemm_notes(machine_info())}
+                           "notes": gemm_notes(machine)}
     result["commands"] = (result.get("commands") or [result["command"]]) + [shlex.join(invocation())]
-    write_result(path, result, machine=machine_info(), command="; ".join(result["commands"]))
+    write_result(path, result, machine=machine, command="; ".join(result["commands"]))
     for r in rows:
         print(r)
 
@@ -119,9 +120,9 @@ def main() -> None:
     from edgellm.distillation import DistillConfig, finetune
     from edgellm.evaluation import accuracy
     from edgellm.exporters import export
+    from edgellm.measure import machine_info
     from edgellm.models import cache_dir, load
     from edgellm.runtimes import open_runtime
-    from edgellm.measure import machine_info
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)

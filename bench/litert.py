@@ -131,25 +131,22 @@ def lm_noise(args, work: Path) -> dict:
 
     loose = Tolerance(max_kl=math.inf, min_top1=0.0, max_ppl_rel=math.inf)      # the figures, never a failure
     loaded = load("smollm2-135m")
-    head_q = LiteRTExportConfig(variant="int8", quantize_head_input=True)
 
-    def jittered(seed: int | None, head: bool = True):
-        """The modelled int8 reference (the head's input rounded if *head*) with each rounded FC input scaled by
-        1 + 1e-6·N(0, 1) first (*seed* None: no jitter)."""
-        ref = reference_for(loaded, head_q)
-        gen = torch.Generator().manual_seed(seed or 0)
-        out_head = ref.model.get_output_embeddings()
+    def jittered(seed: int, head: bool = True):
+        """The modelled int8 reference (the head's input rounded if *head*) with each input it rounds scaled by
+        1 + 1e-6·N(0, 1) first: the linears ``reference_for`` hooks get the jittered rounding instead."""
+        ref = reference_for(loaded, LiteRTExportConfig(variant="int8", quantize_head_input=head))
+        gen = torch.Generator().manual_seed(seed)
         for mod in ref.model.modules():
-            if isinstance(mod, torch.nn.Linear):
+            if mod._forward_pre_hooks:
                 mod._forward_pre_hooks.clear()
-                if mod is out_head and not head:
-                    continue
                 mod.register_forward_pre_hook(lambda m, a: (fake_quantize_rows_asymmetric(
-                    a[0] if seed is None else a[0] * (1 + 1e-6 * torch.randn(a[0].shape, generator=gen))),) + a[1:])
+                    a[0] * (1 + 1e-6 * torch.randn(a[0].shape, generator=gen))),) + a[1:])
         return ref
 
     weights_only = reference_for(loaded, LiteRTExportConfig(variant="w8"))
-    with_head, default = reference_for(loaded, head_q), reference_for(loaded, LiteRTExportConfig(variant="int8"))
+    with_head = reference_for(loaded, LiteRTExportConfig(variant="int8", quantize_head_input=True))
+    default = reference_for(loaded, LiteRTExportConfig(variant="int8"))
     file_q, file_d = (work / LM_ARTIFACTS[k][2] for k in ("litert int8, head input int8", "litert int8"))
     cases = [("int8 file, head input int8: interpreter", "its modelled reference", with_head, file_q, "litert"),
              ("that reference, inputs jittered (seed 1)", "that reference", with_head, jittered(1), "torch"),

@@ -152,7 +152,7 @@ def main() -> None:
     when: dict[str, list[str]] = {}        # rows kept from an earlier run (this one used --only): which, and when
     for runtime, bits in ROWS:
         r = stored.get(f"{runtime}|{bits}")
-        if r is not None and r.get("ok") and not r.get("measured_at", "") >= run_start:
+        if r is not None and r.get("ok") and r.get("measured_at", "") < run_start:
             when.setdefault(r.get("measured_at", "an earlier run (no time recorded)"), []).append(f"{runtime} {bits}")
     if when:
         notes.append(f"rows kept from earlier runs (this run measured {', '.join(sorted(wanted))} only): "

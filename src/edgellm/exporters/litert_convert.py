@@ -50,6 +50,7 @@ def _sample_args(ep) -> tuple:
 def head_scopes(path: str, rows: int) -> list[str]:
     """The scopes (output tensor names, as ``ai_edge_quantizer`` matches them) of every FULLY_CONNECTED op, in every
     signature's subgraph, whose weight has *rows* output rows: a causal LM's output head (rows = vocabulary)."""
+    from ai_edge_quantizer import qtyping
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     model = fu.read_model(Path(path))
@@ -57,7 +58,7 @@ def head_scopes(path: str, rows: int) -> list[str]:
     for sg in model.subgraphs:
         for op in sg.operators:
             name = fu.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode)
-            if str(name) == "FULLY_CONNECTED" or getattr(name, "value", None) == "FULLY_CONNECTED":
+            if name == qtyping.TFLOperationName.FULLY_CONNECTED:
                 weight = sg.tensors[op.inputs[1]]
                 if len(weight.shape) == 2 and int(weight.shape[0]) == rows:
                     found.append(fu.get_op_scope(op, sg.tensors))
