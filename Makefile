@@ -50,7 +50,7 @@ chromium:
 	  { SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 test: setup chromium
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
