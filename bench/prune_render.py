@@ -198,7 +198,7 @@ def render_results(d: dict, root, no_kernel_note: str) -> None:
                         "All linears in the decoder blocks are pruned; embeddings and the tied LM head stay dense. "
                         "Speed: greedy decode of 128 tokens after a 128-token prompt, 2 threads, median of "
                         f"{(sp or {}).get('runs', '?')} runs; speedup = mean over rounds of the ratio to fp32 in the "
-                        f"same round. {no_kernel_note}. Measured on a shared, heavily loaded 2-core machine."),
+                        f"same round. {no_kernel_note}. Measured on a 2-core machine, one heavy job at a time."),
         "machine": machine, "tables": tables, "plots": [_plot(sweep, b, root)] if sweep else [], "raw": d,
     }
     write_result(RESULTS / "prune.json", result, machine=machine,
