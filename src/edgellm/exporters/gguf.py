@@ -38,7 +38,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,8 @@ from . import gguf_gptq, gguf_mix
 from .gguf_blocks import GridMismatch, dequantize_codes, permute_qk, unpermute_qk
 from .gguf_types import TYPES as QTYPES
 from .gguf_types import block_of, fallback, from_quantized, pack, rtn
-from .gguf_names import BLOCK_TENSORS, MODEL_TENSORS, gguf_arch, gguf_family, rope_theta, tensor_names  # noqa: F401
+from .gguf_names import (BLOCK_TENSORS, MODEL_TENSORS, file_types, gguf_arch, gguf_family,  # noqa: F401
+                         layout_of, rope_theta, tensor_names)
 from .gguf_tokenizer import tokenizer_metadata
 
 GGUF_TYPES = ("f32", "f16") + QTYPES
@@ -85,6 +86,9 @@ class GGUFExportConfig:
                                   choices=("rtn", "gptq"))
     awq_prescale: bool = config_field(False, "with --quantizer gptq: AWQ's per-channel prescale (searched on the type's "
                                       "grid, folded into the norms) before GPTQ")
+    layout_of: str | None = config_field(None, "every weight's type as in this GGUF of the same model (e.g. llama.cpp's "
+                                         "Q4_K_M): its preset's layout with edgellm's codes; --tensor-type pins win",
+                                         metavar="FILE.gguf")
     calib: CalibConfig = field(default_factory=CalibConfig)
 
     def __post_init__(self):
@@ -323,9 +327,12 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
     arch = gguf_arch(loaded.model)
     if loaded.tokenizer is None:
         raise EdgeLLMError("the model has no tokenizer to embed in the GGUF", "export a folder with a tokenizer")
-    out = check_writable_target(out, force, inputs=(loaded.meta.source,))
+    out = check_writable_target(out, force, inputs=(loaded.meta.source, *([cfg.layout_of] if cfg.layout_of else [])))
     if out.suffix != ".gguf":
         raise EdgeLLMError(f"GGUF output '{out}' should end in .gguf", "use --out NAME.gguf")
+    if cfg.layout_of:                         # the file's types, under the explicit pins
+        layout = {**layout_of(cfg.layout_of, loaded.model), **gguf_mix.type_map(cfg)}
+        cfg = replace(cfg, tensor_types=tuple(f"{k}={v}" for k, v in layout.items()))
     mix = gguf_mix.plan_mix(loaded, cfg, names=tensor_names(loaded.model, gguf_family(loaded.model)), write=write_gguf,
                             progress=progress) if gguf_mix.budgeted(cfg) else None     # every tensor's type first
     cfg = mix.config if mix else cfg
@@ -344,7 +351,7 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
     provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "embedding_type": cfg.embedding,
                   "how": report.how, "requantized": report.requantized, "fallbacks": report.fallbacks,
                   "source_edgellm": loaded.meta.edgellm or {}, "quantizer": cfg.quantizer,
-                  "awq_prescale": cfg.awq_prescale}
+                  "awq_prescale": cfg.awq_prescale, "layout_of": Path(cfg.layout_of).name if cfg.layout_of else None}
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".gguf", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -377,7 +384,8 @@ def verify_tolerance(**options) -> str:
     with fp16 activations; only an all-F32 file is compared at fp32 tolerance. A mix takes its
     loosest member type's tolerance.
     """
-    types = gguf_mix.member_types(GGUFExportConfig(**options))
+    cfg = GGUFExportConfig(**options)
+    types = gguf_mix.member_types(cfg) | ({t for t, _ in file_types(cfg.layout_of).values()} if cfg.layout_of else set())
     if types & set(QTYPES):
         return "int8-act"
     return "f16" if "f16" in types else "f32"

@@ -70,3 +70,41 @@ def rope_theta(cfg) -> float:
     if theta is None:
         raise EdgeLLMError("the model config has no rope_theta", "check the config")
     return float(theta)
+
+
+def file_types(path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """GGUF tensor name -> (lower-case GGML type name, shape in HF order) of every tensor in the file at *path*."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except (OSError, ValueError) as e:
+        raise EdgeLLMError(f"cannot read the GGUF file '{path}': {e}", "pass a GGUF file that llama.cpp loads") from e
+    return {t.name: (t.tensor_type.name.lower(), tuple(int(n) for n in reversed(t.shape.tolist()))) for t in reader.tensors}
+
+
+def layout_of(path, model) -> dict[str, str]:
+    """HF weight name -> GGUF type, for every 2-D weight of *model*, read from a GGUF file of the same model
+    (for example llama.cpp's Q4_K_M of it): the per-tensor layout that file's preset chose, so that edgellm can
+    write the same types with its own codes. A weight the file lacks, or holds at another shape, is an error."""
+    from .gguf_types import TYPES
+
+    spec = gguf_family(model)
+    have = file_types(path)
+    out = {}
+    for mod, (name, _) in tensor_names(model, spec).items():
+        w = model.get_submodule(mod).weight
+        if w.dim() != 2:
+            continue
+        if name + ".weight" not in have:
+            raise EdgeLLMError(f"'{path}' has no tensor {name}.weight: it is not a GGUF of this model",
+                               "pass a GGUF converted from the same model (same architecture and sizes)")
+        qtype, shape = have[name + ".weight"]
+        if shape != tuple(w.shape):
+            raise EdgeLLMError(f"'{path}' holds {name}.weight at {list(shape)}, the model at {list(w.shape)}",
+                               "pass a GGUF converted from the same model (same architecture and sizes)")
+        if qtype not in TYPES + ("f32", "f16"):
+            raise EdgeLLMError(f"'{path}' stores {name}.weight as {qtype.upper()}, which edgellm cannot write",
+                               f"use a file whose weights are among: {', '.join(TYPES + ('f32', 'f16'))}")
+        out[mod + ".weight"] = qtype
+    return out
