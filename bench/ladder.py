@@ -10,7 +10,9 @@ has no GGUF of its own and is exported F32 here like the other):
           with MSE clipping into int4/int5 group-32 linears, exported as Q4_0/Q5_0 as they are:
           ``gptqlin-<type>``, ``--gptq-linear``), and budgeted mixes (``gguf_mix``) with
           each reference's file size as the byte budget, one per ladder (``--ladders``), each written twice:
-          RTN (``mix-<ladder>@<ref>``) and GPTQ onto every tensor's allocated type (``gptqmix-...``).
+          RTN (``mix-<ladder>@<ref>``) and GPTQ onto every tensor's allocated type (``gptqmix-...``), and
+          GPTQ onto each reference's own per-tensor types (``gptqlay-<ref>``: ``export --layout-of``; on
+          SmolLM2 as shipped its Q4_1/Q5_1 tensors become Q4_0/Q5_0).
           Imatrix, GPTQ/AWQ and mixes read the same calibration windows of wiki.valid
           (``--calib-samples`` x ``--calib-len``, seed 0);
   select  every file's perplexity through llama.cpp on a held-out slice of wiki.valid: ``--select-windows``
@@ -55,6 +57,8 @@ from edgellm.exporters.gguf_mix import DEFAULT_LADDER
 
 MODELS = ("smollm2-135m", "smollm2-135m-rotated")
 REFS = ("q4_0", "iq4_nl", "q4_k_s", "q4_k_m", "q5_0")
+LAYOUT_TYPE = {"q4_0": "q4_0", "iq4_nl": "iq4_nl", "q4_k_s": "q4_k", "q4_k_m": "q4_k", "q5_0": "q5_0"}   # main type
+SYMMETRIC = {"q4_1": "q4_0", "q5_1": "q5_0"}
 PRIVILEGED = {"smollm2-135m"}                 # ships as Q4_1: its weights sit on the asymmetric block-32 grid
 SYM_LADDER = ("q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q6_k", "q8_0")   # no type whose fallback is Q4_1/Q5_1
 GPTQ_TYPE = {4: "q4_0", 5: "q5_0"}          # --gptq BITS (the former QuantizedLinear path): now these grid types
@@ -164,6 +168,16 @@ def embedding_pin(m: Model, qtype: str) -> tuple[str, ...]:
     return () if getattr(cfg, "tie_word_embeddings", False) else (f"model.embed_tokens.weight={qtype}",)
 
 
+def symmetric_pins(m: Model, ref: Path) -> tuple[str, ...]:
+    """On a model whose shipped grid is asymmetric block-32, a layout's Q4_1/Q5_1 tensors pinned to Q4_0/Q5_0
+    (same block, one bit-per-weight less or equal), so the layout-matched file stays evidence."""
+    from edgellm.exporters.gguf_names import layout_of
+
+    if not m.privileged or m.args.allow_asymmetric:
+        return ()
+    return tuple(f"{k}={SYMMETRIC[t]}" for k, t in layout_of(ref, m.src().model).items() if t in SYMMETRIC)
+
+
 def build(m: Model, refs: list) -> None:
     from edgellm.calibconfig import CalibConfig
     from edgellm.errors import EdgeLLMError
@@ -226,6 +240,11 @@ def build(m: Model, refs: list) -> None:
     for t in a.gptq_types:
         gguf(f"gptq-{t}", m.src(), GGUFExportConfig(gguf_type=t, tensor_types=embedding_pin(m, t), **gptq), kind="gptq", qtype=t,
              quantizer="gptq-grid", awq_prescale=a.awq_prescale)
+    for q in refs if a.layouts else ():
+        if f"ref-{q}" in have:
+            gguf(f"gptqlay-{q}", m.src(), GGUFExportConfig(gguf_type=LAYOUT_TYPE[q], layout_of=str(out(f"ref-{q}")),
+                                                           tensor_types=symmetric_pins(m, out(f"ref-{q}")), **gptq),
+                 kind="gptq", qtype=LAYOUT_TYPE[q], layout_of=q, quantizer="gptq-grid", awq_prescale=a.awq_prescale)
     for lname, ladder in a.ladders.items():
         for q in refs:
             if f"ref-{q}" in have:
@@ -365,6 +384,8 @@ def parse_args(argv=None):
                     "int4/5 group 32) exported as Q4_0/Q5_0: gptqlin-<type>; empty for none")
     ap.add_argument("--no-awq-prescale", dest="awq_prescale", action="store_false",
                     help="GPTQ candidates without AWQ's prescale")
+    ap.add_argument("--no-layouts", dest="layouts", action="store_false",
+                    help="no gptqlay-<ref> (GPTQ onto each reference's own per-tensor types: export --layout-of)")
     ap.add_argument("--no-gptq-mix", dest="gptq_mix", action="store_false",
                     help="no gptqmix-<ladder>@<ref> (GPTQ into each budgeted mix)")
     ap.add_argument("--ladders", default=f"full={','.join(DEFAULT_LADDER)};sym={','.join(SYM_LADDER)}",

@@ -15,7 +15,8 @@ from conftest import make_tiny_llama
 
 # every kind of file the build step writes, once: base, references, RTN, GPTQ on the grid (the default six types
 # through the exporter are tested in tests/exporters/test_gguf_gptq.py; here only Q4_0, the type --gptq 4 adds),
-# the former QuantizedLinear path (one width), RTN and GPTQ mixes for each ladder and reference
+# the former QuantizedLinear path (one width), RTN and GPTQ mixes for each ladder and reference, and GPTQ onto each
+# reference's own layout
 SMALL = ["--ctx", "64", "--max-tokens", "256", "--calib-samples", "4", "--calib-len", "64", "--select-windows", "3",
          "--rounds", "2", "--prompt-len", "8", "--new-tokens", "4", "--refs", "q4_0,q4_k_m", "--rtn", "q4_0",
          "--gptq-types", "", "--gptq", "4", "--gptq-linear", "4", "--ladders", "sym=q4_0,q5_0,q8_0;asym=q2_k,q4_1,q5_1"]
@@ -38,7 +39,7 @@ def test_ladder_json_has_every_field(dry):
     (label, m), = r["models"].items()
     assert set(m["ladder"]) == {"q4_0", "q4_k_m"} and m["privileged_grid"]
     assert {"f32", "ref-q4_0", "ref-q4_k_m", "rtn-q4_0", "gptq-q4_0", "gptqlin-q4_0", "mix-sym@q4_0", "mix-sym@q4_k_m",
-            "mix-asym@q4_k_m", "gptqmix-sym@q4_0"} <= set(m["files"])
+            "mix-asym@q4_k_m", "gptqmix-sym@q4_0", "gptqlay-q4_0", "gptqlay-q4_k_m"} <= set(m["files"])
     for q, entry in m["ladder"].items():
         ref, ours = entry["reference"], entry["edgellm"]
         assert ref["types"] and set(ref["rise"]) == {"wikitext", "sst2"} and ref["tokens"]["sst2"] == 256
@@ -59,6 +60,20 @@ def test_ladder_json_has_every_field(dry):
     rows = r["tables"][0]["rows"]
     assert len(rows) == 2 and all(set(r["tables"][0]["columns"]) <= set(row) for row in rows)
     assert [Path(p).name for p in r["plots"]] == [f"ladder_{label}.png"] and Path(r["plots"][0]).stat().st_size > 0
+
+
+def test_layout_files_hold_their_references_types_made_symmetric(dry):
+    """gptqlay-<ref> holds the reference's type tensor by tensor; on the privileged grid Q4_1/Q5_1 become Q4_0/Q5_0."""
+    from edgellm.exporters.gguf_names import file_types
+
+    base, _, _, r, _ = dry
+    (folder,) = (base / "work").iterdir()
+    sym = {"q4_1": "q4_0", "q5_1": "q5_0"}
+    for q in ("q4_0", "q4_k_m"):
+        theirs = {n: sym.get(t, t) for n, (t, _) in file_types(folder / f"ref-{q}.gguf").items()}
+        assert {n: t for n, (t, _) in file_types(folder / f"gptqlay-{q}.gguf").items()} == theirs
+        (m,) = r["models"].values()
+        assert m["files"][f"gptqlay-{q}"]["layout_of"] == q and m["files"][f"gptqlay-{q}"]["kind"] == "gptq"
 
 
 def test_rerun_reads_the_cache(dry):
