@@ -44,14 +44,11 @@ A dry run on a tiny folder: ``--model DIR --ctx 64 --max-tokens 512 --calib-samp
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-from bench._common import RESULTS, ROOT, invocation, now_utc, repo_relative, write_result
+from bench._common import RESULTS, ROOT, repo_relative, write_result
+from bench.ladder_model import Model, fingerprint, log
 from bench.ladder_report import ASYMMETRIC_B32, TEXTS, plot, report, summarize
 from edgellm.exporters.gguf_mix import DEFAULT_LADDER
 
@@ -59,74 +56,10 @@ MODELS = ("smollm2-135m", "smollm2-135m-rotated")
 REFS = ("q4_0", "iq4_nl", "q4_k_s", "q4_k_m", "q5_0")
 LAYOUT_TYPE = {"q4_0": "q4_0", "iq4_nl": "iq4_nl", "q4_k_s": "q4_k", "q4_k_m": "q4_k", "q5_0": "q5_0"}   # main type
 SYMMETRIC = {"q4_1": "q4_0", "q5_1": "q5_0"}
-PRIVILEGED = {"smollm2-135m"}                 # ships as Q4_1: its weights sit on the asymmetric block-32 grid
 SYM_LADDER = ("q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q6_k", "q8_0")   # no type whose fallback is Q4_1/Q5_1
 GPTQ_TYPE = {4: "q4_0", 5: "q5_0"}          # --gptq BITS (the former QuantizedLinear path): now these grid types
 GPTQ_TYPES = ("q4_0", "iq4_nl", "q4_k", "q5_0", "q5_k", "q6_k")
 STEPS = ("build", "select", "eval", "speed")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-
-class Store:
-    """cache.json in a model's work folder: one entry per finished (step, file), written after each one."""
-
-    def __init__(self, folder: Path):
-        from edgellm.fileio import write_json
-
-        self.path, self._write = folder / "cache.json", write_json
-        self.d = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def get(self, key: str):
-        return self.d.get(key)
-
-    def put(self, key: str, value: dict) -> dict:
-        self.d[key] = {**value, "command": shlex.join(invocation()), "measured_at": now_utc()}
-        self._write(self.path, self.d)
-        return self.d[key]
-
-
-def fingerprint(path: Path) -> str:
-    s = path.stat()
-    return f"{s.st_size}:{s.st_mtime_ns}"
-
-
-class Model:
-    """One model's work folder, cache and lazily loaded source."""
-
-    def __init__(self, spec: str, args):
-        self.spec, self.args = spec, args
-        name = Path(spec).name if Path(spec).exists() else spec
-        self.name = name if not Path(spec).exists() else f"{name}-{hashlib.sha1(str(Path(spec).resolve()).encode()).hexdigest()[:8]}"
-        self.label = name
-        self.privileged = spec in PRIVILEGED or spec in args.privileged
-        self.folder = Path(args.work) / f"{self.name}-c{args.calib_samples}x{args.calib_len}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.store = Store(self.folder)
-        self._src = self._tok = None
-
-    def src(self):
-        from edgellm.models import load
-
-        if self._src is None:
-            log(f"{self.label}: load")
-            self._src = load(self.spec)
-        return self._src
-
-    def tokenizer(self):
-        return self.src().tokenizer
-
-    def built(self) -> dict:
-        """file name -> build entry, for the files built and still on disk unchanged."""
-        out = {}
-        for k, e in self.store.d.items():
-            if k.startswith("build:") and "file" in e and (self.folder / e["file"]).exists() \
-                    and fingerprint(self.folder / e["file"]) == e["fingerprint"]:
-                out[k[6:]] = e
-        return out
 
 
 def calib_windows(m: Model):
