@@ -111,6 +111,17 @@ def symmetric_pins(m: Model, ref: Path) -> tuple[str, ...]:
     return tuple(f"{k}={SYMMETRIC[t]}" for k, t in layout_of(ref, m.src().model).items() if t in SYMMETRIC)
 
 
+def same_as_a_gptq_file(m: Model, ref: Path, have: dict) -> bool:
+    """Whether the layout-matched file of *ref* would hold exactly the types of a ``gptq-<type>`` file already
+    built (a uniform preset, Q4_0 or IQ4_NL): then it is that file, and is not built twice."""
+    from edgellm.exporters.gguf_names import file_types
+
+    sym = SYMMETRIC if m.privileged and not m.args.allow_asymmetric else {}
+    want = {n: sym.get(t, t) for n, (t, shape) in file_types(ref).items() if len(shape) == 2}
+    return any(n.startswith("gptq-") and {k: t for k, (t, shape) in file_types(m.folder / e["file"]).items()
+                                          if len(shape) == 2} == want for n, e in have.items())
+
+
 def build(m: Model, refs: list) -> None:
     from edgellm.calibconfig import CalibConfig
     from edgellm.errors import EdgeLLMError
@@ -174,7 +185,7 @@ def build(m: Model, refs: list) -> None:
         gguf(f"gptq-{t}", m.src(), GGUFExportConfig(gguf_type=t, tensor_types=embedding_pin(m, t), **gptq), kind="gptq", qtype=t,
              quantizer="gptq-grid", awq_prescale=a.awq_prescale)
     for q in refs if a.layouts else ():
-        if f"ref-{q}" in have:
+        if f"ref-{q}" in have and not same_as_a_gptq_file(m, out(f"ref-{q}"), have):
             gguf(f"gptqlay-{q}", m.src(), GGUFExportConfig(gguf_type=LAYOUT_TYPE[q], layout_of=str(out(f"ref-{q}")),
                                                            tensor_types=symmetric_pins(m, out(f"ref-{q}")), **gptq),
                  kind="gptq", qtype=LAYOUT_TYPE[q], layout_of=q, quantizer="gptq-grid", awq_prescale=a.awq_prescale)
