@@ -224,10 +224,9 @@ def _file_fixed_bytes(loaded, cfg, names: dict, write) -> tuple[int, dict]:
     for hf, t in _tensors(loaded.model):
         mod, _, suffix = hf.rpartition(".")
         dims[names[mod][0] + "." + suffix] = t.dim()
-    n2 = sum(1 for d in dims.values() if d == 2)
-    provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "embedding_type": cfg.embedding,
-                  "how": {"float": len(dims) - n2, "rtn": n2}, "requantized": [], "fallbacks": {},
-                  "source_edgellm": loaded.meta.edgellm or {}}
+    provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "requantized": [], "fallbacks": {},
+                  "source_edgellm": loaded.meta.edgellm or {}, "quantizer": cfg.quantizer,
+                  "awq_prescale": cfg.awq_prescale}         # as gguf.export_gguf_report writes it
     plans = [SimpleNamespace(name=n, gguf_type="f32", data=np.zeros((1,) * d, np.float32)) for n, d in dims.items()]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "layout.gguf"
