@@ -348,12 +348,7 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
     for p in plans:
         report.tensor_types[p.gguf_type] = report.tensor_types.get(p.gguf_type, 0) + 1
         report.how[p.how] = report.how.get(p.how, 0) + 1
-    # what the tensors do not say already: their types (and so the embedding's) and the per-tensor "how" are
-    # in the file and in the report, so they are left out of its bytes
-    provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type,
-                  "requantized": report.requantized, "fallbacks": report.fallbacks,
-                  "source_edgellm": loaded.meta.edgellm or {}, "quantizer": cfg.quantizer,
-                  "awq_prescale": cfg.awq_prescale, "layout_of": Path(cfg.layout_of).name if cfg.layout_of else None}
+    provenance = gguf_mix.file_provenance(loaded, cfg, report.requantized, report.fallbacks)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".gguf", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)

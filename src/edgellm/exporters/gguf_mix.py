@@ -218,15 +218,26 @@ def allocate(costs: list, errors: list, budget: int, buckets: int = BUCKETS) -> 
         pick[best[1]], left = best[2], left - best[3]
 
 
+def file_provenance(loaded, cfg, requantized: list, fallbacks: dict) -> dict:
+    """The ``edgellm.export`` metadata: only what the file's other headers do not say already.
+
+    Its bytes count against a file-size budget (a reference's size; tensor data is 32-byte aligned, so a few
+    bytes can cost 32). The main type is ``general.file_type``; every tensor's type (and so the embedding's,
+    the per-tensor "how" and the layout a ``layout_of`` file was copied from) is in its tensor info; all of
+    them stay in the export report. AWQ's prescale is folded into the quantizer's name.
+    """
+    quantizer = cfg.quantizer + ("+awq" if cfg.awq_prescale and cfg.quantizer == "gptq" else "")
+    return {"source": loaded.meta.name, "quantizer": quantizer, "requantized": requantized, "fallbacks": fallbacks,
+            "source_edgellm": loaded.meta.edgellm or {}}
+
+
 def _file_fixed_bytes(loaded, cfg, names: dict, write) -> tuple[int, dict]:
     """(bytes of header + metadata + tokenizer, measured by a placeholder write; {gguf name: ndim})."""
     dims = {}
     for hf, t in _tensors(loaded.model):
         mod, _, suffix = hf.rpartition(".")
         dims[names[mod][0] + "." + suffix] = t.dim()
-    provenance = {"source": loaded.meta.name, "gguf_type": cfg.gguf_type, "requantized": [], "fallbacks": {},
-                  "source_edgellm": loaded.meta.edgellm or {}, "quantizer": cfg.quantizer,
-                  "awq_prescale": cfg.awq_prescale}         # as gguf.export_gguf_report writes it
+    provenance = file_provenance(loaded, cfg, [], {})          # as the writer writes it
     plans = [SimpleNamespace(name=n, gguf_type="f32", data=np.zeros((1,) * d, np.float32)) for n, d in dims.items()]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "layout.gguf"
