@@ -52,7 +52,7 @@ from . import gguf_gptq, gguf_mix
 from .gguf_blocks import GridMismatch, dequantize_codes, permute_qk, unpermute_qk
 from .gguf_types import TYPES as QTYPES
 from .gguf_types import block_of, fallback, from_quantized, pack, rtn
-from .gguf_names import (BLOCK_TENSORS, MODEL_TENSORS, file_types, gguf_arch, gguf_family,  # noqa: F401
+from .gguf_names import (BLOCK_TENSORS, MODEL_TENSORS, file_provenance, file_types, gguf_arch, gguf_family,  # noqa: F401
                          layout_of, rope_theta, tensor_names)
 from .gguf_tokenizer import tokenizer_metadata
 
@@ -348,7 +348,7 @@ def export_gguf_report(model, out, *, force: bool = False, verify=None, progress
     for p in plans:
         report.tensor_types[p.gguf_type] = report.tensor_types.get(p.gguf_type, 0) + 1
         report.how[p.how] = report.how.get(p.how, 0) + 1
-    provenance = gguf_mix.file_provenance(loaded, cfg, report.requantized, report.fallbacks)
+    provenance = file_provenance(loaded, cfg, report.requantized, report.fallbacks)
     fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".gguf", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)

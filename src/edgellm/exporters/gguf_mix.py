@@ -44,6 +44,7 @@ import torch
 
 from ..errors import EdgeLLMError
 from ..results import Result
+from .gguf_names import file_provenance
 from .gguf_types import BLOCK_BYTES, TYPES, block_of, fallback, rtn
 
 DEFAULT_LADDER = ("q2_k", "q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q5_k", "q6_k", "q8_0")
@@ -216,19 +217,6 @@ def allocate(costs: list, errors: list, budget: int, buckets: int = BUCKETS) -> 
         if best is None:
             return pick
         pick[best[1]], left = best[2], left - best[3]
-
-
-def file_provenance(loaded, cfg, requantized: list, fallbacks: dict) -> dict:
-    """The ``edgellm.export`` metadata: only what the file's other headers do not say already.
-
-    Its bytes count against a file-size budget (a reference's size; tensor data is 32-byte aligned, so a few
-    bytes can cost 32). The main type is ``general.file_type``; every tensor's type (and so the embedding's,
-    the per-tensor "how" and the layout a ``layout_of`` file was copied from) is in its tensor info; all of
-    them stay in the export report. AWQ's prescale is folded into the quantizer's name.
-    """
-    quantizer = cfg.quantizer + ("+awq" if cfg.awq_prescale and cfg.quantizer == "gptq" else "")
-    return {"source": loaded.meta.name, "quantizer": quantizer, "requantized": requantized, "fallbacks": fallbacks,
-            "source_edgellm": loaded.meta.edgellm or {}}
 
 
 def _file_fixed_bytes(loaded, cfg, names: dict, write) -> tuple[int, dict]:

@@ -108,3 +108,16 @@ def layout_of(path, model) -> dict[str, str]:
                                f"use a file whose weights are among: {', '.join(TYPES + ('f32', 'f16'))}")
         out[mod + ".weight"] = qtype
     return out
+
+
+def file_provenance(loaded, cfg, requantized: list, fallbacks: dict) -> dict:
+    """The ``edgellm.export`` metadata: only what the file's other headers do not say already.
+
+    Its bytes count against a file-size budget (a reference's size; tensor data is 32-byte aligned, so a few
+    bytes can cost 32). The main type is ``general.file_type``; every tensor's type (and so the embedding's,
+    the per-tensor "how" and the layout a ``layout_of`` file was copied from) is in its tensor info; all of
+    them stay in the export report. AWQ's prescale is folded into the quantizer's name.
+    """
+    quantizer = cfg.quantizer + ("+awq" if cfg.awq_prescale and cfg.quantizer == "gptq" else "")
+    return {"source": loaded.meta.name, "quantizer": quantizer, "requantized": requantized, "fallbacks": fallbacks,
+            "source_edgellm": loaded.meta.edgellm or {}}
