@@ -109,8 +109,8 @@ def gptq_torch_ppl(gptq_smollm2) -> float:
 def test_gptq_awq_w4_g32_rise_is_pinned(gptq_torch_ppl, fp32_ppl):
     """GPTQ after AWQ, W4 g32 symmetric (the fast recipe): perplexity rise over fp32, torch runtime.
 
-    Pinned: +9.088% (fp32 30.0746; published on the full protocol: +7.37%, quantize.json, and +8.06%,
-    quantize_speed.json). Margin ± 4 points: the rise growing by half fails. Measured twice (2026-11-30,
+    Pinned: +9.088% (fp32 30.0746; published on the full protocol: +8.06% in both
+    quantize.json and quantize_speed.json). Margin ± 4 points: the rise growing by half fails. Measured twice (2026-11-30,
     commit 4de72af plus the working tree): 9.0878 both times.
     """
     within(rise(gptq_torch_ppl, fp32_ppl), PIN_GPTQ, 4.0, "GPTQ+AWQ W4 g32 perplexity rise (%)")
