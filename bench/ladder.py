@@ -12,7 +12,10 @@ has no GGUF of its own and is exported F32 here like the other):
           each reference's file size as the byte budget, one per ladder (``--ladders``), each written twice:
           RTN (``mix-<ladder>@<ref>``) and GPTQ onto every tensor's allocated type (``gptqmix-...``), and
           GPTQ onto each reference's own per-tensor types (``gptqlay-<ref>``: ``export --layout-of``; on
-          SmolLM2 as shipped its Q4_1/Q5_1 tensors become Q4_0/Q5_0).
+          SmolLM2 as shipped its Q4_1/Q5_1 tensors become Q4_0/Q5_0). ``--head-types`` writes the GPTQ files
+          and GPTQ mixes with the output head (a tied one is the token embedding) pinned to each type, GPTQ'd
+          on the final norm's outputs (``+h<type>`` in the name; an empty entry is the default Q8_0 head);
+          ``--no-rtn-mix`` leaves the RTN mixes out. The command line is ``bench/ladder_args.py``.
           Imatrix, GPTQ/AWQ and mixes read the same calibration windows of wiki.valid
           (``--calib-samples`` x ``--calib-len``, seed 0);
   select  every file's perplexity through llama.cpp on a held-out slice of wiki.valid: ``--select-windows``
@@ -43,23 +46,16 @@ A dry run on a tiny folder: ``--model DIR --ctx 64 --max-tokens 512 --calib-samp
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from bench._common import RESULTS, ROOT, repo_relative, write_result
+from bench._common import repo_relative, write_result
+from bench.ladder_args import GPTQ_TYPE, MODELS, REFS, STEPS, parse_args
 from bench.ladder_model import Model, fingerprint, log
 from bench.ladder_report import ASYMMETRIC_B32, TEXTS, plot, report, summarize
-from edgellm.exporters.gguf_mix import DEFAULT_LADDER
 
-MODELS = ("smollm2-135m", "smollm2-135m-rotated")
-REFS = ("q4_0", "iq4_nl", "q4_k_s", "q4_k_m", "q5_0")
 LAYOUT_TYPE = {"q4_0": "q4_0", "iq4_nl": "iq4_nl", "q4_k_s": "q4_k", "q4_k_m": "q4_k", "q5_0": "q5_0"}   # main type
 SYMMETRIC = {"q4_1": "q4_0", "q5_1": "q5_0"}
-SYM_LADDER = ("q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q6_k", "q8_0")   # no type whose fallback is Q4_1/Q5_1
-GPTQ_TYPE = {4: "q4_0", 5: "q5_0"}          # --gptq BITS (the former QuantizedLinear path): now these grid types
-GPTQ_TYPES = ("q4_0", "iq4_nl", "q4_k", "q5_0", "q5_k", "q6_k")
-STEPS = ("build", "select", "eval", "speed")
 
 
 def calib_windows(m: Model):
@@ -109,6 +105,13 @@ def symmetric_pins(m: Model, ref: Path) -> tuple[str, ...]:
     if not m.privileged or m.args.allow_asymmetric:
         return ()
     return tuple(f"{k}={SYMMETRIC[t]}" for k, t in layout_of(ref, m.src().model).items() if t in SYMMETRIC)
+
+
+def head_pin(m: Model, qtype: str) -> tuple[str, ...]:
+    """The output head pinned to *qtype* (a tied head is the token embedding); () for the exporter's default."""
+    from edgellm.exporters.gguf_gptq import head_name
+
+    return (f"{head_name(m.src().model)}={qtype}",) if qtype else ()
 
 
 def same_as_a_gptq_file(m: Model, ref: Path, have: dict) -> bool:
@@ -181,9 +184,11 @@ def build(m: Model, refs: list) -> None:
              quantizer=cfg.describe(), quantize_seconds=round(time.time() - t0, 2))
         del q
     gptq = dict(quantizer="gptq", awq_prescale=a.awq_prescale, calib=calib)
+    heads = [(f"+h{e}" if e else "", e, head_pin(m, e)) for e in a.head_types]
     for t in a.gptq_types:
-        gguf(f"gptq-{t}", m.src(), GGUFExportConfig(gguf_type=t, tensor_types=embedding_pin(m, t), **gptq), kind="gptq", qtype=t,
-             quantizer="gptq-grid", awq_prescale=a.awq_prescale)
+        for hs, e, pin in heads:
+            gguf(f"gptq-{t}{hs}", m.src(), GGUFExportConfig(gguf_type=t, tensor_types=embedding_pin(m, t) + pin, **gptq),
+                 kind="gptq", qtype=t, quantizer="gptq-grid", awq_prescale=a.awq_prescale, **({"head": e} if e else {}))
     for q in refs if a.layouts else ():
         if f"ref-{q}" in have and not same_as_a_gptq_file(m, out(f"ref-{q}"), have):
             gguf(f"gptqlay-{q}", m.src(), GGUFExportConfig(gguf_type=LAYOUT_TYPE[q], layout_of=str(out(f"ref-{q}")),
@@ -193,10 +198,12 @@ def build(m: Model, refs: list) -> None:
         for q in refs:
             if f"ref-{q}" in have:
                 budget = dict(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder, calib=calib)
-                gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(**budget), kind="mix", ladder=list(ladder), budget_of=q)
-                if a.gptq_mix:
-                    gguf(f"gptqmix-{lname}@{q}", m.src(), GGUFExportConfig(**{**budget, **gptq}), kind="mix",
-                         quantizer="gptq-grid", ladder=list(ladder), budget_of=q, awq_prescale=a.awq_prescale)
+                if a.rtn_mix:
+                    gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(**budget), kind="mix", ladder=list(ladder), budget_of=q)
+                for hs, e, pin in heads if a.gptq_mix else ():
+                    gguf(f"gptqmix-{lname}@{q}{hs}", m.src(), GGUFExportConfig(**{**budget, **gptq}, tensor_types=pin), kind="mix",
+                         quantizer="gptq-grid", ladder=list(ladder), budget_of=q, awq_prescale=a.awq_prescale,
+                         **({"head": e} if e else {}))
 
 
 def runtime(m: Model, name: str):
@@ -310,72 +317,6 @@ def run_model(m: Model, steps: list, refs: list) -> dict:
     return summarize(m, refs, sel, ev, sp)
 
 
-
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS), help="built-in names or model folders, comma-separated")
-    ap.add_argument("--model", help="one model (a tiny folder for a dry run); overrides --models")
-    ap.add_argument("--only", help="of --models, run only this one")
-    ap.add_argument("--refs", default=",".join(REFS), help="llama.cpp presets, comma-separated (Q4_0,Q4_K_M, ...)")
-    ap.add_argument("--step", choices=("all",) + STEPS, default="all", help="measure only this kind of step")
-    ap.add_argument("--skip-speed", action="store_true", help="no paired speed rounds")
-    ap.add_argument("--rtn", default="q4_0,iq4_nl,q4_k,q5_0,q5_k", help="types written RTN onto their own grid")
-    ap.add_argument("--gptq-types", default=",".join(GPTQ_TYPES),
-                    help="types written by GPTQ onto their own grid (gptq-<type>); empty for none")
-    ap.add_argument("--gptq", default="", help="GPTQ bits (4 -> Q4_0, 5 -> Q5_0): added to --gptq-types")
-    ap.add_argument("--gptq-linear", default="4,5", help="the QuantizedLinear path (quantize: GPTQ+AWQ+MSE clip, "
-                    "int4/5 group 32) exported as Q4_0/Q5_0: gptqlin-<type>; empty for none")
-    ap.add_argument("--no-awq-prescale", dest="awq_prescale", action="store_false",
-                    help="GPTQ candidates without AWQ's prescale")
-    ap.add_argument("--no-layouts", dest="layouts", action="store_false",
-                    help="no gptqlay-<ref> (GPTQ onto each reference's own per-tensor types: export --layout-of)")
-    ap.add_argument("--no-gptq-mix", dest="gptq_mix", action="store_false",
-                    help="no gptqmix-<ladder>@<ref> (GPTQ into each budgeted mix)")
-    ap.add_argument("--ladders", default=f"full={','.join(DEFAULT_LADDER)};sym={','.join(SYM_LADDER)}",
-                    help="NAME=TYPE,TYPE;... : one budgeted mix per ladder per reference")
-    ap.add_argument("--allow-asymmetric", action="store_true", help="let Q4_1/Q5_1 files be picked on SmolLM2 as shipped")
-    ap.add_argument("--privileged", default="", help="more models (comma-separated) whose shipped grid is asymmetric block-32")
-    ap.add_argument("--verify", action="store_true", help="verify every export in llama.cpp (slower)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ctx", type=int, default=512)
-    ap.add_argument("--max-tokens", type=int, default=20480)
-    ap.add_argument("--calib-samples", type=int, default=32)
-    ap.add_argument("--calib-len", type=int, default=512)
-    ap.add_argument("--select-windows", type=int, default=16, help="held-out wiki.valid windows that choose the pick")
-    ap.add_argument("--rounds", type=int, default=12, help="paired speed rounds")
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--work", default=None, help="cache folder (default $EDGELLM_CACHE/bench-ladder)")
-    ap.add_argument("--out", default=str(RESULTS / "ladder.json"))
-    ap.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
-    a = ap.parse_args(argv)
-    if a.work is None:
-        from edgellm.models import cache_dir
-
-        a.work = str(cache_dir() / "bench-ladder")
-    a.models = [a.model] if a.model else [s for s in a.models.split(",") if s]
-    if a.only:
-        a.models = [s for s in a.models if s == a.only or Path(s).name == a.only]
-        if not a.models:
-            ap.error(f"--only {a.only}: not among --models")
-    a.refs = [q.strip().lower() for q in a.refs.split(",") if q.strip()]
-    unknown = sorted(set(a.refs) - set(REFS))
-    if unknown:
-        ap.error(f"unknown reference {unknown}; choose from {', '.join(REFS)}")
-    a.rtn = [t for t in a.rtn.split(",") if t]
-    a.gptq = [int(b) for b in a.gptq.split(",") if b]
-    a.gptq_linear = [int(b) for b in a.gptq_linear.split(",") if b]
-    if set(a.gptq) - set(GPTQ_TYPE) or set(a.gptq_linear) - set(GPTQ_TYPE):
-        ap.error("--gptq and --gptq-linear take 4 and/or 5")
-    a.gptq_types = list(dict.fromkeys([t for t in a.gptq_types.split(",") if t] + [GPTQ_TYPE[b] for b in a.gptq]))
-    from edgellm.exporters.gguf_types import TYPES
-
-    if set(a.gptq_types) - set(TYPES):
-        ap.error(f"--gptq-types: unknown {sorted(set(a.gptq_types) - set(TYPES))}; choose from {', '.join(TYPES)}")
-    a.ladders = {k: tuple(v.split(",")) for k, _, v in (x.partition("=") for x in a.ladders.split(";") if x)}
-    a.privileged = {s for s in a.privileged.split(",") if s}
-    return a
 
 
 def main(argv=None) -> Path:

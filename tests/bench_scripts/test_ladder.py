@@ -16,10 +16,11 @@ from conftest import make_tiny_llama
 # every kind of file the build step writes, once: base, references, RTN, GPTQ on the grid (the default six types
 # through the exporter are tested in tests/exporters/test_gguf_gptq.py; here only Q4_0, the type --gptq 4 adds),
 # the former QuantizedLinear path (one width), RTN and GPTQ mixes for each ladder and reference, and GPTQ onto each
-# reference's own layout
+# reference's own layout; the GPTQ files and mixes with the default (Q8_0) head and the head pinned to Q4_0
 SMALL = ["--ctx", "64", "--max-tokens", "256", "--calib-samples", "4", "--calib-len", "64", "--select-windows", "3",
          "--rounds", "2", "--prompt-len", "8", "--new-tokens", "4", "--refs", "q4_0,q4_k_m", "--rtn", "q4_0",
-         "--gptq-types", "", "--gptq", "4", "--gptq-linear", "4", "--ladders", "sym=q4_0,q5_0,q8_0;asym=q2_k,q4_1,q5_1"]
+         "--gptq-types", "", "--gptq", "4", "--gptq-linear", "4", "--ladders", "sym=q4_0,q5_0,q8_0;asym=q2_k,q4_1,q5_1",
+         "--head-types", ",q4_0"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,10 @@ def test_ladder_json_has_every_field(dry):
         assert not set(ours["types"]) & {"Q4_1", "Q5_1"} and not any(c.startswith("mix-asym") for c in cands)
         assert entry["decode_ratio"] > 0 and entry["verdict"]["conditions_met"] is not None
         assert entry["verdict"]["size_ok"] and entry["verdict"]["evidence"]
+    head, plain = (m["files"][n]["tensor_types"] for n in ("gptq-q4_0+hq4_0", "gptq-q4_0"))
+    moved = {**plain, "Q8_0": plain["Q8_0"] - 1, "Q4_0": plain["Q4_0"] + 1}
+    assert head == {t: n for t, n in moved.items() if n}                               # the tied head moved off Q8_0
+    assert {"gptqmix-sym@q4_0+hq4_0", "gptqmix-sym@q4_k_m+hq4_0"} <= set(m["files"])
     asym = m["files"]["mix-asym@q4_k_m"]
     assert set(asym["tensor_types"]) & {"Q4_1", "Q5_1"} and asym["bytes"] <= m["ladder"]["q4_k_m"]["reference"]["bytes"]
     assert "mix-asym@q4_k_m" in m["heldout_ppl"]

@@ -107,7 +107,7 @@ def test_gptq_export_verifies_and_is_closer_to_float_than_rtn(tiny256, calib, tm
     r = _export(tiny256, tmp_path / "gptq.gguf", calib=calib, quantizer="gptq", **options)
     v = r.verification
     assert v["passed"] and v["tokenizer_agrees"] and r.details["quantizer"] == "gptq"
-    n_block = 3 * 7
+    n_block = 3 * 7 + (r.details["gptq"]["head"] is not None)     # a mix may move the tied head below Q8_0
     assert r.details["how"]["gptq"] == n_block and r.details["gptq"]["tensors"] == n_block
     kl_gptq, kl_rtn = v["vs_source"]["kl"], rtn_r.verification["vs_source"]["kl"]
     assert kl_gptq < kl_rtn, (kl_gptq, kl_rtn)
@@ -121,6 +121,40 @@ def test_gptq_export_verifies_and_is_closer_to_float_than_rtn(tiny256, calib, tm
             ("q5_0" if t in KQUANTS else t)
     if options.get("awq_prescale"):
         assert r.details["gptq"]["prescale"]["folds"] > 0 and r.details["gptq"]["prescale"]["error_ratio"] <= 1.0
+
+
+def test_the_head_below_8_bits_is_gptqd_onto_its_type(tiny256, calib, tmp_path):
+    """A tied head asked for at Q4_0 is GPTQ'd on the final norm's outputs of the quantized blocks: its error on
+    those inputs is below RTN's, the embedding lookup gets the same codes, and the file verifies in llama.cpp."""
+    import copy
+
+    from edgellm.data import calibration_windows, resolve_data_path
+    from edgellm.exporters.gguf_gptq import head_name, quantize_blocks
+
+    model = tiny256.model
+    assert head_name(model) == "model.embed_tokens.weight"          # tied: written once, as token_embd
+    ids = calibration_windows(tiny256.tokenizer, resolve_data_path(calib.data), calib.samples, calib.seq_len, 0)
+    types = {f"model.layers.{i}.mlp.up_proj.weight": "q4_k" for i in range(3)}
+    a, b = copy.deepcopy(model).float().eval(), copy.deepcopy(model).float().eval()
+    codes_a, info = quantize_blocks(a, types, ids, head_type="q4_0")
+    codes_b, _ = quantize_blocks(b, types, ids)                      # same blocks, float head
+    assert info["head"]["type"] == "q4_0" and "model.embed_tokens.weight" in codes_a and len(codes_a) == len(codes_b) + 1
+    w = codes_a["model.embed_tokens.weight"].dequantize()
+    assert torch.equal(a.get_input_embeddings().weight, w) and torch.equal(a.get_output_embeddings().weight, w)
+    seen = []
+    hook = b.get_output_embeddings().register_forward_pre_hook(lambda mod, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        b(ids)
+    hook.remove()
+    X = torch.cat(seen).float()
+    H, W = 2 * X.T @ X / X.shape[0], model.get_output_embeddings().weight.detach().float()
+    err_gptq, err_rtn = hessian_error(W, w, H), hessian_error(W, rtn(W, "q4_0").dequantize(), H)
+    assert err_gptq < FLOOR * err_rtn, (err_gptq, err_rtn)
+    r = _export(tiny256, tmp_path / "head.gguf", calib=calib, quantizer="gptq", gguf_type="q4_k", embedding_type="q4_0")
+    assert r.verification["passed"] and r.details["gptq"]["head"]["type"] == "q4_0"
+    assert r.details["how"]["gptq"] == 3 * 7 + 1
+    q8 = _export(tiny256, tmp_path / "q8.gguf", calib=calib, quantizer="gptq", gguf_type="q4_k")
+    assert q8.details["gptq"]["head"] is None and q8.details["how"]["gptq"] == 3 * 7     # a Q8_0 head stays RTN
 
 
 def test_bad_quantizer_input_is_one_line_exit_2(tiny256, tmp_path):

@@ -82,7 +82,7 @@ class GGUFExportConfig:
     max_bytes: int | str | None = config_field(None, "mix: as --target-bpw, a byte budget for the whole file (e.g. 100MB)")
     ladder: tuple[str, ...] = config_field(gguf_mix.DEFAULT_LADDER, "types a budgeted mix chooses from (repeatable)")
     quantizer: str = config_field("rtn", "rtn: round-to-nearest from the float weights; gptq: GPTQ onto each tensor's "
-                                  "type, calibrated on --calib-* (block linears; embedding/head stay RTN)",
+                                  "type, calibrated on --calib-* (block linears, and a head below 8 bits)",
                                   choices=("rtn", "gptq"))
     awq_prescale: bool = config_field(False, "with --quantizer gptq: AWQ's per-channel prescale (searched on the type's "
                                       "grid, folded into the norms) before GPTQ")
