@@ -9,7 +9,7 @@ has no GGUF of its own and is exported F32 here like the other):
           included; ``--gptq 4,5`` adds Q4_0/Q5_0 to them), the former path (``quantize``'s GPTQ after AWQ
           with MSE clipping into int4/int5 group-32 linears, exported as Q4_0/Q5_0 as they are:
           ``gptqlin-<type>``, ``--gptq-linear``), and budgeted mixes (``gguf_mix``) with
-          each reference's file size as the byte budget, one per ladder (``--ladders``), each written twice:
+          each reference's (``--mix-refs``) file size as the byte budget, one per ladder (``--ladders``), each written twice:
           RTN (``mix-<ladder>@<ref>``) and GPTQ onto every tensor's allocated type (``gptqmix-...``), and
           GPTQ onto each reference's own per-tensor types (``gptqlay-<ref>``: ``export --layout-of``; on
           SmolLM2 as shipped its Q4_1/Q5_1 tensors become Q4_0/Q5_0). ``--head-types`` writes the GPTQ files
@@ -195,7 +195,7 @@ def build(m: Model, refs: list) -> None:
                                                            tensor_types=symmetric_pins(m, out(f"ref-{q}")), **gptq),
                  kind="gptq", qtype=LAYOUT_TYPE[q], layout_of=q, quantizer="gptq-grid", awq_prescale=a.awq_prescale)
     for lname, ladder in a.ladders.items():
-        for q in refs:
+        for q in [q for q in refs if a.mix_refs is None or q in a.mix_refs]:
             if f"ref-{q}" in have:
                 budget = dict(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder, calib=calib)
                 if a.rtn_mix:

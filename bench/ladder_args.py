@@ -37,6 +37,7 @@ def parse_args(argv=None):
                     help="no gptqlay-<ref> (GPTQ onto each reference's own per-tensor types: export --layout-of)")
     ap.add_argument("--head-types", default="", help="output-head types of the GPTQ files and mixes (comma-separated; "
                     "an empty entry is the exporter's default, Q8_0): e.g. ',q5_0' writes each both ways (+hq5_0)")
+    ap.add_argument("--mix-refs", default=None, help="references whose file size budgets a mix (default: every one of --refs)")
     ap.add_argument("--no-rtn-mix", dest="rtn_mix", action="store_false", help="no RTN mixes (mix-<ladder>@<ref>)")
     ap.add_argument("--no-gptq-mix", dest="gptq_mix", action="store_false",
                     help="no gptqmix-<ladder>@<ref> (GPTQ into each budgeted mix)")
@@ -68,7 +69,8 @@ def parse_args(argv=None):
         if not a.models:
             ap.error(f"--only {a.only}: not among --models")
     a.refs = [q.strip().lower() for q in a.refs.split(",") if q.strip()]
-    unknown = sorted(set(a.refs) - set(REFS))
+    a.mix_refs = None if a.mix_refs is None else [q.strip().lower() for q in a.mix_refs.split(",") if q.strip()]
+    unknown = sorted(set(a.refs + (a.mix_refs or [])) - set(REFS))
     if unknown:
         ap.error(f"unknown reference {unknown}; choose from {', '.join(REFS)}")
     a.rtn = [t for t in a.rtn.split(",") if t]

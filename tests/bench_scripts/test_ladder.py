@@ -20,7 +20,7 @@ from conftest import make_tiny_llama
 SMALL = ["--ctx", "64", "--max-tokens", "256", "--calib-samples", "4", "--calib-len", "64", "--select-windows", "3",
          "--rounds", "2", "--prompt-len", "8", "--new-tokens", "4", "--refs", "q4_0,q4_k_m", "--rtn", "q4_0",
          "--gptq-types", "", "--gptq", "4", "--gptq-linear", "4", "--ladders", "sym=q4_0,q5_0,q8_0;asym=q2_k,q4_1,q5_1",
-         "--head-types", ",q4_0"]
+         "--head-types", ",q4_0", "--mix-refs", "q4_0,q4_k_m"]
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,13 @@ def test_verdict_missing_figures_is_undecided():
     ours = {"bytes": 90, "rise": {"wikitext": 1.0}, "types": {"Q4_K": 9}}
     v = verdict(REF, ours, None, False)
     assert v["speed_ok"] is None and v["quality_ok"]["sst2"] is None and v["conditions_met"] is None and not v["met"]
+
+
+def test_head_types_and_mix_refs_parse_or_fail_in_one_line(capsys):
+    a = parse_args(["--head-types", ",q5_0", "--mix-refs", "Q4_K_S, q5_0"])
+    assert a.head_types == ["", "q5_0"] and a.mix_refs == ["q4_k_s", "q5_0"] and parse_args([]).mix_refs is None
+    assert parse_args([]).head_types == [""]
+    for bad in (["--head-types", "q9_9"], ["--mix-refs", "q7_0"]):
+        with pytest.raises(SystemExit) as e:
+            parse_args(bad)
+        assert e.value.code == 2 and ("q9_9" in capsys.readouterr().err or bad[1] == "q7_0")
