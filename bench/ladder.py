@@ -20,7 +20,9 @@ has no GGUF of its own and is exported F32 here like the other):
           (``--calib-samples`` x ``--calib-len``, seed 0);
   select  every file's perplexity through llama.cpp on a held-out slice of wiki.valid: ``--select-windows``
           tiles of the calibration tiling that no calibration window drew. For each reference, edgellm's
-          pick is the file no larger on disk with the lowest held-out perplexity. The evaluation texts are
+          pick is the file no larger on disk with the lowest held-out perplexity that decodes at least
+          ``--min-decode`` (0.97) times as fast as the reference (paired rounds, the ``speed`` step, trying
+          candidates in held-out order, at most ``--speed-tries``; 0 turns the gate off). The evaluation texts are
           never used to choose; on SmolLM2 as shipped files holding asymmetric block-32 types (Q4_1, Q5_1)
           are left out of the pick (they can hold its shipped Q4_1 grid), unless ``--allow-asymmetric``;
   eval    the protocol through llama.cpp for the F32 base, each reference and each pick: wikitext-2 test
@@ -303,12 +305,31 @@ def speed(m: Model, pairs: dict) -> dict:
     return out
 
 
+def speed_gate(m: Model, sel: dict) -> None:
+    """The decode condition in the pick: each reference's candidates in held-out order, the first whose paired
+    decode ratio against the reference is at least ``--min-decode`` (at most ``--speed-tries`` measured; the
+    held-out best when none passes or a speed is unknown). The evaluation texts play no part."""
+    for q, p in sel["picks"].items():
+        p["speed_checked"] = []
+        for cand in p["candidates"][: m.args.speed_tries]:
+            r = speed(m, {q: cand}).get(q)
+            if r is None:
+                break
+            p["speed_checked"].append([cand, round(r["decode_ratio"], 4)])
+            if r["decode_ratio"] >= m.args.min_decode:
+                p["pick"] = cand
+                break
+
+
 def run_model(m: Model, steps: list, refs: list) -> dict:
     a = m.args
     if "build" in steps:
         build(m, refs)
     a.measure = "select" in steps
     sel = select(m, refs)
+    if a.min_decode > 0:
+        a.measure = "speed" in steps and not a.skip_speed
+        speed_gate(m, sel)
     picks = {q: p["pick"] for q, p in sel["picks"].items() if p["pick"]}
     a.measure = "eval" in steps
     ev = evaluate(m, ["f32"] + [f"ref-{q}" for q in refs] + sorted(set(picks.values())))

@@ -53,6 +53,9 @@ def parse_args(argv=None):
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--select-windows", type=int, default=16, help="held-out wiki.valid windows that choose the pick")
     ap.add_argument("--rounds", type=int, default=12, help="paired speed rounds")
+    ap.add_argument("--min-decode", type=float, default=0.97, help="the pick decodes at least this ratio of the reference's "
+                    "speed (paired; candidates in held-out order); 0: the held-out best whatever its speed")
+    ap.add_argument("--speed-tries", type=int, default=3, help="candidates per reference whose speed the gate measures")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--work", default=None, help="cache folder (default $EDGELLM_CACHE/bench-ladder)")

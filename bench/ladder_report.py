@@ -70,7 +70,8 @@ def summarize(m, refs: list, sel: dict, ev: dict, sp: dict) -> dict:
         v = verdict(ref, ours, ratio, m.privileged) if ours else None
         out["ladder"][q] = {"reference": ref, "edgellm": ours, "decode_ratio": ratio,
                             "prefill_ratio": sp.get(q, {}).get("prefill_ratio"), "verdict": v,
-                            "candidates_by_heldout_ppl": sel["picks"].get(q, {}).get("candidates", [])}
+                            "candidates_by_heldout_ppl": sel["picks"].get(q, {}).get("candidates", []),
+                            "speed_checked": sel["picks"].get(q, {}).get("speed_checked", [])}
 
         def pct(d, t):
             return None if d is None or t not in d["rise"] else round(d["rise"][t], 2)
@@ -143,7 +144,8 @@ def report(a, models: dict, rows: list, plots: list, seconds: float) -> dict:
         "one per line; rise against the same model's F32 GGUF; sizes are bytes on disk.",
         f"Choice of edgellm's file per reference: lowest perplexity on {a.select_windows} held-out windows of wiki.valid "
         f"(tiles of {a.calib_len} tokens no calibration window drew, cut to {a.ctx}) among files no larger than the "
-        "reference; the evaluation texts never choose.",
+        "reference" + (f", the first in that order (at most {a.speed_tries} tried) whose paired decode ratio against the "
+                       f"reference is ≥ {a.min_decode}" if a.min_decode > 0 else "") + "; the evaluation texts never choose.",
         f"Calibration for all ({a.calib_samples}×{a.calib_len} tokens of wiki.valid, seed 0): llama.cpp's importance "
         "matrix, GPTQ after AWQ's prescale (symmetric g32, act-order, static groups, MSE clip), the mixes' sensitivities.",
         f"Decode ratio: edgellm ÷ reference, median of {a.rounds} paired rounds (both in one process, order flipped), "
@@ -162,6 +164,7 @@ def report(a, models: dict, rows: list, plots: list, seconds: float) -> dict:
                     "notes": notes}],
         "plots": plots,
         "selection": {"text": "wiki.valid held-out tiles (not calibration)", "windows": a.select_windows, "ctx": a.ctx,
+                      "min_decode": a.min_decode, "speed_tries": a.speed_tries,
                       "calib_windows": a.calib_samples, "calib_len": a.calib_len, "evaluation_texts_used": False,
                       "asymmetric_excluded_on_privileged": not a.allow_asymmetric},
         "protocol": {"ctx": a.ctx, "max_tokens": a.max_tokens, "texts": {"wikitext": "wikitext-2/wiki.test.raw",
