@@ -93,6 +93,11 @@ def _ox(runtime, column):
     return C(OX, OXT, column, runtime=runtime)
 
 
+def _hg(qtype, quantizer):
+    return [C("head_gptq.json", "Head type and quantizer", f"{text} rise", type=qtype, quantizer=quantizer)
+            for text in ("wiki.valid held-out", "SST-2 train")]
+
+
 def _phase(run, phase):
     return C(QS, f"Profile: {run} ", "seconds", phase=phase)
 
@@ -118,6 +123,11 @@ FIGURES: list[tuple[str, str, list]] = [
     ("README.md", "that run took {} min", [Note("optimize_demo_ladder.json", r"search wall time ([\d.]+) min",
                                                   table="Candidates")]),
     ("README.md", "about {:.0f} s for SmolLM2 on 2 cores", [C(QS, "Best W4 recipe", "quantize s", run="after")]),
+    # docs/gguf.md: the output head alone by RTN, importance-weighted RTN and GPTQ (bench/head_gptq.py)
+    ("docs/gguf.md", "A Q5_0 tied embedding/head raises them by {} / {} with RTN, {} / {} with RTN weighted by `diag(H)`, "
+     "and {} / {} with GPTQ. For IQ4_NL the figures are {} / {}, {} / {} and {} / {}.",
+     _hg("q5_0", "rtn") + _hg("q5_0", "rtn-imp") + _hg("q5_0", "gptq") + _hg("iq4_nl", "rtn") + _hg("iq4_nl", "rtn-imp")
+     + _hg("iq4_nl", "gptq")),
     # docs/onnx-executorch.md
     ("docs/onnx-executorch.md", "int8 vs PyTorch fp32: {:.2f}x at batch 1 (unfused int8: {:.2f}x) and {:.2f}x at "
      "batch 32 (unfused: {:.2f}x);",
