@@ -397,3 +397,15 @@ class SharedInputs:
                 del self.owner.latest[self._key]
             self._key, self._x = key, x
             self.owner.latest[key] = self
+
+
+def head_hessian(outs, final_norm=None) -> HessianStats:
+    """The output head's input Hessian: the last block's outputs *outs* (one tensor per calibration batch)
+    through *final_norm* (None: as they are). Shared by the GGUF mix's sensitivity pass and GPTQ of the head."""
+    stats = None
+    for h in outs:
+        x = final_norm(h) if final_norm is not None else h
+        x = x.reshape(-1, x.shape[-1])
+        stats = stats or HessianStats(x.shape[-1])
+        stats.add(x)
+    return stats

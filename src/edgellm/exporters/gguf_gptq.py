@@ -42,7 +42,7 @@ import time
 import torch
 from torch import nn
 
-from ..calibrate import HessianStats, SharedInputs, current_family, run_blockwise
+from ..calibrate import HessianStats, SharedInputs, current_family, head_hessian, run_blockwise
 from ..data import calibration_windows, resolve_data_path
 from ..errors import EdgeLLMError
 from ..families import find_blocks, module
@@ -282,11 +282,7 @@ class GridGPTQ:
         if index != self.last:
             return None
         outs = block_inputs.run(block)          # the quantized model's last hidden states, through the final norm
-        for h in outs:
-            x = self.final_norm(h) if self.final_norm is not None else h
-            if self.head_hessian is None:
-                self.head_hessian = HessianStats(x.shape[-1])
-            self.head_hessian.add(x.reshape(-1, x.shape[-1]).float())
+        self.head_hessian = head_hessian(outs, self.final_norm)
         return outs
 
 

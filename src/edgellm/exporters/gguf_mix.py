@@ -113,7 +113,6 @@ class _HessianPass:
     def __init__(self, prefix: str, types_of, final_norm, n_blocks: int):
         from ..calibrate import HessianStats, SharedInputs
 
-        self.make = HessianStats
         self.shared = SharedInputs(lambda k: HessianStats(k))
         self.prefix, self.types_of, self.final_norm, self.last = prefix, types_of, final_norm, n_blocks - 1
         self.index, self.head = 0, None
@@ -132,11 +131,10 @@ class _HessianPass:
             self.errors[full] = tensor_errors(lin.weight, self.types_of[full], H=proxy.stats.H)
         if index != self.last:
             return None
+        from ..calibrate import head_hessian
+
         outs = block_inputs.run(block)          # the last block's outputs, through the final norm: the head's inputs
-        self.head = self.make(outs[0].shape[-1])
-        for h in outs:
-            x = self.final_norm(h)
-            self.head.add(x.reshape(-1, x.shape[-1]))
+        self.head = head_hessian(outs, self.final_norm)
         return outs
 
 
