@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench._common import stamp, write_result
+from bench.ladder_model import heldout_tiles
 
 
 @torch.no_grad()
@@ -56,10 +57,7 @@ def head_hessian(model, windows: torch.Tensor, batch: int = 4) -> torch.Tensor:
 def texts(tok, cal: torch.Tensor, n: int, L: int) -> dict:
     from edgellm.data import SST2, WIKI_VALID, data_file, read_tsv, tokenize_file, tokenize_text
 
-    ids = tokenize_file(tok, data_file(WIKI_VALID))
-    tiles = ids[: ids.numel() // L * L].view(-1, L)
-    used = {tuple(w.tolist()) for w in cal}
-    held = torch.stack([t for t in tiles if tuple(t.tolist()) not in used][:n])
+    held = torch.stack(heldout_tiles(tokenize_file(tok, data_file(WIKI_VALID)), cal, L, n))
     sst = "\n".join(r.text.strip() for r in read_tsv(data_file(SST2.format(split="train")), limit=8 * n * L // 10)) + "\n"
     return {"wiki.valid held-out": held, "SST-2 train": tokenize_text(tok, sst, n * L)[: n * L].view(n, L)}
 

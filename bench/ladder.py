@@ -53,7 +53,7 @@ from pathlib import Path
 
 from bench._common import repo_relative, write_result
 from bench.ladder_args import GPTQ_TYPE, MODELS, REFS, STEPS, parse_args
-from bench.ladder_model import Model, fingerprint, log
+from bench.ladder_model import Model, fingerprint, heldout_tiles, log
 from bench.ladder_report import ASYMMETRIC_B32, TEXTS, plot, report, summarize
 
 LAYOUT_TYPE = {"q4_0": "q4_0", "iq4_nl": "iq4_nl", "q4_k_s": "q4_k", "q4_k_m": "q4_k", "q5_0": "q5_0"}   # main type
@@ -71,16 +71,8 @@ def heldout_windows(m: Model) -> list:
     each cut to ``--ctx`` tokens."""
     from edgellm.data import WIKI_VALID, data_file, tokenize_file
 
-    L, ids = m.args.calib_len, tokenize_file(m.tokenizer(), data_file(WIKI_VALID))
-    tiles = ids[: ids.numel() // L * L].view(-1, L)
-    index = {tuple(t.tolist()): i for i, t in enumerate(tiles)}
-    used = {index.get(tuple(w.tolist())) for w in calib_windows(m)}
-    if None in used:
-        raise RuntimeError("a calibration window is not a tile of wiki.valid: the held-out slice cannot be found")
-    free = [tiles[i][: m.args.ctx] for i in range(len(tiles)) if i not in used][: m.args.select_windows]
-    if not free:
-        raise RuntimeError("wiki.valid has no tile left outside the calibration windows")
-    return free
+    ids = tokenize_file(m.tokenizer(), data_file(WIKI_VALID))
+    return [t[: m.args.ctx] for t in heldout_tiles(ids, calib_windows(m), m.args.calib_len, m.args.select_windows)]
 
 
 def record(m: Model, name: str, path: Path, t0: float, **extra) -> dict:

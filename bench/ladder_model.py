@@ -75,3 +75,17 @@ class Model:
                     and fingerprint(self.folder / e["file"]) == e["fingerprint"]:
                 out[k[6:]] = e
         return out
+
+
+def heldout_tiles(ids, calib, L: int, n: int) -> list:
+    """The first *n* tiles of *ids*'s non-overlapping tiling into *L* tokens that no calibration window (rows of
+    *calib*, drawn from that tiling) is; an error when a window is not a tile or no tile is left."""
+    tiles = ids[: ids.numel() // L * L].view(-1, L)
+    index = {tuple(t.tolist()): i for i, t in enumerate(tiles)}
+    used = {index.get(tuple(w.tolist())) for w in calib}
+    if None in used:
+        raise RuntimeError("a calibration window is not a tile of wiki.valid: the held-out slice cannot be found")
+    free = [tiles[i] for i in range(len(tiles)) if i not in used][:n]
+    if not free:
+        raise RuntimeError("wiki.valid has no tile left outside the calibration windows")
+    return free
