@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 FORMAT = "edgellm-bench/2"          # files with this "format" carry the whole envelope
 ENVELOPE = ("format", "argv", "command", "machine", "measured_at", "commit", "dirty")
+# a record re-measured in part (some of its phases, others still from before the envelope) keeps a
+# "provenance" that starts with this, names the old phases and how to re-measure them
+PARTLY_LEGACY = "partly legacy: "
 
 # generic forms, for text recorded on another machine (or before this helper existed)
 _HOME = r"(?<![\w.~$<>-])(?:/root|/home/[^/\s]+|/Users/[^/\s]+)"
@@ -168,7 +171,8 @@ def write_result(name: str | os.PathLike, result: dict, *, machine: dict | None 
     # replaces a results file edgellm wrote, never anything else; the JSON files in bench/results/ are this
     # repository's own records (the older ones predate the format tag), so they count as its own
     check_output(path, force=True, own=path.resolve().parent == RESULTS.resolve() and path.suffix == ".json")
-    fresh = {k: v for k, v in result.items() if k != "provenance"}     # a re-measured legacy record sheds its marker
+    # a re-measured legacy record sheds its marker; one re-measured in part keeps its "partly legacy" note
+    fresh = {k: v for k, v in result.items() if k != "provenance" or str(v).startswith(PARTLY_LEGACY)}
     out = write_json(path, {**fresh, **envelope(machine if machine is not None else result.get("machine"), command)})
     if render and path.resolve().parent == RESULTS.resolve():
         from bench.render import render as render_docs

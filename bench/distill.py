@@ -2,7 +2,8 @@
 (6 → 3 layers), and W4 recovery. Writes bench/results/distill.json, curves in docs/img/distill-*.png.
 
 Phases run separately (each under the heavy lock, from the repository root), results accumulate in the
-JSON; each phase keeps its own command and measured_at, and its table rows carry that time:
+JSON; each phase keeps its own command, machine and measured_at, and its table rows carry that time (while
+phases measured before the envelope remain, the record's "provenance" names them, "partly legacy"):
     flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.distill --phase lm
     flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.distill --phase cls
     flock /tmp/edgellm-heavy.lock .venv/bin/python -m bench.distill --phase recovery
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench._common import RESULTS, ROOT, invocation, now_utc, stamp, write_result
+from bench._common import PARTLY_LEGACY, RESULTS, ROOT, invocation, now_utc, repo_relative, stamp, write_result
 from edgellm.api import evaluate
 from edgellm.data import SST2, WIKI_VALID, data_file, read_tsv
 from edgellm.distillation import DistillConfig, distill, finetune, student_from_teacher
@@ -32,6 +34,7 @@ from edgellm.models import Loaded, cache_dir, load
 RESULT = RESULTS / "distill.json"
 IMG = ROOT / "docs" / "img"
 WORK = cache_dir() / "bench-distill"      # the trained models, which optimize_cls/optimize_multi then searched
+PHASES = ("lm", "cls", "recovery", "recovery-2:4", "recovery-50%")      # keys of "raw", in the order they run
 
 
 def pick_threads(model, n_tokens: int) -> dict:
@@ -294,6 +297,16 @@ def tables(raw: dict) -> tuple[list, list]:
     return out, [p for p in plots if p]
 
 
+def legacy_phases(raw: dict) -> list[str]:
+    """The phases of *raw* measured before the envelope (no ``measured_at``), in the order they run."""
+    return [k for k in PHASES if k in raw and not raw[k].get("measured_at")]
+
+
+def modular(command: str) -> str:
+    """*command* as it runs today: ``python bench/distill.py`` became ``python -m bench.distill``."""
+    return re.sub(r"python bench/distill\.py", "python -m bench.distill", command)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=["lm", "cls", "recovery", "render"], required=True)
@@ -324,14 +337,20 @@ def main() -> None:
     if a.phase != "render":
         key = a.phase if a.phase != "recovery" or a.rec_kind == "w4" else f"recovery-{a.rec_kind}"
         raw[key] = {**{"lm": phase_lm, "cls": phase_cls, "recovery": phase_recovery}[a.phase](a),
-                    "command": shlex.join(invocation()), "measured_at": now_utc()}
+                    "command": shlex.join(invocation()), "machine": machine_info(), "measured_at": now_utc()}
     tabs, plots = tables(raw)
-    command = "; ".join(raw[k]["command"] for k in ("lm", "cls", "recovery", "recovery-2:4", "recovery-50%") if k in raw)
+    command = "; ".join(modular(raw[k]["command"]) for k in PHASES if k in raw)
     result = {"title": "Distillation: LM KD, classifier KD, recovery",
               "description": "L = α·CE + (1−α)·T²·KL(teacher‖student) (docs/distillation.md). Gap = student's minus "
                              "teacher's wikitext-2 test mean NLL. Training data: wiki.valid.tokens (LM), sst-2/train.tsv "
                              "(classifier). On the shared 2-core CPU every heavy phase ran under the heavy lock.",
               "tables": tabs, "plots": plots, "raw": raw}
+    old = legacy_phases(raw)
+    if old:
+        result["provenance"] = PARTLY_LEGACY + (
+            f"phase{'s' if len(old) > 1 else ''} {', '.join(old)} measured before the envelope (their rows carry no "
+            "measured_at, and the machine above is the last phase's); re-run with " + "; ".join(
+                repo_relative(modular(raw[k]["command"])) for k in old))
     write_result(RESULT, result, machine=machine_info() if a.phase != "render" else old_machine or machine_info(),
                  command=command)
     for t in tabs:

@@ -43,6 +43,23 @@ def shown_paths(r: dict) -> dict:
     return json.loads(repo_relative(text))
 
 
+def describe(c: dict) -> str:
+    """What the record's quality and speed columns mean, from the search's own config."""
+    speed = (f"speed is measured on this host in a {'fresh subprocess' if not c.get('speed_in_process') else 'the search process'} "
+             f"(median of {c.get('speed_runs', 5)} runs")
+    if c.get("task") == "classification":
+        rows = f"{c['max_rows']} rows" if c.get("max_rows") else "all rows"
+        rows_file = repo_relative(c.get("tsv") or "SST-2 dev")
+        return (f"Quality is the relative drop in accuracy against the fp32 base on the same labelled rows ({rows_file}, "
+                f"{rows}; screen {c['screen_rows']} rows with early rejection); {speed}, examples/s).")
+    if c.get("task_data"):
+        return (f"Quality is the drop in exact match (points) against the fp32 base on the task's examples ({repo_relative(c['task_data'])}); "
+                f"{speed}, greedy {c['new_tokens']} new tokens after a {c['prompt_len']}-token prompt).")
+    return (f"Quality is the relative perplexity increase over the fp32 base on the same {repo_relative(c.get('eval_text') or 'wikitext-2 test')} "
+            f"tokens (ctx {c['ctx']}, {c['full_tokens']} tokens; screen {c['screen_tokens']} tokens with early rejection); "
+            f"{speed}, greedy {c['new_tokens']} new tokens after a {c['prompt_len']}-token prompt).")
+
+
 def screenshot(report: Path, png: Path) -> bool:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
@@ -93,8 +110,9 @@ def main() -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     plots = [f"docs/img/{png.name}"] if screenshot(folder / "report.html", png) else []
     vb = r.get("vs_base") or {}
+    unit = "examples/s" if r["config"].get("task") == "classification" else "decode"
     notes = [f"chosen: {r['chosen']['label']}" + (f" — {vb['size_ratio']:.2f}x smaller and {vb['speed_ratio']:.2f}x faster "
-                                                  f"(decode) than {vb['base']}, quality loss {100 * vb['quality_loss']:+.2f}%"
+                                                  f"({unit}) than {vb['base']}, quality loss {100 * vb['quality_loss']:+.2f}%"
                                                   if vb else "") if r.get("chosen") else
              f"nothing met the constraints; binding: {r['infeasible']['binding']}",
              f"search wall time {r['elapsed_s'] / 60:.1f} min (budget {r['budget']['minutes']} min, "
@@ -107,10 +125,7 @@ def main() -> None:
     result = {
         "title": args.title, "optimize_argv": optimize_argv and [repo_relative(a) for a in optimize_argv],
         "raw_results": f"bench/results/raw/{args.name}.results.json",
-        "description": "Quality is the relative perplexity increase over the fp32 base on the same wikitext-2 test "
-                       f"tokens (ctx {r['config']['ctx']}, {r['config']['full_tokens']} tokens; screen "
-                       f"{r['config']['screen_tokens']} tokens with early rejection); speed is measured on this host in a "
-                       "fresh subprocess (greedy 128 new tokens after a 128-token prompt, median of 5 runs).",
+        "description": describe(r["config"]),
         "machine": {**r["host"]["details"], "measured_bandwidth_GBps": r["host"]["mem_bandwidth_GBps"]},
         "tables": [{"title": "Candidates", "columns": [c for c in rows[0] if c != "measured_at"] if rows else [],
                     "rows": rows, "notes": notes},

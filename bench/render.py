@@ -27,7 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-from bench._common import RESULTS, ROOT, repo_relative
+from bench._common import PARTLY_LEGACY, RESULTS, ROOT, repo_relative
 from edgellm.fileio import atomic_file
 
 
@@ -66,6 +66,8 @@ def render(results_dir: Path = ROOT / "bench" / "results", out: Path = ROOT / "d
         if str(r.get("provenance", "")).startswith("legacy"):
             parts += ["Measured before the provenance envelope: no argv, commit or time of measurement recorded "
                       "(`provenance` in the file says how to re-measure it).", ""]
+        elif str(r.get("provenance", "")).startswith(PARTLY_LEGACY):
+            parts += [f"Partly measured before the provenance envelope: {repo_relative(r['provenance'][len(PARTLY_LEGACY):])}", ""]
         if r.get("measured_at"):
             commit = f"commit {r['commit'][:12]}" if r.get("commit") else "no git commit"
             parts += [f"Measured {r['measured_at']} at {commit}"

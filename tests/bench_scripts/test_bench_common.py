@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench._common import ENVELOPE, FORMAT, RESULTS, ROOT, envelope, invocation, repo_relative, stamp, write_result
+from bench._common import (ENVELOPE, FORMAT, PARTLY_LEGACY, RESULTS, ROOT, envelope, invocation, repo_relative, stamp,
+                           write_result)
 from bench.render import render
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -104,6 +105,21 @@ def test_write_result_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]     # no temporary file left behind
 
 
+def test_write_result_sheds_the_legacy_marker_but_keeps_a_partly_legacy_note(tmp_path):
+    result = {"title": "t", "tables": [{"title": "x", "columns": ["a"], "rows": [{"a": 1}]}]}
+    write_result(tmp_path / "a.json", {**result, "provenance": LEGACY + "python -m bench.x"}, machine={"cpu_model": "c"},
+                 render=False)
+    assert "provenance" not in json.loads((tmp_path / "a.json").read_text())
+    note = PARTLY_LEGACY + "phase lm measured before the envelope; re-run with python -m bench.x --phase lm"
+    write_result(tmp_path / "b.json", {**result, "provenance": note}, machine={"cpu_model": "c"}, render=False)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["provenance"] == note and data["format"] == FORMAT
+    (tmp_path / "res").mkdir()
+    (tmp_path / "b.json").rename(tmp_path / "res" / "b.json")
+    out = render(tmp_path / "res", tmp_path / "b.md").read_text()
+    assert "Partly measured before the provenance envelope: phase lm measured before the envelope" in out
+
+
 def test_render_shows_commands_relative_and_provenance(tmp_path):
     (tmp_path / "res").mkdir()
     rec = {"title": "T", "command": f"{Path.home()}/.venv/bin/python {ROOT}/bench/x.py --out /root/.cache/edgellm/m",
@@ -140,6 +156,9 @@ def test_every_result_file_renders_and_states_its_provenance(path):
             "bench scripts run as modules now: python -m bench.<name>"
         return
     assert r.get("format") == FORMAT, f"{path.name} lacks the envelope: write it with bench._common.write_result"
+    if "provenance" in r:                   # re-measured in part: the note names what is still old, runnably
+        assert r["provenance"].startswith(PARTLY_LEGACY) and "re-run with " in r["provenance"]
+        assert not absolute_paths(r["provenance"]) and "python bench/" not in r["provenance"]
     assert set(ENVELOPE) <= set(r)
     assert isinstance(r["argv"], list) and all(isinstance(a, str) for a in r["argv"])
     assert not absolute_paths(" ".join(r["argv"]))
@@ -164,3 +183,15 @@ def test_optimize_demo_fails_when_optimize_fails(tmp_path):
     assert p.returncode != 0
     assert "failed" in p.stderr and "nothing recorded" in p.stderr
     assert not (RESULTS / f"{name}.json").exists() and not (RESULTS / "raw" / f"{name}.results.json").exists()
+
+
+def test_optimize_demo_describes_the_quality_its_search_measured():
+    from bench.optimize_demo import describe
+
+    base = {"task": "text-generation", "ctx": 512, "full_tokens": 20480, "screen_tokens": 2048, "screen_rows": 256,
+            "speed_runs": 5, "new_tokens": 128, "prompt_len": 128, "eval_text": None, "tsv": None, "task_data": None}
+    assert "relative perplexity increase" in describe(base) and "20480 tokens" in describe(base)
+    cls = describe({**base, "task": "classification"})
+    assert "relative drop in accuracy" in cls and "perplexity" not in cls and "examples/s" in cls
+    task = describe({**base, "task_data": str(ROOT / "examples" / "t.jsonl")})
+    assert "exact match (points)" in task and "examples/t.jsonl" in task and str(ROOT) not in task
