@@ -15,7 +15,8 @@ has no GGUF of its own and is exported F32 here like the other):
           SmolLM2 as shipped its Q4_1/Q5_1 tensors become Q4_0/Q5_0). ``--head-types`` writes the GPTQ files
           and GPTQ mixes with the output head (a tied one is the token embedding) pinned to each type, GPTQ'd
           on the final norm's outputs (``+h<type>`` in the name; an empty entry is the default Q8_0 head);
-          ``--no-rtn-mix`` leaves the RTN mixes out. The command line is ``bench/ladder_args.py``.
+          ``--no-rtn-mix`` leaves the RTN mixes out; ``--sensitivities hessian,fisher`` allocates each mix both
+          ways (``gguf_sensitivity``; ``+fisher`` in the name). The command line is ``bench/ladder_args.py``.
           Imatrix, GPTQ/AWQ and mixes read the same calibration windows of wiki.valid
           (``--calib-samples`` x ``--calib-len``, seed 0);
   select  every file's perplexity through llama.cpp on a held-out slice of wiki.valid: ``--select-windows``
@@ -48,6 +49,7 @@ A dry run on a tiny folder: ``--model DIR --ctx 64 --max-tokens 512 --calib-samp
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -188,16 +190,18 @@ def build(m: Model, refs: list) -> None:
             gguf(f"gptqlay-{q}", m.src(), GGUFExportConfig(gguf_type=LAYOUT_TYPE[q], layout_of=str(out(f"ref-{q}")),
                                                            tensor_types=symmetric_pins(m, out(f"ref-{q}")), **gptq),
                  kind="gptq", qtype=LAYOUT_TYPE[q], layout_of=q, quantizer="gptq-grid", awq_prescale=a.awq_prescale)
-    for lname, ladder in a.ladders.items():
+    for (lname, ladder), sens in itertools.product(a.ladders.items(), a.sensitivities):
+        tag, how = ("", {}) if sens == "hessian" else (f"+{sens}", {"sensitivity": sens})
         for q in [q for q in refs if a.mix_refs is None or q in a.mix_refs]:
             if f"ref-{q}" in have:
-                budget = dict(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder, calib=calib)
+                budget = dict(max_bytes=have[f"ref-{q}"]["bytes"], ladder=ladder, calib=calib, **how)
                 if a.rtn_mix:
-                    gguf(f"mix-{lname}@{q}", m.src(), GGUFExportConfig(**budget), kind="mix", ladder=list(ladder), budget_of=q)
+                    gguf(f"mix-{lname}@{q}{tag}", m.src(), GGUFExportConfig(**budget), kind="mix", ladder=list(ladder),
+                         budget_of=q, **how)
                 for hs, e, pin in heads if a.gptq_mix else ():
-                    gguf(f"gptqmix-{lname}@{q}{hs}", m.src(), GGUFExportConfig(**{**budget, **gptq}, tensor_types=pin), kind="mix",
-                         quantizer="gptq-grid", ladder=list(ladder), budget_of=q, awq_prescale=a.awq_prescale,
-                         **({"head": e} if e else {}))
+                    gguf(f"gptqmix-{lname}@{q}{tag}{hs}", m.src(), GGUFExportConfig(**{**budget, **gptq}, tensor_types=pin),
+                         kind="mix", quantizer="gptq-grid", ladder=list(ladder), budget_of=q, awq_prescale=a.awq_prescale,
+                         **how, **({"head": e} if e else {}))
 
 
 def runtime(m: Model, name: str):

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from bench._common import RESULTS, ROOT
-from edgellm.exporters.gguf_mix import DEFAULT_LADDER
+from edgellm.exporters.gguf_mix import DEFAULT_LADDER, SENSITIVITIES
 
 MODELS = ("smollm2-135m", "smollm2-135m-rotated")
 REFS = ("q4_0", "iq4_nl", "q4_k_s", "q4_k_m", "q5_0")
@@ -41,6 +41,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-rtn-mix", dest="rtn_mix", action="store_false", help="no RTN mixes (mix-<ladder>@<ref>)")
     ap.add_argument("--no-gptq-mix", dest="gptq_mix", action="store_false",
                     help="no gptqmix-<ladder>@<ref> (GPTQ into each budgeted mix)")
+    ap.add_argument("--sensitivities", default="hessian", help="how each mix predicts a tensor's loss (comma-separated: "
+                    "hessian, fisher); every mix is allocated each way, a fisher one named +fisher")
     ap.add_argument("--ladders", default=f"full={','.join(DEFAULT_LADDER)};sym={','.join(SYM_LADDER)}",
                     help="NAME=TYPE,TYPE;... : one budgeted mix per ladder per reference")
     ap.add_argument("--allow-asymmetric", action="store_true", help="let Q4_1/Q5_1 files be picked on SmolLM2 as shipped")
@@ -88,6 +90,9 @@ def parse_args(argv=None):
         ap.error(f"--gptq-types: unknown {sorted(set(a.gptq_types) - set(TYPES))}; choose from {', '.join(TYPES)}")
     a.ladders = {k: tuple(v.split(",")) for k, _, v in (x.partition("=") for x in a.ladders.split(";") if x)}
     a.privileged = {s for s in a.privileged.split(",") if s}
+    a.sensitivities = list(dict.fromkeys(t.strip().lower() for t in a.sensitivities.split(",") if t.strip()))
+    if not a.sensitivities or set(a.sensitivities) - set(SENSITIVITIES):
+        ap.error(f"--sensitivities: choose from {', '.join(SENSITIVITIES)}")
     a.head_types = list(dict.fromkeys(t.strip().lower() for t in a.head_types.split(",")))
     if set(a.head_types) - set(TYPES) - {""}:
         ap.error(f"--head-types: unknown {sorted(set(a.head_types) - set(TYPES) - {''})}; choose from {', '.join(TYPES)}")

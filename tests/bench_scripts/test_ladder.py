@@ -137,7 +137,10 @@ def test_head_types_and_mix_refs_parse_or_fail_in_one_line(capsys):
     a = parse_args(["--head-types", ",q5_0", "--mix-refs", "Q4_K_S, q5_0"])
     assert a.head_types == ["", "q5_0"] and a.mix_refs == ["q4_k_s", "q5_0"] and parse_args([]).mix_refs is None
     assert parse_args([]).head_types == [""]
-    for bad in (["--head-types", "q9_9"], ["--mix-refs", "q7_0"]):
+    assert parse_args([]).sensitivities == ["hessian"]
+    assert parse_args(["--sensitivities", "hessian, Fisher"]).sensitivities == ["hessian", "fisher"]
+    for bad in (["--head-types", "q9_9"], ["--mix-refs", "q7_0"], ["--sensitivities", "magic"]):
         with pytest.raises(SystemExit) as e:
             parse_args(bad)
-        assert e.value.code == 2 and ("q9_9" in capsys.readouterr().err or bad[1] == "q7_0")
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and ("q9_9" in err or "hessian, fisher" in err or bad[1] == "q7_0")

@@ -81,6 +81,9 @@ class GGUFExportConfig:
                                             "whole file has at most this many bits per weight")
     max_bytes: int | str | None = config_field(None, "mix: as --target-bpw, a byte budget for the whole file (e.g. 100MB)")
     ladder: tuple[str, ...] = config_field(gguf_mix.DEFAULT_LADDER, "types a budgeted mix chooses from (repeatable)")
+    sensitivity: str = config_field("hessian", "mix: how a tensor's error becomes a predicted loss: hessian (each "
+                                    "layer's output MSE) or fisher (weighted by the loss's gradient there; one more "
+                                    "backward pass per window)", choices=gguf_mix.SENSITIVITIES)
     quantizer: str = config_field("rtn", "rtn: round-to-nearest from the float weights; gptq: GPTQ onto each tensor's "
                                   "type, calibrated on --calib-* (block linears, and a head below 8 bits)",
                                   choices=("rtn", "gptq"))

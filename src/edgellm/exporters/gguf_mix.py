@@ -1,19 +1,9 @@
 """Per-tensor mixed precision for one GGUF under a budget: sensitivity per tensor and type, then allocation.
 
-**Sensitivity.** One calibration pass (``calibrate.run_blockwise``, the model left unchanged)
-accumulates each linear's input Hessian ``H = 2/n Σ xᵀx`` (``HessianStats``; q/k/v and gate/up
-share theirs). For every tensor and candidate type ``t`` the predicted loss is
-
-    err(W, t) = Σ_rows (W − Q_t(W)) H (W − Q_t(W))ᵀ  =  2 · mean over calibration tokens of ‖(W − Q_t(W)) x‖²
-
-with ``Q_t`` exactly the round-to-nearest the exporter writes (``gguf_types.rtn``, onto the
-type's own grid, llama.cpp's fallback type where the rows cannot take ``t``): the increase of the
-layer's output MSE on the calibration inputs, which predicts the loss increase to first order.
-The output head's ``H`` is the final norm's output covariance (the last block's outputs through
-the final norm). The token embedding's error is the same output MSE of a lookup,
-``2/n Σ_token count·‖e_token‖²``; a tied embedding/head adds both. Norms and biases stay F32.
-Errors of different layers are summed as if equally important to the loss: no layer's output
-is weighted by the loss's own curvature (a stated approximation; the benchmark checks the ranking).
+**Sensitivity.** For every tensor and candidate type ``t``, the predicted loss of writing it as ``t``
+(``gguf_sensitivity``: the layer's output MSE on the calibration inputs, from one calibration pass
+that leaves the model unchanged, or with ``sensitivity="fisher"`` that error weighted per output channel
+by the loss's own curvature, in the loss's units). Norms and biases stay F32.
 
 **Allocation.** ``allocate`` is a multiple-choice knapsack: dynamic programming over at most
 2¹⁷ byte buckets (every option's bytes rounded **up** to a bucket, so the sum never exceeds the
@@ -25,8 +15,8 @@ smallest possible file is ``EdgeLLMError`` naming that minimum.
 
 The predicted losses are RTN's; with ``--quantizer gptq`` the exporter then GPTQs every block
 linear onto its allocated type (``gguf_gptq``): the allocation stays RTN's (on the tiny test model
-the GPTQ mix's KL to the float model is below the RTN mix's). Deliberately absent: packed edgellm weights in a mix (refused), a loss-curvature
-weighting per layer, and importance-weighted scale searches in the sensitivity pass.
+the GPTQ mix's KL to the float model is below the RTN mix's). Deliberately absent: packed edgellm weights in a mix
+(refused), and importance-weighted scale searches in the sensitivity pass.
 """
 
 from __future__ import annotations
@@ -41,11 +31,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import EdgeLLMError
 from ..results import Result
 from .gguf_names import file_provenance
-from .gguf_types import BLOCK_BYTES, TYPES, block_of, fallback, rtn
+from .gguf_sensitivity import SENSITIVITIES, effective_type, output_fisher, quantized_weight, tensor_errors
+from .gguf_types import BLOCK_BYTES, TYPES, block_of
 
 DEFAULT_LADDER = ("q2_k", "q3_k", "iq4_nl", "q4_0", "q4_k", "q5_0", "q5_k", "q6_k", "q8_0")
 ALIGN = 32                 # GGUF's default tensor data alignment
@@ -55,11 +47,6 @@ BUCKETS = 1 << 17
 
 def padded(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
-
-
-def effective_type(qtype: str, shape) -> str:
-    """The type a tensor of *shape* is written as when *qtype* is asked (llama.cpp's fallback for 2-D rows)."""
-    return fallback(qtype, shape[-1]) if len(shape) == 2 else "f32"
 
 
 def type_bytes(shape, qtype: str) -> int:
@@ -75,46 +62,15 @@ def type_bytes(shape, qtype: str) -> int:
     return padded(n // block_of(t) * BLOCK_BYTES[t])
 
 
-def quantized_weight(W: torch.Tensor, qtype: str) -> torch.Tensor:
-    """What llama.cpp reconstructs from *W* [out, in] written as *qtype* (already a type the rows can take)."""
-    if qtype == "f32":
-        return W
-    if qtype == "f16":
-        return W.half().float()
-    return rtn(W, qtype).dequantize()
-
-
-def tensor_errors(W: torch.Tensor, qtypes, H: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> dict:
-    """Effective type -> predicted loss of writing *W* [out, in] as each of *qtypes* (fallbacks applied).
-
-    ``H`` [in, in]: ``Σ_rows E H Eᵀ`` (a linear's output MSE); ``counts`` [out]: ``2/n Σ count·‖E_row‖²``
-    (an embedding's); both are added when both are given (a tied embedding/head).
-
-    >>> W = torch.randn(8, 64); e = tensor_errors(W, ["q4_0", "q8_0"], H=torch.eye(64))
-    >>> e["q8_0"] < e["q4_0"]
-    True
-    """
-    W = W.detach().float()
-    out = {}
-    for t in dict.fromkeys(effective_type(q, W.shape) for q in qtypes):
-        E = W - quantized_weight(W, t)
-        err = 0.0
-        if H is not None:
-            err += float(((E @ H.float()) * E).sum(dtype=torch.float64))
-        if counts is not None:
-            err += float(2 * ((E * E).sum(1, dtype=torch.float64) * counts.double()).sum() / max(float(counts.sum()), 1.0))
-        out[t] = err
-    return out
-
-
 class _HessianPass:
     """``run_blockwise`` method that only observes: per-linear Hessians, errors per type, and the head's H."""
 
-    def __init__(self, prefix: str, types_of, final_norm, n_blocks: int):
+    def __init__(self, prefix: str, types_of, final_norm, n_blocks: int, fisher: dict | None = None):
         from ..calibrate import HessianStats, SharedInputs
 
         self.shared = SharedInputs(lambda k: HessianStats(k))
         self.prefix, self.types_of, self.final_norm, self.last = prefix, types_of, final_norm, n_blocks - 1
+        self.fisher = fisher or {}            # linear module name -> F [out] (sensitivity "fisher")
         self.index, self.head = 0, None
         self.errors: dict[str, dict] = {}
 
@@ -128,7 +84,8 @@ class _HessianPass:
     def apply_block(self, index, block, stats, block_inputs):
         for name, (lin, proxy) in stats.items():
             full = f"{self.prefix}.{index}.{name}.weight"
-            self.errors[full] = tensor_errors(lin.weight, self.types_of[full], H=proxy.stats.H)
+            self.errors[full] = tensor_errors(lin.weight, self.types_of[full], H=proxy.stats.H,
+                                              out_fisher=self.fisher.get(full.removesuffix(".weight")))
         if index != self.last:
             return None
         from ..calibrate import head_hessian
@@ -159,6 +116,7 @@ class MixPlan(Result):
     n_weights: int
     calibration_tokens: int
     seconds: float
+    sensitivity: str = "hessian"                     # how predicted_loss was measured (gguf_sensitivity)
     types: dict = field(default_factory=dict)       # type -> tensor count
     tensors: dict = field(default_factory=dict)     # GGUF name -> {"type", "loss", "bytes"}
     config: object = None
@@ -276,16 +234,25 @@ def plan_mix(loaded, cfg, *, names: dict, write, progress: bool = False) -> MixP
                            f"use --calib-seq-len {limit} or less")
     ids = calibration_windows(loaded.tokenizer, resolve_data_path(c.data), c.samples, c.seq_len, c.seed)
     prefix, blocks = find_blocks(model)
-    method = _HessianPass(prefix, types_of, module(model, "final_norm"), len(blocks))
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    emb_module = emb_name.removesuffix(".weight")
+    fisher = None
+    if cfg.sensitivity == "fisher":
+        mods = dict(model.named_modules())
+        linears = [hf.removesuffix(".weight") for hf in types_of if isinstance(mods.get(hf.removesuffix(".weight")), nn.Linear)]
+        fisher = output_fisher(model, ids, linears + (["lm_head"] if tied and "lm_head" in mods else []), emb_module)
+    method = _HessianPass(prefix, types_of, module(model, "final_norm"), len(blocks), fisher)
     with torch.no_grad():
         run_blockwise(model, ids, method, progress=progress, desc="mix sensitivity")
         counts = torch.bincount(ids.flatten(), minlength=weights[emb_name].shape[0]).float()
         head = method.head.H
-        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        f = fisher or {}
         errors = dict(method.errors)
-        errors[emb_name] = tensor_errors(weights[emb_name], types_of[emb_name], H=head if tied else None, counts=counts)
+        errors[emb_name] = tensor_errors(weights[emb_name], types_of[emb_name], H=head if tied else None, counts=counts,
+                                         out_fisher=f.get("lm_head") if tied else None, lookup_fisher=f.get(emb_module))
         if not tied and "lm_head.weight" in weights:
-            errors["lm_head.weight"] = tensor_errors(weights["lm_head.weight"], types_of["lm_head.weight"], H=head)
+            errors["lm_head.weight"] = tensor_errors(weights["lm_head.weight"], types_of["lm_head.weight"], H=head,
+                                                     out_fisher=f.get("lm_head"))
     fixed, dims = _file_fixed_bytes(loaded, cfg, names, write)
     gguf_name = {hf: names[hf.rpartition(".")[0]][0] + "." + hf.rpartition(".")[2] for hf in weights}
     fixed += MARGIN + sum(type_bytes(t.shape, "f32") for t in weights.values() if t.dim() != 2)
@@ -320,7 +287,8 @@ def plan_mix(loaded, cfg, *, names: dict, write, progress: bool = False) -> MixP
                                   tensor_types={m.hf_name: m.chosen for m in mix}, target_bpw=None, max_bytes=None)
     return MixPlan(budget_bytes=budget, fixed_bytes=fixed, predicted_bytes=fixed + chosen_bytes, minimum_bytes=minimum,
                    predicted_loss=sum(m.options[m.chosen][1] for m in mix), n_weights=n_weights,
-                   calibration_tokens=int(ids.numel()), seconds=time.perf_counter() - t0, types=counts_by_type,
+                   calibration_tokens=int(ids.numel()), seconds=time.perf_counter() - t0, sensitivity=cfg.sensitivity,
+                   types=counts_by_type,
                    tensors={m.gguf_name: {"type": m.chosen, "loss": m.options[m.chosen][1], "bytes": m.options[m.chosen][0]}
                             for m in mix}, config=new_cfg)
 
@@ -343,6 +311,8 @@ def normalize_fields(cfg) -> None:
     for t in cfg.ladder:
         if t not in known:
             raise EdgeLLMError(f"unknown GGUF type '{t}' in the ladder", f"use types from: {', '.join(known)}")
+    if cfg.sensitivity not in SENSITIVITIES:
+        raise EdgeLLMError(f"unknown mix sensitivity '{cfg.sensitivity}'", f"use --sensitivity {' or '.join(SENSITIVITIES)}")
     if not cfg.ladder:
         raise EdgeLLMError("the type ladder of a budgeted mix is empty", f"e.g. --ladder {' --ladder '.join(DEFAULT_LADDER[:3])}")
     object.__setattr__(cfg, "ladder", tuple(cfg.ladder))
@@ -391,4 +361,5 @@ def summary(plan: dict) -> str:
            f"predicted loss {plan['predicted_loss']:.4g}; {types}"
 
 
-__all__ = ["DEFAULT_LADDER", "MixPlan", "allocate", "plan_mix", "tensor_errors", "type_bytes"]
+__all__ = ["DEFAULT_LADDER", "SENSITIVITIES", "MixPlan", "allocate", "plan_mix", "quantized_weight", "tensor_errors",
+           "type_bytes"]
