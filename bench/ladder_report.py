@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench._common import repo_relative
+
 ASYMMETRIC_B32 = {"Q4_1", "Q5_1"}             # hold a Q4_1 grid (Q5_1 with half the scale); Q5_K falls back to Q5_1
 TEXTS = ("wikitext", "sst2")
 
@@ -60,7 +62,10 @@ def summarize(m, refs: list, sel: dict, ev: dict, sp: dict) -> dict:
 
     rows, out = [], {"privileged_grid": m.privileged, "files": {n: {k: v for k, v in e.items() if k != "command"}
                                                                for n, e in files.items()},
-                     "heldout_ppl": sel["heldout_ppl"], "base": info("f32") if "f32" in files else None, "ladder": {}}
+                     "heldout_ppl": sel["heldout_ppl"], "base": info("f32") if "f32" in files else None, "ladder": {},
+                     # the pool is every file in the cache folder: the invocations that built it, oldest first
+                     "build_commands": list(dict.fromkeys(e["command"] for e in sorted(
+                         files.values(), key=lambda e: e.get("measured_at", "")) if e.get("command")))}
     for q in refs:
         if f"ref-{q}" not in files:
             continue
@@ -154,6 +159,11 @@ def report(a, models: dict, rows: list, plots: list, seconds: float) -> dict:
         "(a Q4_1 checkpoint) files holding Q4_1/Q5_1 are not evidence" +
         (" (they were allowed into the pick: --allow-asymmetric)." if a.allow_asymmetric else " and are left out of the pick."),
     ]
+    for label, r in models.items():
+        if len(r.get("build_commands", [])) > 1:
+            notes.append(f"{label}: the candidate pool is every file in its cache folder, built by "
+                         f"{len(r['build_commands'])} invocations (each file cached once, then reused): "
+                         + "; ".join(f"`{repo_relative(c)}`" for c in r["build_commands"]))
     result = {
         "title": "The GGUF ladder: edgellm against llama.cpp's presets with an importance matrix (issue 17)",
         "description": "Per model and llama.cpp reference, edgellm's best file no larger (RTN on each type's grid, "

@@ -65,6 +65,7 @@ def test_ladder_json_has_every_field(dry):
     assert set(asym["tensor_types"]) & {"Q4_1", "Q5_1"} and asym["bytes"] <= m["ladder"]["q4_k_m"]["reference"]["bytes"]
     assert "mix-asym@q4_k_m" in m["heldout_ppl"]
     assert r["selection"]["evaluation_texts_used"] is False
+    assert len(m["build_commands"]) == 1 and "bench.ladder" in m["build_commands"][0]   # one invocation built the pool
     assert r["target"]["pairs"] == 2 and r["format"] == "edgellm-bench/2"
     rows = r["tables"][0]["rows"]
     assert len(rows) == 2 and all(set(r["tables"][0]["columns"]) <= set(row) for row in rows)
