@@ -90,6 +90,15 @@ def summarize(m, refs: list, sel: dict, ev: dict, sp: dict) -> dict:
                      "evidence": None if not v else ("yes" if v["evidence"] else "no: " + "/".join(v["asymmetric_types"])),
                      "met": None if not v or v["conditions_met"] is None else ("MET" if v["met"] else "not met")})
     out["rows"] = rows
+    base_held = sel["heldout_ppl"].get("f32")
+    out["candidates"] = [
+        {"model": m.label, "file": n, "MB": round(e["bytes"] / 1e6, 3), "held-out ppl": round(sel["heldout_ppl"][n], 3),
+         "held-out rise %": round(100 * (sel["heldout_ppl"][n] / base_held - 1), 2) if base_held else None,
+         "wikitext rise %": round(rise(n)["wikitext"], 2) if "wikitext" in rise(n) else None,
+         "SST-2 rise %": round(rise(n)["sst2"], 2) if "sst2" in rise(n) else None,
+         "types": ", ".join(f"{k}×{c}" for k, c in sorted(e["tensor_types"].items()))}
+        for n, e in sorted(files.items(), key=lambda x: (x[1]["bytes"], x[0]))
+        if n != "f32" and n in sel["heldout_ppl"]]
     return out
 
 
@@ -171,7 +180,13 @@ def report(a, models: dict, rows: list, plots: list, seconds: float) -> dict:
         "tables": [{"title": "Ladder: each reference against edgellm's pick", "rows": rows,
                     "columns": ["model", "reference", "ref MB", "ref wikitext rise %", "ref SST-2 rise %", "edgellm file",
                                 "MB", "wikitext rise %", "SST-2 rise %", "decode ratio", "evidence", "met", "types"],
-                    "notes": notes}],
+                    "notes": notes},
+                   {"title": "Every candidate: held-out perplexity (the selection) and the evaluation texts where measured",
+                    "rows": [c for r in models.values() for c in r.get("candidates", [])],
+                    "columns": ["model", "file", "MB", "held-out ppl", "held-out rise %", "wikitext rise %", "SST-2 rise %",
+                                "types"],
+                    "notes": ["References (ref-*) and edgellm's files, by size. The evaluation texts are measured for the "
+                              "references and each run's picks only; '-' where a file was never a pick."]}],
         "plots": plots,
         "selection": {"text": "wiki.valid held-out tiles (not calibration)", "windows": a.select_windows, "ctx": a.ctx,
                       "min_decode": a.min_decode, "speed_tries": a.speed_tries,

@@ -65,7 +65,13 @@ def test_ladder_json_has_every_field(dry):
     assert set(asym["tensor_types"]) & {"Q4_1", "Q5_1"} and asym["bytes"] <= m["ladder"]["q4_k_m"]["reference"]["bytes"]
     assert "mix-asym@q4_k_m" in m["heldout_ppl"]
     assert r["selection"]["evaluation_texts_used"] is False
-    assert len(m["build_commands"]) == 1 and "bench.ladder" in m["build_commands"][0]   # one invocation built the pool
+    assert len(m["build_commands"]) == 1                                # one invocation (here pytest's) built the pool
+    cands = {c["file"]: c for c in r["tables"][1]["rows"]}           # every candidate, picks or not
+    assert set(cands) == set(m["heldout_ppl"]) - {"f32"}
+    assert all(c["held-out rise %"] is not None for c in cands.values())
+    for q, entry in m["ladder"].items():                             # a pick's row holds its evaluation figures
+        pick = entry["edgellm"]["file"]
+        assert cands[pick]["wikitext rise %"] == round(entry["edgellm"]["rise"]["wikitext"], 2)
     assert r["target"]["pairs"] == 2 and r["format"] == "edgellm-bench/2"
     rows = r["tables"][0]["rows"]
     assert len(rows) == 2 and all(set(r["tables"][0]["columns"]) <= set(row) for row in rows)
