@@ -94,11 +94,11 @@ def summarize(m, refs: list, sel: dict, ev: dict, sp: dict) -> dict:
     out["candidates"] = [
         {"model": m.label, "file": n, "MB": round(e["bytes"] / 1e6, 3), "held-out ppl": round(sel["heldout_ppl"][n], 3),
          "held-out rise %": round(100 * (sel["heldout_ppl"][n] / base_held - 1), 2) if base_held else None,
-         "wikitext rise %": round(rise(n)["wikitext"], 2) if "wikitext" in rise(n) else None,
-         "SST-2 rise %": round(rise(n)["sst2"], 2) if "sst2" in rise(n) else None,
+         "wikitext rise %": round(r["wikitext"], 2) if "wikitext" in r else None,
+         "SST-2 rise %": round(r["sst2"], 2) if "sst2" in r else None,
          "types": ", ".join(f"{k}×{c}" for k, c in sorted(e["tensor_types"].items()))}
         for n, e in sorted(files.items(), key=lambda x: (x[1]["bytes"], x[0]))
-        if n != "f32" and n in sel["heldout_ppl"]]
+        if n != "f32" and n in sel["heldout_ppl"] for r in [rise(n)]]
     return out
 
 
